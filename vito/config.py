@@ -1,0 +1,170 @@
+"""The VITO training recipe as data.
+
+One pydantic model per concern (data, model, loss, EMA, optimizer, training, checkpoint, evaluation),
+grouped in `VitoConfig`. Unknown keys are rejected so a typo in a sweep never silently trains the default.
+Every choice the paper does not state (see shared/notes/vito-method.md, tagged [inferred]) is a field here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class AugmentConfig(_Section):
+    """Per-frame image augmentations (MoCLR/BYOL-style), applied independently to each view."""
+
+    crop_scale_min: float = Field(0.3, gt=0, le=1)
+    flip_p: float = Field(0.5, ge=0, le=1)
+    color_jitter_p: float = Field(0.8, ge=0, le=1)
+    color_jitter_strength: float = Field(0.4, ge=0)
+    grayscale_p: float = Field(0.2, ge=0, le=1)
+    blur_p: float = Field(0.2, ge=0, le=1)
+    solarize_p: float = Field(0.1, ge=0, le=1)
+
+
+class SyntheticConfig(_Section):
+    """Deterministic labelled clips of moving, deforming shapes (tests, quickstart, CPU evidence)."""
+
+    num_videos: int = Field(48, ge=1)
+    num_frames: int = Field(24, ge=2)
+    fps: int = Field(8, ge=1)
+    size: int = Field(64, ge=16)
+    num_classes: int = Field(4, ge=2, le=8)
+    seed: int = 0
+
+
+class DataConfig(_Section):
+    # "synthetic" generates clips under the workspace; anything else is a manifest (JSONL) path.
+    source: str = "synthetic"
+    synthetic: SyntheticConfig = SyntheticConfig()
+    pair_source: Literal["temporal", "same_frame"] = "temporal"
+    max_gap_s: float = Field(2.5, ge=0)
+    crop_size: int = Field(48, ge=8)
+    batch_size: int = Field(32, ge=2, description="global batch, split evenly over ranks")
+    num_workers: int = Field(0, ge=0)
+    augment: AugmentConfig = AugmentConfig()
+
+
+class ModelConfig(_Section):
+    arch: Literal["resnet18", "resnet50"] = "resnet18"
+    width: int = Field(64, ge=4, description="channels of the stem; 64 is the standard ResNet")
+    pooling: Literal["attention", "average"] = "attention"
+    scales: list[Literal[4, 5]] = Field(default_factory=lambda: [4, 5])
+    pool_hidden: int = Field(4096, ge=1)
+    proj_hidden: int = Field(4096, ge=1)
+    proj_dim: int = Field(256, ge=1)
+    pred_hidden: int = Field(4096, ge=1)
+
+    @model_validator(mode="after")
+    def _scales_unique(self) -> "ModelConfig":
+        if not self.scales or len(set(self.scales)) != len(self.scales):
+            raise ValueError("model.scales must be a non-empty list of distinct stages among 4 and 5")
+        return self
+
+
+class LossConfig(_Section):
+    temperature: float = Field(0.1, gt=0)
+    symmetric: bool = True
+    # Negatives from every rank's batch (as MoCLR); False keeps each rank's loss local.
+    global_negatives: bool = True
+
+
+class EMAConfig(_Section):
+    base_momentum: float = Field(0.996, ge=0, le=1)
+    final_momentum: float = Field(1.0, ge=0, le=1)
+    schedule: Literal["cosine", "constant"] = "cosine"
+
+
+class OptimConfig(_Section):
+    name: Literal["lars", "adamw"] = "lars"
+    lr: float = Field(0.3, gt=0, description="learning rate per 256 samples of global batch")
+    weight_decay: float = Field(1e-6, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = Field(10, ge=0)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+
+
+class TrainConfig(_Section):
+    steps: int = Field(100, ge=1)
+    seed: int = 0
+    log_every: int = Field(5, ge=1)
+    zero_stage: Literal[0, 1, 2] = 0
+    precision: Literal["fp32", "bf16"] = "fp32"
+
+
+class CheckpointConfig(_Section):
+    every_steps: int = Field(25, ge=1)
+    keep_last: int = Field(2, ge=1)
+
+
+class EvalConfig(_Section):
+    linear_probe: bool = True
+    train_clips: int = Field(64, ge=2)
+    test_clips: int = Field(32, ge=2)
+    frames_per_clip: int = Field(4, ge=1)
+    probe_epochs: int = Field(200, ge=1)
+    seed: int = 1234
+
+
+class VitoConfig(_Section):
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    ema: EMAConfig = EMAConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _lars_needs_whole_layers(self) -> "VitoConfig":
+        # ZeRO 1/2 flatten each param group into one shard per rank: LARS would compute its trust ratio
+        # per shard instead of per layer, which silently changes the method.
+        if self.optim.name == "lars" and self.train.zero_stage > 0:
+            raise ValueError(
+                "optim.name 'lars' needs train.zero_stage 0 (ZeRO flattens layers, breaking LARS's "
+                "per-layer trust ratio): set train.zero_stage: 0, or optim.name: adamw"
+            )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def fingerprint(self) -> str:
+        """A stable short hash of the full resolved config: a trial's identity."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def leaf_paths(model: type[BaseModel] = VitoConfig, prefix: str = "") -> list[str]:
+    """Every settable dotted path, e.g. 'loss.temperature' (used for typo hints)."""
+    paths = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            paths.extend(leaf_paths(annotation, f"{prefix}{name}."))
+        else:
+            paths.append(f"{prefix}{name}")
+    return paths
+
+
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set `value` at `dotted` in a nested dict, creating intermediate dicts."""
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for key in parents:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = {}
+            node[key] = child
+        node = child
+    node[leaf] = value

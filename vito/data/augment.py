@@ -1,0 +1,111 @@
+"""Per-frame image augmentations (BYOL/MoCLR recipe) in plain torch, driven by an explicit generator.
+
+Every random draw comes from the `torch.Generator` passed in, never the global RNG, so a view is a pure
+function of (frame, config, generator state): that is what makes data order and exact resume reproducible.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from vito.config import AugmentConfig
+
+MEAN = torch.tensor([0.485, 0.456, 0.406])
+STD = torch.tensor([0.229, 0.224, 0.225])
+_LUMA = torch.tensor([0.299, 0.587, 0.114])
+_RATIO_RANGE = (3 / 4, 4 / 3)
+# BYOL blurs 224-px images with sigma in [0.1, 2.0] px; scale by image size to keep the same relative blur.
+_BLUR_SIGMA_AT_224 = (0.1, 2.0)
+
+
+def normalize(image: torch.Tensor) -> torch.Tensor:
+    return (image - MEAN[:, None, None]) / STD[:, None, None]
+
+
+def _uniform(gen: torch.Generator, low: float, high: float) -> float:
+    return low + (high - low) * torch.rand((), generator=gen).item()
+
+
+def _coin(gen: torch.Generator, p: float) -> bool:
+    return torch.rand((), generator=gen).item() < p
+
+
+def _randint(gen: torch.Generator, high: int) -> int:
+    return int(torch.randint(high, (), generator=gen).item())
+
+
+def _resize(image: torch.Tensor, out_size: int) -> torch.Tensor:
+    return F.interpolate(image[None], size=(out_size, out_size), mode="bilinear", align_corners=False, antialias=False)[0]
+
+
+def _crop_box(height: int, width: int, scale_min: float, gen: torch.Generator) -> tuple[int, int, int, int]:
+    """(top, left, h, w) as torchvision's RandomResizedCrop: 10 tries, then the largest centred crop."""
+    area = height * width
+    log_lo, log_hi = math.log(_RATIO_RANGE[0]), math.log(_RATIO_RANGE[1])
+    for _ in range(10):
+        target_area = area * _uniform(gen, scale_min, 1.0)
+        ratio = math.exp(_uniform(gen, log_lo, log_hi))
+        w = round(math.sqrt(target_area * ratio))
+        h = round(math.sqrt(target_area / ratio))
+        if 0 < w <= width and 0 < h <= height:
+            return _randint(gen, height - h + 1), _randint(gen, width - w + 1), h, w
+    side = min(height, width)
+    return (height - side) // 2, (width - side) // 2, side, side
+
+
+def _grayscale(image: torch.Tensor) -> torch.Tensor:
+    return (image * _LUMA[:, None, None]).sum(0, keepdim=True)
+
+
+def _colour_jitter(image: torch.Tensor, strength: float, gen: torch.Generator) -> torch.Tensor:
+    # BYOL's ratios: brightness and contrast at full strength, saturation at half.
+    brightness = _uniform(gen, max(0.0, 1 - strength), 1 + strength)
+    contrast = _uniform(gen, max(0.0, 1 - strength), 1 + strength)
+    saturation = _uniform(gen, max(0.0, 1 - strength / 2), 1 + strength / 2)
+    image = (image * brightness).clamp(0, 1)
+    mean = _grayscale(image).mean()
+    image = ((image - mean) * contrast + mean).clamp(0, 1)
+    gray = _grayscale(image)
+    return ((image - gray) * saturation + gray).clamp(0, 1)
+
+
+def _gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    radius = max(1, math.ceil(3 * sigma))
+    offsets = torch.arange(-radius, radius + 1, dtype=image.dtype)
+    kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    channels = image.shape[0]
+    padded = F.pad(image[None], (radius, radius, radius, radius), mode="reflect")
+    rows = F.conv2d(padded, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
+    return F.conv2d(rows, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)[0]
+
+
+def augment_view(frame: torch.Tensor, cfg: AugmentConfig, out_size: int, gen: torch.Generator) -> torch.Tensor:
+    """One random view of a float (3, H, W) frame in [0, 1]: normalised float (3, out_size, out_size)."""
+    _, height, width = frame.shape
+    top, left, h, w = _crop_box(height, width, cfg.crop_scale_min, gen)
+    image = _resize(frame[:, top : top + h, left : left + w], out_size).clamp(0, 1)
+    if _coin(gen, cfg.flip_p):
+        image = image.flip(-1)
+    if _coin(gen, cfg.color_jitter_p):
+        image = _colour_jitter(image, cfg.color_jitter_strength, gen)
+    if _coin(gen, cfg.grayscale_p):
+        image = _grayscale(image).expand(3, -1, -1)
+    if _coin(gen, cfg.blur_p):
+        low, high = _BLUR_SIGMA_AT_224
+        sigma = _uniform(gen, low, high) * out_size / 224
+        image = _gaussian_blur(image, sigma)
+    if _coin(gen, cfg.solarize_p):
+        image = torch.where(image < 0.5, image, 1 - image)
+    return normalize(image.contiguous())
+
+
+def eval_view(frame: torch.Tensor, out_size: int) -> torch.Tensor:
+    """Deterministic view for evaluation: largest centred square, resized, normalised."""
+    _, height, width = frame.shape
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    return normalize(_resize(frame[:, top : top + side, left : left + side], out_size).clamp(0, 1))

@@ -1,0 +1,148 @@
+"""The stream of positive pairs: two (augmented) frames of one video, a random time gap apart.
+
+Everything about sample p of the stream (which video, which two times, which augmentations) is a pure
+function of (seed, p). A rank reads the global positions of its slice of each step's batch, so the batches
+are the same for any number of loader workers, and a run resumed at step s sees exactly the batches an
+uninterrupted run would have seen from step s on.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from vito.config import DataConfig
+from vito.data.augment import augment_view
+from vito.data.manifest import VideoRecord
+from vito.data.video import decode_frames_at
+
+# Domain tags keep the epoch-permutation and per-sample seed streams from ever colliding.
+_PERMUTATION_STREAM = 0
+_SAMPLE_STREAM = 1
+
+
+def _derived_seed(*parts: int) -> int:
+    """A well-mixed 64-bit seed from integers (nearby inputs give unrelated generators)."""
+    return int(np.random.SeedSequence([int(part) for part in parts]).generate_state(1, np.uint64)[0])
+
+
+def _generator(*parts: int) -> torch.Generator:
+    return torch.Generator().manual_seed(_derived_seed(*parts))
+
+
+def _to_chw_float(frame: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(frame).permute(2, 0, 1).float().div_(255)
+
+
+class PairSampler:
+    """The infinite sample stream: position p -> (video, two timestamps, two augmented views)."""
+
+    def __init__(self, records: list[VideoRecord], data_cfg: DataConfig, seed: int) -> None:
+        if not records:
+            raise ValueError("PairSampler needs at least one video")
+        self.records = records
+        self.cfg = data_cfg
+        self.seed = seed
+        self._permutation_epoch: int | None = None
+        self._permutation: torch.Tensor | None = None
+
+    def video_index(self, position: int) -> int:
+        """Each epoch visits every video once, in an order fixed by (seed, epoch)."""
+        epoch, offset = divmod(position, len(self.records))
+        if epoch != self._permutation_epoch:  # cached: consecutive positions share an epoch
+            gen = _generator(_PERMUTATION_STREAM, self.seed, epoch)
+            self._permutation = torch.randperm(len(self.records), generator=gen)
+            self._permutation_epoch = epoch
+        return int(self._permutation[offset])
+
+    def _draw_timestamps(self, record: VideoRecord, gen: torch.Generator) -> tuple[float, float]:
+        duration = max(record.duration_s, 0.0)
+        first = duration * torch.rand((), generator=gen, dtype=torch.float64).item()
+        gap = self.cfg.max_gap_s * (2 * torch.rand((), generator=gen, dtype=torch.float64).item() - 1)
+        # The gap is drawn even for same_frame so both pair sources consume the generator identically:
+        # the two arms of the ablation then get the very same videos, times and augmentations.
+        if self.cfg.pair_source == "same_frame":
+            return first, first
+        return first, min(max(first + gap, 0.0), duration)
+
+    def sample_timestamps(self, position: int) -> tuple[int, float, float]:
+        """(video index, time of view a, time of view b) of sample `position`."""
+        video = self.video_index(position)
+        gen = _generator(_SAMPLE_STREAM, self.seed, position)
+        return (video, *self._draw_timestamps(self.records[video], gen))
+
+    def sample(self, position: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two augmented views (3, crop, crop) of sample `position`."""
+        video = self.video_index(position)
+        record = self.records[video]
+        gen = _generator(_SAMPLE_STREAM, self.seed, position)
+        time_a, time_b = self._draw_timestamps(record, gen)
+        frame_a, frame_b = decode_frames_at(record.uri, [time_a, time_b])
+        view_a = augment_view(_to_chw_float(frame_a), self.cfg.augment, self.cfg.crop_size, gen)
+        view_b = augment_view(_to_chw_float(frame_b), self.cfg.augment, self.cfg.crop_size, gen)
+        return view_a, view_b
+
+
+class FramePairDataset(Dataset):
+    """This rank's share of steps [start_step, total_steps), in step order, as a map-style dataset."""
+
+    def __init__(
+        self,
+        records: list[VideoRecord],
+        data_cfg: DataConfig,
+        seed: int,
+        rank: int,
+        world_size: int,
+        start_step: int,
+        total_steps: int,
+    ) -> None:
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in a world of size {world_size}")
+        if data_cfg.batch_size % world_size:
+            raise ValueError(f"global batch {data_cfg.batch_size} does not split over {world_size} ranks")
+        if not 0 <= start_step <= total_steps:
+            raise ValueError(f"start_step {start_step} must lie in [0, total_steps={total_steps}]")
+        self.sampler = PairSampler(records, data_cfg, seed)
+        self.global_batch = data_cfg.batch_size
+        self.rank_batch = data_cfg.batch_size // world_size
+        self.rank = rank
+        self.start_step = start_step
+        self.total_steps = total_steps
+
+    def __len__(self) -> int:
+        return (self.total_steps - self.start_step) * self.rank_batch
+
+    def position(self, index: int) -> int:
+        """Global stream position of this rank's item `index`."""
+        step, slot = divmod(index, self.rank_batch)
+        return (self.start_step + step) * self.global_batch + self.rank * self.rank_batch + slot
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        return self.sampler.sample(self.position(index))
+
+
+def build_pair_loader(
+    records: list[VideoRecord],
+    data_cfg: DataConfig,
+    seed: int,
+    rank: int,
+    world_size: int,
+    start_step: int,
+    total_steps: int,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """A loader whose k-th batch is this rank's slice of global step start_step + k."""
+    dataset = FramePairDataset(records, data_cfg, seed, rank, world_size, start_step, total_steps)
+    workers = data_cfg.num_workers
+    return DataLoader(
+        dataset,
+        batch_size=dataset.rank_batch,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        drop_last=False,
+        persistent_workers=workers > 0,
+    )

@@ -1,0 +1,210 @@
+"""The VITO training loop, assembled from named components (data, engine, checkpoints, metrics).
+
+Resume order: build everything from the config, then restore model + EMA target + optimizer (DeepSpeed),
+then per-rank RNG, then the step; the data stream and the learning-rate / EMA schedules are pure functions
+of the step, so restoring the step restores them. An interrupted run therefore ends with the same weights
+as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vito.checkpoint import CheckpointStore
+from vito.checkpoint_manager import CheckpointManager
+from vito.config import VitoConfig
+from vito.data.manifest import VideoRecord, read_manifest
+from vito.data.pairs import build_pair_loader
+from vito.data.synthetic import ensure_synthetic_videos
+from vito.distributed import DistInfo, all_agree, init_distributed, mean_across_ranks
+from vito.metrics import MetricsLogger
+from vito.model import VitoModel, ema_momentum
+from vito.optim import build_optimizer, learning_rate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunContext:
+    """Where a run keeps its things, and how the launcher asks it to stop. No SLURM or sweep in here."""
+
+    checkpoint_uri: str
+    data_root: str
+    scratch_dir: str
+    tracking_uri: str | None = None
+    run_id: str | None = None
+    # Polled at every step boundary; True on any rank makes all ranks save and return (preemption).
+    stop_requested: Callable[[], bool] = field(default=lambda: False)
+
+
+@dataclass
+class TrainResult:
+    completed: bool  # False when stopped early on request (the caller requeues)
+    step: int
+    resumed_from: int | None
+    evaluation: dict[str, float]
+
+
+def deepspeed_config(cfg: VitoConfig, world_size: int) -> dict[str, Any]:
+    global_batch = cfg.data.batch_size
+    if global_batch % world_size:
+        raise ValueError(f"data.batch_size={global_batch} is not divisible by the {world_size} ranks of this trial")
+    config: dict[str, Any] = {
+        "train_batch_size": global_batch,
+        "train_micro_batch_size_per_gpu": global_batch // world_size,
+        "gradient_accumulation_steps": 1,
+        "zero_optimization": {"stage": cfg.train.zero_stage},
+        # We pass a torch optimizer object (LARS/AdamW): naming one here would compile DeepSpeed's own.
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if cfg.train.precision == "bf16":
+        config["bf16"] = {"enabled": True}
+        config["data_types"] = {"buffer_dtype": "bf16"}  # BatchNorm buffers must follow, or bf16 fails
+    return config
+
+
+def load_training_videos(cfg: VitoConfig, data_root: str, dist_info: DistInfo) -> list[VideoRecord]:
+    if cfg.data.source != "synthetic":
+        return read_manifest(cfg.data.source)
+    # Rank 0 renders the clips once; the others wait rather than render the same files in parallel.
+    if dist_info.is_main:
+        manifest = ensure_synthetic_videos(data_root, cfg.data.synthetic, split="train")
+    torch.distributed.barrier()
+    if not dist_info.is_main:
+        manifest = ensure_synthetic_videos(data_root, cfg.data.synthetic, split="train")
+    return read_manifest(manifest)
+
+
+class Trainer:
+    def __init__(self, cfg: VitoConfig, ctx: RunContext):
+        import deepspeed
+
+        self.cfg = cfg
+        self.ctx = ctx
+        self.dist = init_distributed()
+        torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+        self.videos = load_training_videos(cfg, ctx.data_root, self.dist)
+        model = VitoModel(cfg.model, cfg.loss)
+        optimizer = build_optimizer(model.named_online_parameters(), cfg.optim, cfg.data.batch_size)
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, config=deepspeed_config(cfg, self.dist.world_size)
+        )
+        if cfg.train.precision == "bf16":
+            self.model.keep_target_fp32()
+        torch.manual_seed(cfg.train.seed + 1 + self.dist.rank)
+        self.checkpoints = CheckpointManager(
+            CheckpointStore(ctx.checkpoint_uri), self.engine, self.dist, ctx.scratch_dir, cfg.checkpoint.keep_last
+        )
+        self.metrics = MetricsLogger(ctx.tracking_uri, ctx.run_id, enabled=self.dist.is_main)
+
+    @property
+    def model(self) -> VitoModel:
+        return self.engine.module
+
+    def _set_learning_rate(self, step: int) -> float:
+        lr = learning_rate(step, self.cfg.train.steps, self.cfg.optim, self.cfg.data.batch_size)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def _train_step(self, step: int, view_a: torch.Tensor, view_b: torch.Tensor) -> dict[str, torch.Tensor]:
+        lr = self._set_learning_rate(step)
+        dtype = torch.bfloat16 if self.cfg.train.precision == "bf16" else torch.float32
+        view_a = view_a.to(self.dist.device, dtype, non_blocking=True)
+        view_b = view_b.to(self.dist.device, dtype, non_blocking=True)
+        losses = self.engine(view_a, view_b)
+        self.engine.backward(losses["loss"])
+        self.engine.step()
+        momentum = ema_momentum(step, self.cfg.train.steps, self.cfg.ema)
+        self.model.update_target(momentum)
+        return {**losses, "lr": lr, "ema_momentum": momentum}
+
+    def run(self) -> TrainResult:
+        cfg = self.cfg
+        restored = self.checkpoints.restore()
+        start = restored.step if restored else 0
+        if self.dist.is_main:
+            self.metrics.set_tags({"vito.resumed_from_step": str(start)} if restored else {})
+        loader = build_pair_loader(
+            self.videos, cfg.data, cfg.train.seed, self.dist.rank, self.dist.world_size, start, cfg.train.steps,
+            pin_memory=self.dist.device.type == "cuda",
+        )
+        batches = iter(loader)
+        window_start, data_wait, window_steps = time.perf_counter(), 0.0, 0
+        step = start
+        while step < cfg.train.steps:
+            fetch_start = time.perf_counter()
+            view_a, view_b = next(batches)
+            data_wait += time.perf_counter() - fetch_start
+            out = self._train_step(step, view_a, view_b)
+            step += 1
+            window_steps += 1
+            if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+                elapsed = time.perf_counter() - window_start
+                self._log_progress(step, out, window_steps, elapsed, data_wait)
+                window_start, data_wait, window_steps = time.perf_counter(), 0.0, 0
+            stop = all_agree(self.ctx.stop_requested(), self.dist.device)
+            if step % cfg.checkpoint.every_steps == 0 or step == cfg.train.steps or stop:
+                self.checkpoints.save(step, {"step": step, "config": cfg.to_dict()})
+            if stop:
+                log.info("stop requested: saved step %d and stopping", step)
+                self.metrics.flush()
+                return TrainResult(False, step, start if restored else None, {})
+        evaluation = self._evaluate()
+        self.metrics.flush()
+        return TrainResult(True, step, start if restored else None, evaluation)
+
+    def _log_progress(self, step: int, out: dict[str, Any], steps: int, elapsed: float, data_wait: float) -> None:
+        losses = {
+            k: mean_across_ranks(float(v.detach()), self.dist.device) for k, v in out.items() if k.startswith("loss")
+        }
+        if not self.dist.is_main:
+            return
+        values = {f"train/{k.replace('/', '_')}": v for k, v in losses.items()}
+        values.update({
+            "train/lr": out["lr"],
+            "train/ema_momentum": out["ema_momentum"],
+            "train/pairs_per_s": steps * self.cfg.data.batch_size / max(elapsed, 1e-9),
+            "train/data_wait_frac": data_wait / max(elapsed, 1e-9),
+            "train/step": step,
+        })
+        self.metrics.log(step, values)
+        self.metrics.flush()
+        log.info("step %d/%d loss %.4f", step, self.cfg.train.steps, values["train/loss"])
+
+    def _evaluate(self) -> dict[str, float]:
+        results: dict[str, float] = {}
+        if self.dist.is_main and self.cfg.eval.linear_probe:
+            from vito.evaluate import evaluate_frozen_features
+
+            results = evaluate_frozen_features(self.model, self.cfg, self.ctx.data_root, self.dist.device)
+            self.metrics.log(self.cfg.train.steps, results)
+            self.metrics.log_dict_artifact(results, "eval/final.json")
+        torch.distributed.barrier()
+        return results
+
+
+def train(cfg: VitoConfig, ctx: RunContext) -> TrainResult:
+    return Trainer(cfg, ctx).run()
+
+
+def final_weights(checkpoint_uri: str, scratch: str | Path) -> dict[str, torch.Tensor]:
+    """The model (online + target) state of the newest committed step: for exact-resume checks."""
+    store = CheckpointStore(checkpoint_uri)
+    restored = store.restore_newest(scratch)
+    if restored is None:
+        raise FileNotFoundError(f"no committed checkpoint under {checkpoint_uri}")
+    step, _ = restored
+    from vito.checkpoint import step_name
+
+    state = torch.load(Path(scratch) / step_name(step) / "mp_rank_00_model_states.pt", weights_only=False)
+    return state["module"]

@@ -1,0 +1,66 @@
+"""What every scheduler backend offers: submit trial jobs, report their state, cancel them."""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class JobResources:
+    nodes: int = 1
+    tasks_per_node: int = 1
+    gpus_per_node: int = 0
+    cpus_per_task: int = 1
+    mem_gb: float = 4
+    timeout_min: int = 60
+    partition: str | None = None
+    array_parallelism: int = 8
+
+
+@dataclass(frozen=True)
+class JobHandle:
+    job_id: str
+    log_dir: str
+
+
+class SchedulerState(str, enum.Enum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    INTERRUPTED = "INTERRUPTED"  # ended without a result: killed, or the machine went away
+    UNKNOWN = "UNKNOWN"  # could not ask: never to be read as FAILED
+
+    @property
+    def active(self) -> bool:
+        return self in (SchedulerState.PENDING, SchedulerState.RUNNING)
+
+
+class Backend(ABC):
+    name: str
+
+    @abstractmethod
+    def check(self, resources: JobResources) -> None:
+        """Raise VitolaunchError if these resources cannot run here, before anything is submitted."""
+
+    @abstractmethod
+    def submit(
+        self, jobs: Sequence[Callable[[], object]], names: Sequence[str], resources: JobResources, log_dir: Path
+    ) -> list[JobHandle]:
+        """Queue one job per callable; returns at once."""
+
+    @abstractmethod
+    def states(self, handles: Sequence[JobHandle]) -> dict[str, SchedulerState]:
+        """Scheduler state by job id; UNKNOWN where the scheduler could not be asked."""
+
+    @abstractmethod
+    def cancel(self, handles: Sequence[JobHandle]) -> None: ...
+
+    @abstractmethod
+    def log_files(self, handle: JobHandle, rank: int) -> tuple[Path, Path]:
+        """(stdout, stderr) of one rank of a job."""

@@ -1,0 +1,136 @@
+"""The embedded default: submitit's LocalExecutor, with each job detached from the submitting command.
+
+submitit's local controller inherits the caller's terminal and process group, so it would die with the
+shell (or hold a test's pipes open until training ends). Here it starts in its own session with its output
+in a file, which makes `vitolaunch sweep` return at once while trials keep running, as on SLURM.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import submitit
+from submitit.core.utils import JobPaths, pickle_load
+
+from vitolaunch.backends.base import Backend, JobHandle, JobResources, SchedulerState
+from vitolaunch.errors import VitolaunchError
+
+_CONTROLLER_MODULE = "submitit.local._local"
+
+
+class _DetachedLocalExecutor(submitit.LocalExecutor):
+    def _submit_command(self, command: str) -> submitit.LocalJob:
+        tasks = self.parameters.get("tasks_per_node", 1)
+        env = dict(os.environ)
+        env.update(
+            SUBMITIT_LOCAL_NTASKS=str(tasks),
+            SUBMITIT_LOCAL_COMMAND=command,
+            SUBMITIT_LOCAL_TIMEOUT_S=str(int(60 * self.parameters.get("timeout_min", 60))),
+            SUBMITIT_LOCAL_SIGNAL_DELAY_S=str(int(self.parameters.get("signal_delay_s", 30))),
+            SUBMITIT_LOCAL_NODEID="0",
+            SUBMITIT_LOCAL_JOB_NUM_NODES="1",
+            SUBMITIT_STDERR_TO_STDOUT="",
+            SUBMITIT_EXECUTOR="local",
+            CUDA_VISIBLE_DEVICES=",".join(str(k) for k in range(self.parameters.get("gpus_per_node", 0))),
+            SUBMITIT_LOCAL_WITH_SHELL="",
+        )
+        folder = Path(str(self.folder))
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with open(folder.parent / "controllers.log", "ab") as controller_log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", _CONTROLLER_MODULE, str(self.folder)],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=controller_log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return submitit.LocalJob(folder=self.folder, job_id=str(process.pid), process=process, tasks=list(range(tasks)))
+
+
+def _controller_alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+        # A pid can be reused after a reboot: it is ours only if it runs submitit's controller.
+        return process.status() != psutil.STATUS_ZOMBIE and _CONTROLLER_MODULE in " ".join(process.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+class LocalBackend(Backend):
+    name = "local"
+
+    def check(self, resources: JobResources) -> None:
+        if resources.nodes != 1:
+            raise VitolaunchError(
+                f"resources.nodes is {resources.nodes}, but the local backend runs on this one machine: "
+                "set resources.nodes: 1, or run on a SLURM cluster (resources.cluster: slurm)"
+            )
+        if resources.gpus_per_node:
+            import torch
+
+            available = torch.cuda.device_count()
+            if resources.gpus_per_node > available:
+                raise VitolaunchError(
+                    f"resources.gpus_per_node is {resources.gpus_per_node}, but this machine has {available} GPUs"
+                )
+
+    def submit(
+        self, jobs: Sequence[Callable[[], object]], names: Sequence[str], resources: JobResources, log_dir: Path
+    ) -> list[JobHandle]:
+        executor = _DetachedLocalExecutor(folder=log_dir / "%j")
+        executor.update_parameters(
+            timeout_min=resources.timeout_min,
+            tasks_per_node=resources.tasks_per_node,
+            gpus_per_node=resources.gpus_per_node,
+        )
+        handles = []
+        for job in jobs:
+            submitted = executor.submit(job)
+            handles.append(JobHandle(job_id=submitted.job_id, log_dir=str(log_dir / submitted.job_id)))
+        return handles
+
+    def states(self, handles: Sequence[JobHandle]) -> dict[str, SchedulerState]:
+        return {handle.job_id: self._state(handle) for handle in handles}
+
+    def _state(self, handle: JobHandle) -> SchedulerState:
+        try:
+            if _controller_alive(int(handle.job_id)):
+                return SchedulerState.RUNNING
+            result = JobPaths(handle.log_dir, handle.job_id, 0).result_pickle
+            if not result.exists():
+                return SchedulerState.INTERRUPTED
+            outcome = pickle_load(result)[0]
+            return SchedulerState.COMPLETED if outcome == "success" else SchedulerState.FAILED
+        except Exception:
+            return SchedulerState.UNKNOWN
+
+    def cancel(self, handles: Sequence[JobHandle], grace_s: float = 10.0) -> None:
+        pids = [int(h.job_id) for h in handles if _controller_alive(int(h.job_id))]
+        for pid in pids:
+            # The controller leads its own session: the signal reaches it and every rank it started.
+            _signal_group(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while any(_controller_alive(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for pid in pids:
+            _signal_group(pid, signal.SIGKILL)
+
+    def log_files(self, handle: JobHandle, rank: int) -> tuple[Path, Path]:
+        paths = JobPaths(handle.log_dir, handle.job_id, rank)
+        return paths.stdout, paths.stderr
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass

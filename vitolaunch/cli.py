@@ -1,0 +1,187 @@
+"""The `vitolaunch` command. Heavy modules (torch, deepspeed, mlflow) load only inside the commands that
+need them, so `vitolaunch --help` and `--dry-run` answer instantly."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import click
+
+from vitolaunch import __version__
+from vitolaunch.errors import VitolaunchError
+
+TRACKING_OPTION = click.option(
+    "--tracking-uri",
+    envvar="MLFLOW_TRACKING_URI",
+    default=None,
+    help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI, else sqlite in $VITOLAUNCH_HOME]",
+)
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def _launcher(tracking_uri: str | None):
+    from vitolaunch.launch import Launcher
+    from vitolaunch.workspace import Workspace
+
+    return Launcher(Workspace.from_env(), tracking_uri)
+
+
+class _Group(click.Group):
+    """Turns our own errors into one clear line and exit code 2, instead of a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except VitolaunchError as problem:
+            click.secho(f"error: {problem}", fg="red", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group)
+@click.version_option(__version__)
+def main() -> None:
+    """Sweeps of VITO video pretraining on SLURM (or this machine), tracked in MLflow."""
+
+
+@main.command()
+@click.argument("spec_file", type=click.Path(dir_okay=False))
+@click.option("-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a spec key, e.g. -o resources.nodes=2 -o base.train.steps=50 (repeatable).")
+@click.option("--dry-run", is_flag=True, help="Print the trials and submit nothing.")
+@click.option("--retry-failed", is_flag=True, help="Resubmit failed or interrupted trials (from their checkpoints).")
+@TRACKING_OPTION
+def sweep(spec_file: str, overrides: tuple[str, ...], dry_run: bool, retry_failed: bool, tracking_uri: str | None) -> None:
+    """Submit the trials of SPEC_FILE and return; trials already running or finished are skipped."""
+    from vitolaunch.spec import expand, load_spec, resolve_cluster
+
+    spec = load_spec(spec_file, overrides)
+    trials = expand(spec)  # every trial validated before anything is submitted
+    console = _console()
+    if dry_run:
+        from vitolaunch.plan import render_plan
+
+        console.print(render_plan(spec, trials, resolve_cluster(spec.resources)))
+        console.print(f"dry run: {len(trials)} trials, nothing submitted")
+        return
+    launcher = _launcher(tracking_uri or spec.tracking.uri)
+    report = launcher.submit_sweep(spec, trials, retry_failed=retry_failed)
+    counts: dict[str, int] = {}
+    for outcome in report.outcomes:
+        counts[outcome.action] = counts.get(outcome.action, 0) + 1
+    summary = ", ".join(f"{n} {action}" for action, n in counts.items())
+    console.print(f"sweep [bold]{report.sweep_name}[/] id [bold]{report.sweep_run_id}[/] on {report.backend}: {summary}")
+    notes = {
+        "submitted": "submitted",
+        "resubmitted": "resubmitted (resumes from its checkpoint)",
+        "running": "already queued or running: skipped",
+        "finished": "already finished: skipped",
+        "failed": "failed earlier: skipped (use --retry-failed, or vitolaunch resume RUN_ID)",
+    }
+    for outcome in report.outcomes:
+        params = " ".join(f"{k}={v}" for k, v in outcome.trial.params.items())
+        job = f" job {outcome.job_id}" if outcome.job_id else ""
+        console.print(f"  {outcome.trial.index:03d} {outcome.trial.key[:8]}  run {outcome.run_id}  {params}  {notes[outcome.action]}{job}")
+    console.print(f"watch:   vitolaunch status {report.sweep_name} --watch")
+    console.print(f"compare: mlflow ui --backend-store-uri {report.tracking_uri}")
+
+
+@main.command()
+@click.argument("sweep_id", required=False)
+@click.option("--watch", is_flag=True, help="Redraw until every trial has ended.")
+@click.option("--interval", default=5.0, show_default=True, help="Seconds between redraws with --watch.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@TRACKING_OPTION
+def status(sweep_id: str | None, watch: bool, interval: float, as_json: bool, tracking_uri: str | None) -> None:
+    """Show every sweep and trial (or one sweep: SWEEP_ID is its name or run id)."""
+    from vitolaunch.status import all_terminal, collect_rows, render_table, rows_as_json
+
+    launcher = _launcher(tracking_uri)
+    console = _console()
+    rows = _rows(collect_rows, launcher, sweep_id)
+    if as_json:
+        click.echo(rows_as_json(rows))
+        return
+    if not rows:
+        console.print(f"no sweeps in {launcher.tracking_uri}")
+        return
+    if not watch:
+        console.print(render_table(rows))
+        return
+    from rich.live import Live
+
+    with Live(render_table(rows), console=console, auto_refresh=False) as live:
+        while not all_terminal(rows):
+            time.sleep(interval)
+            rows = _rows(collect_rows, launcher, sweep_id)
+            live.update(render_table(rows, title=time.strftime("%H:%M:%S")), refresh=True)
+
+
+def _rows(collect_rows, launcher, sweep_id):
+    try:
+        return collect_rows(launcher.registry, sweep_id)
+    except VitolaunchError:
+        raise
+    except Exception as problem:
+        raise VitolaunchError(
+            f"the tracking server {launcher.tracking_uri} is unreachable ({type(problem).__name__}): "
+            "check that it is up, or pass --tracking-uri"
+        ) from problem
+
+
+@main.command()
+@click.argument("run_id")
+@TRACKING_OPTION
+def resume(run_id: str, tracking_uri: str | None) -> None:
+    """Continue a trial (RUN_ID) or every unfinished trial of a sweep from the last committed checkpoint."""
+    launcher = _launcher(tracking_uri)
+    resumed = launcher.resume(run_id)
+    console = _console()
+    if not resumed:
+        console.print("nothing to resume: every trial is running or finished")
+    for record in resumed:
+        console.print(f"resumed run {record.run_id} ({record.name}) as job {record.tags.get('vitolaunch.job_id')}")
+
+
+@main.command()
+@click.argument("run_id")
+@TRACKING_OPTION
+def cancel(run_id: str, tracking_uri: str | None) -> None:
+    """Cancel a trial (RUN_ID) or every active trial of a sweep. Checkpoints are kept: resume continues."""
+    launcher = _launcher(tracking_uri)
+    cancelled = launcher.cancel(run_id)
+    _console().print(f"cancelled {len(cancelled)} trial(s): {' '.join(r.run_id for r in cancelled) or '-'}")
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--rank", default=0, show_default=True, help="Which rank's log.")
+@click.option("--stderr", "show_stderr", is_flag=True, help="Show stderr instead of stdout.")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing as the log grows, until the trial ends.")
+@TRACKING_OPTION
+def logs(run_id: str, rank: int, show_stderr: bool, follow: bool, tracking_uri: str | None) -> None:
+    """Print the log of one rank of a trial, found from its run id alone."""
+    launcher = _launcher(tracking_uri)
+    path = launcher.log_file(run_id, rank, show_stderr)
+    if not path.exists():
+        raise VitolaunchError(f"{path} does not exist yet: the trial may still be queued")
+    with open(path, errors="replace") as handle:
+        while True:
+            chunk = handle.read()
+            if chunk:
+                sys.stdout.write(chunk)
+                sys.stdout.flush()
+            if not follow or launcher.trial_has_ended(run_id):
+                if follow:
+                    sys.stdout.write(handle.read())
+                return
+            time.sleep(1.0)
+
+
+if __name__ == "__main__":
+    main()

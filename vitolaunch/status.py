@@ -1,0 +1,132 @@
+"""The status view: one row per trial, from MLflow progress merged with the scheduler's state."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from vitolaunch.registry import TAG_JOB_ID, TAG_TOTAL_STEPS, Registry, RunRecord
+from vitolaunch.states import TrialState, trial_states
+
+
+@dataclass
+class TrialRow:
+    sweep: str
+    sweep_run_id: str
+    run_id: str
+    index: int
+    trial_key: str
+    params: dict[str, Any]
+    state: str
+    step: int | None
+    total_steps: int | None
+    loss: float | None
+    eval_acc: float | None
+    eval_acc_random_init: float | None
+    elapsed_s: float | None
+    job_id: str | None
+
+
+def _elapsed(record: RunRecord, state: TrialState) -> float | None:
+    if record.start_time is None:
+        return None
+    end = record.end_time if state.is_terminal and record.end_time else time.time()
+    return max(0.0, end - record.start_time)
+
+
+def collect_rows(registry: Registry, sweep_filter: str | None = None) -> list[TrialRow]:
+    if sweep_filter:
+        target = registry.resolve(sweep_filter)
+        sweeps = [target] if target.kind == "sweep" else [registry.get(target.tags["mlflow.parentRunId"])]
+    else:
+        sweeps = sorted(registry.sweeps(), key=lambda s: s.start_time or 0)
+    rows = []
+    for sweep in sweeps:
+        trials = registry.trials(sweep)
+        states = trial_states(trials)
+        for trial in trials:
+            metrics = trial.metrics
+            step = metrics.get("train/step")
+            rows.append(
+                TrialRow(
+                    sweep=sweep.sweep,
+                    sweep_run_id=sweep.run_id,
+                    run_id=trial.run_id,
+                    index=trial.trial_index,
+                    trial_key=trial.trial_key,
+                    params=trial.swept,
+                    state=states[trial.run_id].value,
+                    step=int(step) if step is not None else None,
+                    total_steps=int(trial.tags[TAG_TOTAL_STEPS]) if TAG_TOTAL_STEPS in trial.tags else None,
+                    loss=metrics.get("train/loss"),
+                    eval_acc=metrics.get("eval/linear_probe_acc"),
+                    eval_acc_random_init=metrics.get("eval/linear_probe_acc_random_init"),
+                    elapsed_s=_elapsed(trial, states[trial.run_id]),
+                    job_id=trial.tags.get(TAG_JOB_ID),
+                )
+            )
+    return rows
+
+
+def all_terminal(rows: list[TrialRow]) -> bool:
+    return all(TrialState(row.state).is_terminal for row in rows)
+
+
+def rows_as_json(rows: list[TrialRow]) -> str:
+    return json.dumps([asdict(row) for row in rows], indent=2)
+
+
+_STYLE = {
+    "COMPLETED": "green",
+    "RUNNING": "cyan",
+    "QUEUED": "blue",
+    "FAILED": "red",
+    "CANCELLED": "magenta",
+    "INTERRUPTED": "yellow",
+    "UNKNOWN": "dim",
+}
+
+
+def _fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def _fmt_params(params: dict[str, Any]) -> str:
+    return " ".join(f"{key.split('.')[-1]}={value}" for key, value in params.items()) or "-"
+
+
+def render_table(rows: list[TrialRow], title: str | None = None):
+    from rich.table import Table
+
+    table = Table(title=title, header_style="bold", expand=False)
+    for column in ("sweep", "trial", "run id", "params", "state", "step", "loss", "probe acc (rand)", "elapsed"):
+        table.add_column(column, no_wrap=column != "params")
+    previous_sweep = None
+    for row in rows:
+        if previous_sweep is not None and row.sweep != previous_sweep:
+            table.add_section()
+        previous_sweep = row.sweep
+        progress = f"{row.step or 0}/{row.total_steps}" if row.total_steps else "-"
+        acc = "-"
+        if row.eval_acc is not None:
+            acc = f"{row.eval_acc:.3f}"
+            if row.eval_acc_random_init is not None:
+                acc += f" ({row.eval_acc_random_init:.3f})"
+        table.add_row(
+            row.sweep,
+            f"{row.index:03d} {row.trial_key[:8]}",
+            row.run_id[:12],
+            _fmt_params(row.params),
+            f"[{_STYLE.get(row.state, '')}]{row.state}[/]",
+            progress,
+            f"{row.loss:.4f}" if row.loss is not None else "-",
+            acc,
+            _fmt_duration(row.elapsed_s),
+        )
+    return table

@@ -1,0 +1,49 @@
+"""Where vitolaunch keeps things on this machine when the spec does not say: one folder, VITOLAUNCH_HOME."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+
+    @classmethod
+    def from_env(cls) -> "Workspace":
+        return cls(Path(os.environ.get("VITOLAUNCH_HOME", "~/.vitolaunch")).expanduser().resolve())
+
+    @property
+    def tracking_uri(self) -> str:
+        """The embedded default: MLflow in a sqlite file (MLflow 3.17 refuses the old ./mlruns store)."""
+        return f"sqlite:///{self.root / 'mlflow.db'}"
+
+    @property
+    def artifact_root(self) -> Path:
+        return self.root / "mlartifacts"
+
+    @property
+    def checkpoint_root(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def data_root(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def scratch_root(self) -> Path:
+        return self.root / "scratch"
+
+    def log_dir(self, sweep_name: str) -> Path:
+        return self.root / "logs" / sweep_name
+
+    def tracking_uri_or_default(self, uri: str | None) -> str:
+        return uri or os.environ.get("MLFLOW_TRACKING_URI") or self.tracking_uri
+
+
+def quiet_mlflow_environment() -> None:
+    """MLflow 3 phones home unless told not to."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DO_NOT_TRACK", "true")

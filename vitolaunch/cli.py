@@ -22,7 +22,8 @@ TRACKING_OPTION = click.option(
 def _console():
     from rich.console import Console
 
-    return Console()
+    # Piped output (CI logs, `| grep`) gets a wide fixed width instead of rich's 80 columns.
+    return Console() if sys.stdout.isatty() else Console(width=200, soft_wrap=True)
 
 
 def _launcher(tracking_uri: str | None):

@@ -38,7 +38,8 @@ def _randint(gen: torch.Generator, high: int) -> int:
 
 
 def _resize(image: torch.Tensor, out_size: int) -> torch.Tensor:
-    return F.interpolate(image[None], size=(out_size, out_size), mode="bilinear", align_corners=False, antialias=False)[0]
+    resized = F.interpolate(image[None], size=(out_size, out_size), mode="bilinear", align_corners=False, antialias=False)
+    return resized[0]
 
 
 def _crop_box(height: int, width: int, scale_min: float, gen: torch.Generator) -> tuple[int, int, int, int]:

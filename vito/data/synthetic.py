@@ -178,7 +178,7 @@ def _video_codec() -> str:
 
 def write_mp4(path: str | Path, frames: np.ndarray, fps: int) -> None:
     """Encode uint8 (T, H, W, 3) frames; keyframe every second so seeking has something to land on."""
-    num_frames, height, width, _ = frames.shape
+    _, height, width, _ = frames.shape
     if height % 2 or width % 2:
         raise ValueError(f"yuv420p needs even frame sizes, got {height}x{width}")
     codec = _video_codec()
@@ -204,7 +204,9 @@ def _clip_seed(cfg: SyntheticConfig, split: str, index: int) -> np.random.SeedSe
 
 
 def _dataset_dirname(cfg: SyntheticConfig, split: str, num_videos: int) -> str:
-    key = f"v{GENERATOR_VERSION}|{cfg.model_dump_json()}|{split}|{num_videos}"
+    # cfg.num_videos is left out: only the count actually generated changes the clips.
+    content = cfg.model_dump_json(exclude={"num_videos"})
+    key = f"v{GENERATOR_VERSION}|{content}|{split}|{num_videos}"
     return "synthetic-" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 

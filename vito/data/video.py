@@ -66,7 +66,7 @@ class _SeekingReader:
 
     def _to_pts(self, time_s: float) -> int:
         # The epsilon absorbs float error so that t = k / fps lands on frame k, not k - 1.
-        return self.start_pts + math.floor(time_s / self.time_base )
+        return self.start_pts + math.floor(time_s / self.time_base + 1e-3)
 
     def _seek(self, pts: int) -> None:
         # backward=True: land on the keyframe at or before pts; PyAV flushes the decoder on seek.

@@ -1,0 +1,76 @@
+"""Helpers for end-to-end tests that drive the real `vitolaunch` command on the local backend."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+TINY_BASE = {
+    "data": {
+        "synthetic": {"num_videos": 16, "num_frames": 16, "fps": 8, "size": 48, "num_classes": 4},
+        "crop_size": 32,
+        "batch_size": 16,
+        "max_gap_s": 1.0,
+    },
+    "model": {"width": 8, "pool_hidden": 32, "proj_hidden": 64, "proj_dim": 32, "pred_hidden": 64},
+    "optim": {"name": "adamw", "lr": 0.01, "weight_decay": 1e-4, "warmup_steps": 2},
+    "train": {"steps": 12, "log_every": 2, "zero_stage": 2, "seed": 0},
+    "checkpoint": {"every_steps": 4, "keep_last": 2},
+    "eval": {"train_clips": 16, "test_clips": 8, "frames_per_clip": 2, "probe_epochs": 30},
+}
+
+
+def write_spec(folder: Path, name: str, parameters: dict, tasks_per_node: int = 2, **base_updates) -> Path:
+    base = json.loads(json.dumps(TINY_BASE))
+    for section, values in base_updates.items():
+        base.setdefault(section, {}).update(values)
+    spec = {
+        "name": name,
+        "task": "pretrain",
+        "base": base,
+        "parameters": parameters,
+        "resources": {"cluster": "local", "tasks_per_node": tasks_per_node, "timeout_min": 20},
+        "tracking": {"experiment": "tests"},
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def vitolaunch(home: Path, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "VITOLAUNCH_HOME": str(home), "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "vitolaunch.cli", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"vitolaunch {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def status_rows(home: Path, sweep: str | None = None) -> list[dict]:
+    args = ["status", "--json"] + ([sweep] if sweep else [])
+    return json.loads(vitolaunch(home, *args).stdout)
+
+
+def wait_until(home: Path, sweep: str, predicate, timeout: float, what: str) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    rows: list[dict] = []
+    while time.monotonic() < deadline:
+        rows = status_rows(home, sweep)
+        if rows and predicate(rows):
+            return rows
+        time.sleep(2)
+    logs = "\n".join(p.read_text()[-3000:] for p in (home / "logs").rglob("*.err"))
+    raise AssertionError(f"timed out waiting for {what}; last status: {rows}\nlogs:\n{logs}")
+
+
+def all_ended(rows: list[dict]) -> bool:
+    return all(r["state"] in ("COMPLETED", "FAILED", "CANCELLED", "INTERRUPTED") for r in rows)

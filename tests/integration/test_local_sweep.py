@@ -1,0 +1,122 @@
+"""End to end on the embedded default: the real CLI, submitit's local executor, 2 DeepSpeed ranks over gloo
+per trial, MLflow in sqlite, checkpoints in a local folder."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.local_sweeps import all_ended, status_rows, vitolaunch, wait_until, write_spec
+
+pytestmark = pytest.mark.integration
+
+
+def _client(home: Path):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
+
+
+def _runs(home: Path, kind: str):
+    client = _client(home)
+    experiment = client.get_experiment_by_name("tests")
+    return client.search_runs([experiment.experiment_id], f"tags.`vitolaunch.kind` = '{kind}'")
+
+
+@pytest.mark.timeout(600)
+def test_sweep_trains_two_rank_trials_and_records_them_in_mlflow(tmp_path):
+    home = tmp_path / "home"
+    spec = write_spec(tmp_path, "e2e", {"loss.temperature": [0.1, 0.2]})
+
+    started = time.monotonic()
+    out = vitolaunch(home, "sweep", str(spec)).stdout
+    assert "2 submitted" in out
+    assert time.monotonic() - started < 60, "sweep must return once jobs are queued, not wait for training"
+
+    rows = wait_until(home, "e2e", all_ended, timeout=480, what="both trials to end")
+    assert [r["state"] for r in rows] == ["COMPLETED", "COMPLETED"], rows
+    assert all(r["step"] == r["total_steps"] == 12 for r in rows)
+
+    client = _client(home)
+    (parent,) = _runs(home, "sweep")
+    children = _runs(home, "trial")
+    assert len(children) == 2
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert sorted(float(c.data.params["loss.temperature"]) for c in children) == [0.1, 0.2]
+    for child in children:
+        assert child.info.status == "FINISHED"
+        history = client.get_metric_history(child.info.run_id, "train/loss")
+        steps = [m.step for m in history]
+        assert steps == sorted(steps) and set(steps) == {2, 4, 6, 8, 10, 12}
+        assert 0.0 <= child.data.metrics["eval/linear_probe_acc"] <= 1.0
+        assert "eval/linear_probe_acc_random_init" in child.data.metrics
+        artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert "config.json" in artifacts
+        assert child.data.tags["vitolaunch.trial_key"] and child.data.tags["vitolaunch.job_id"]
+    # Both ranks of each trial ran and logged.
+    rank_logs = sorted(p.name for p in (home / "logs" / "e2e").rglob("*_log.out"))
+    assert any(name.endswith("_1_log.out") for name in rank_logs), rank_logs
+
+    again = vitolaunch(home, "sweep", str(spec)).stdout
+    assert "2 finished" in again and "already finished: skipped" in again
+    assert len(_runs(home, "trial")) == 2, "a second sweep of the same spec must not create trials"
+
+
+def _checkpoint_uri(home: Path) -> str:
+    (trial,) = _runs(home, "trial")
+    return trial.data.tags["vitolaunch.checkpoint_uri"]
+
+
+def _committed_steps(uri: str) -> list[int]:
+    from vito.checkpoint import CheckpointStore
+
+    return CheckpointStore(uri).committed_steps()
+
+
+@pytest.mark.timeout(900)
+def test_killed_trial_resumes_to_the_same_final_weights(tmp_path):
+    import torch
+
+    from vito.train import final_weights
+
+    steps = {"steps": 24, "log_every": 2}
+    reference_home, interrupted_home = tmp_path / "reference", tmp_path / "interrupted"
+    for home in (reference_home, interrupted_home):
+        spec = write_spec(tmp_path / home.name, "resume", {"loss.temperature": [0.2]}, train=steps)
+        vitolaunch(home, "sweep", str(spec))
+    (row,) = status_rows(interrupted_home, "resume")
+
+    # Kill every process of the trial (SIGKILL: no chance to save) once a checkpoint is committed mid-run.
+    uri = _checkpoint_uri(interrupted_home)
+    deadline = time.monotonic() + 300
+    while not [s for s in _committed_steps(uri) if s >= 8]:
+        assert time.monotonic() < deadline, "no checkpoint committed in time"
+        time.sleep(0.2)
+    os.killpg(int(row["job_id"]), signal.SIGKILL)
+    killed_at = _committed_steps(uri)[-1]
+    assert killed_at < 24, "the trial finished before it could be killed: make it longer"
+
+    (row,) = wait_until(interrupted_home, "resume", lambda rows: rows[0]["state"] == "INTERRUPTED", 60, "INTERRUPTED")
+    out = vitolaunch(interrupted_home, "resume", row["run_id"]).stdout
+    assert row["run_id"] in out
+
+    for home in (reference_home, interrupted_home):
+        (done,) = wait_until(home, "resume", all_ended, timeout=600, what="the trial to end")
+        assert done["state"] == "COMPLETED", done
+
+    reference = final_weights(_checkpoint_uri(reference_home), tmp_path / "scratch_a")
+    resumed = final_weights(_checkpoint_uri(interrupted_home), tmp_path / "scratch_b")
+    assert reference.keys() == resumed.keys()
+    different = [name for name in reference if not torch.equal(reference[name], resumed[name])]
+    assert not different, f"weights differ after resume: {different[:5]}"
+
+    # Same MLflow run, and the step axis has no gap.
+    (trial,) = _runs(interrupted_home, "trial")
+    assert trial.info.run_id == row["run_id"] and trial.info.status == "FINISHED"
+    assert trial.data.tags["vito.resumed_from_step"] == str(killed_at)
+    history = _client(interrupted_home).get_metric_history(trial.info.run_id, "train/loss")
+    assert {m.step for m in history} == set(range(2, 25, 2))

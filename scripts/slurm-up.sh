@@ -151,7 +151,8 @@ ensure_file() { # PATH OWNER:GROUP MODE
 }
 ensure_dir "$STATE" root:root 755
 ensure_dir "$ETC" root:root 755
-ensure_dir "$LOG" root:root 755
+# slurmctld/slurmdbd want a writable log folder (their working directory); sticky keeps munged content.
+ensure_dir "$LOG" root:slurm 1775
 ensure_dir "$RUN" slurm:slurm 755          # slurmctld/slurmdbd remove their pid files as user slurm
 ensure_dir "$STATE/slurmctld" slurm:slurm 700
 ensure_dir "$STATE/slurmd" root:root 755
@@ -212,7 +213,7 @@ SlurmUser=slurm
 SlurmdUser=root
 AuthType=auth/munge
 AuthInfo=cred_expire=10
-CommunicationParameters=NoInAddrAny
+CommunicationParameters=NoInAddrAny,NoCtldInAddrAny
 StateSaveLocation=$STATE/slurmctld
 SlurmdSpoolDir=$STATE/slurmd/%n
 SlurmctldPidFile=$CTLD_PID

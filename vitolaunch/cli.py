@@ -59,10 +59,11 @@ def main() -> None:
 @TRACKING_OPTION
 def sweep(spec_file: str, overrides: tuple[str, ...], dry_run: bool, retry_failed: bool, tracking_uri: str | None) -> None:
     """Submit the trials of SPEC_FILE and return; trials already running or finished are skipped."""
-    from vitolaunch.spec import expand, load_spec, resolve_cluster
+    from vitolaunch.spec import check_trials_fit_resources, expand, load_spec, resolve_cluster
 
     spec = load_spec(spec_file, overrides)
     trials = expand(spec)  # every trial validated before anything is submitted
+    check_trials_fit_resources(spec, trials)
     console = _console()
     if dry_run:
         from vitolaunch.plan import render_plan

@@ -650,3 +650,18 @@ def _duplicate_error(
     )
     path = assignment.sources[name] if name else ("parameters",)
     return spec._locator.error(path, message, key=name, hint="Remove the repeated value.")
+
+
+def check_trials_fit_resources(spec: SweepSpec, trials: Sequence[Trial]) -> None:
+    """Each trial's global batch must split evenly over its ranks; caught here, before submission."""
+    ranks = spec.resources.nodes * spec.resources.tasks_per_node
+    for trial in trials:
+        batch = trial.config.data.batch_size
+        if batch % ranks:
+            raise SpecError(
+                f"data.batch_size {batch} (trial {trial.index}) does not split evenly over {ranks} ranks "
+                f"({spec.resources.nodes} nodes x {spec.resources.tasks_per_node} tasks)",
+                file=spec.source_file,
+                key="data.batch_size",
+                hint=f"Use a multiple of {ranks}, or change resources.nodes / tasks_per_node.",
+            )

@@ -10,7 +10,9 @@ def make_backend(cluster: str) -> Backend:
         from vitolaunch.backends.local import LocalBackend
 
         return LocalBackend()
-    raise ValueError(f"unknown cluster '{cluster}': expected local or slurm")
+    from vitolaunch.errors import VitolaunchError
+
+    raise VitolaunchError(f"no backend for cluster '{cluster}' in this version: use resources.cluster: local")
 
 
 __all__ = ["Backend", "JobHandle", "JobResources", "SchedulerState", "make_backend"]

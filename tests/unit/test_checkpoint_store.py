@@ -1,0 +1,82 @@
+"""The checkpoint store's contract on a local folder: markers last, verification, fallback, retention."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from vito.checkpoint import COMMIT_MARKER, CheckpointStore, CorruptCheckpoint, step_name
+
+
+def _save(store: CheckpointStore, tmp_path: Path, step: int, commit: bool = True) -> None:
+    local = tmp_path / f"local_{step}"
+    local.mkdir()
+    (local / "model.pt").write_bytes(f"model at {step}".encode() * 100)
+    (local / "rank1" / "optim.pt").parent.mkdir()
+    (local / "rank1" / "optim.pt").write_bytes(b"optimizer" * step)
+    files = store.upload(step, local)
+    if commit:
+        store.commit(step, files, {"world_size": 2})
+
+
+def test_only_committed_steps_are_visible_and_latest_follows_commits(tmp_path):
+    store = CheckpointStore(str(tmp_path / "ckpt"))
+    _save(store, tmp_path, 10)
+    _save(store, tmp_path, 20, commit=False)  # a save that died before its marker
+    assert store.committed_steps() == [10]
+    assert store.latest_pointer() == 10
+    restored = store.restore_newest(tmp_path / "restore")
+    assert restored is not None and restored[0] == 10
+    assert (tmp_path / "restore" / step_name(10) / "rank1" / "optim.pt").read_bytes() == b"optimizer" * 10
+
+
+def test_corrupt_shard_fails_its_checksum_and_the_previous_step_is_used(tmp_path, caplog):
+    store = CheckpointStore(str(tmp_path / "ckpt"))
+    _save(store, tmp_path, 10)
+    _save(store, tmp_path, 20)
+    shard = tmp_path / "ckpt" / step_name(20) / "model.pt"
+    shard.write_bytes(shard.read_bytes()[:-1] + b"X")  # same size, different bytes
+    with pytest.raises(CorruptCheckpoint, match="checksum"):
+        store.download(20, tmp_path / "direct")
+    restored = store.restore_newest(tmp_path / "restore")
+    assert restored is not None and restored[0] == 10
+    assert "falling back" in caplog.text
+
+
+def test_missing_file_and_garbled_marker_are_not_trusted(tmp_path):
+    store = CheckpointStore(str(tmp_path / "ckpt"))
+    _save(store, tmp_path, 10)
+    _save(store, tmp_path, 20)
+    _save(store, tmp_path, 30)
+    (tmp_path / "ckpt" / step_name(30) / "rank1" / "optim.pt").unlink()
+    (tmp_path / "ckpt" / step_name(20) / COMMIT_MARKER).write_text('{"step": 20, "fil')
+    assert store.committed_steps() == [10, 30]
+    restored = store.restore_newest(tmp_path / "restore")
+    assert restored is not None and restored[0] == 10
+
+
+def test_retention_keeps_the_newest_and_marked_steps_and_clears_dead_saves(tmp_path):
+    store = CheckpointStore(str(tmp_path / "ckpt"))
+    for step in (10, 20, 30, 40):
+        _save(store, tmp_path, step)
+    _save(store, tmp_path, 25, commit=False)  # debris of a failed save, older than the newest commit
+    _save(store, tmp_path, 50, commit=False)  # possibly a save in progress: must survive
+    removed = store.prune(keep_last=2, keep={10})
+    assert removed == [20, 25]
+    assert store.committed_steps() == [10, 30, 40]
+    assert (tmp_path / "ckpt" / step_name(50)).exists()
+
+
+def test_marker_lists_sizes_and_checksums(tmp_path):
+    store = CheckpointStore(str(tmp_path / "ckpt"))
+    _save(store, tmp_path, 5)
+    marker = json.loads((tmp_path / "ckpt" / step_name(5) / COMMIT_MARKER).read_text())
+    assert {f["path"] for f in marker["files"]} == {"model.pt", "rank1/optim.pt"}
+    assert all(len(f["sha256"]) == 64 and f["size"] > 0 for f in marker["files"])
+    assert marker["metadata"] == {"world_size": 2}
+
+
+def test_empty_store_restores_nothing(tmp_path):
+    assert CheckpointStore(str(tmp_path / "nothing")).restore_newest(tmp_path / "r") is None

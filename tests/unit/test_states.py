@@ -1,0 +1,37 @@
+"""How MLflow's record and the scheduler's view merge into one trial state."""
+
+from __future__ import annotations
+
+import pytest
+
+from vitolaunch.backends import SchedulerState as S
+from vitolaunch.registry import RunRecord
+from vitolaunch.states import STOPPED_TAG, TrialState as T, merge_state
+
+
+def _run(status: str, **tags: str) -> RunRecord:
+    return RunRecord(run_id="r", name="n", status=status, start_time=0, end_time=None, tags=tags)
+
+
+@pytest.mark.parametrize(
+    ("mlflow_status", "scheduler", "expected"),
+    [
+        ("FINISHED", S.FAILED, T.COMPLETED),  # the job's own record wins over the scheduler
+        ("FAILED", None, T.FAILED),
+        ("KILLED", None, T.CANCELLED),
+        ("SCHEDULED", None, T.QUEUED),
+        ("SCHEDULED", S.PENDING, T.QUEUED),
+        ("SCHEDULED", S.RUNNING, T.RUNNING),
+        ("RUNNING", S.RUNNING, T.RUNNING),
+        ("RUNNING", S.INTERRUPTED, T.INTERRUPTED),  # SIGKILLed: MLflow still says RUNNING
+        ("RUNNING", S.FAILED, T.FAILED),
+        ("RUNNING", S.UNKNOWN, T.UNKNOWN),  # could not ask: never FAILED
+        ("RUNNING", S.COMPLETED, T.INTERRUPTED),  # ended without recording an outcome: resumable
+    ],
+)
+def test_merge(mlflow_status, scheduler, expected):
+    assert merge_state(_run(mlflow_status), scheduler) is expected
+
+
+def test_a_trial_stopped_on_request_is_resumable_not_cancelled():
+    assert merge_state(_run("KILLED", **{STOPPED_TAG: "40"}), None) is T.INTERRUPTED

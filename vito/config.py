@@ -38,6 +38,9 @@ class SyntheticConfig(_Section):
     fps: int = Field(8, ge=1)
     size: int = Field(64, ge=16)
     num_classes: int = Field(4, ge=2, le=8)
+    # 0: one texture per clip (panning slowly); 1: an unrelated texture every frame. What stays the same
+    # across a clip's frames is then only the object, which is what temporal pairs should teach.
+    background_change: float = Field(0.0, ge=0, le=1)
     seed: int = 0
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,26 @@ class TrainResult:
     step: int
     resumed_from: int | None
     evaluation: dict[str, float]
+    timing: dict[str, float] = field(default_factory=dict)  # steps_per_s, data_wait_frac of this process
+
+
+class _LoopClock:
+    """Wall time of a stretch of training steps, and the part of it spent waiting for data."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.data_wait = 0.0
+        self.steps = 0
+
+    @contextmanager
+    def waiting_for_data(self) -> Iterator[None]:
+        began = time.perf_counter()
+        yield
+        self.data_wait += time.perf_counter() - began
+
+    def summary(self) -> dict[str, float]:
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        return {"steps_per_s": self.steps / elapsed, "data_wait_frac": self.data_wait / elapsed}
 
 
 def deepspeed_config(cfg: VitoConfig, world_size: int) -> dict[str, Any]:
@@ -128,53 +149,59 @@ class Trainer:
         self.model.update_target(momentum)
         return {**losses, "lr": lr, "ema_momentum": momentum}
 
+    def batches(self, start_step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The (view_a, view_b) batches of this rank from `start_step` on: a pure function of the step."""
+        cfg = self.cfg
+        return iter(build_pair_loader(
+            self.videos, cfg.data, cfg.train.seed, self.dist.rank, self.dist.world_size, start_step, cfg.train.steps,
+            pin_memory=self.dist.device.type == "cuda",
+        ))
+
     def run(self) -> TrainResult:
         cfg = self.cfg
         restored = self.checkpoints.restore()
         start = restored.step if restored else 0
-        if self.dist.is_main:
-            self.metrics.set_tags({"vito.resumed_from_step": str(start)} if restored else {})
-        loader = build_pair_loader(
-            self.videos, cfg.data, cfg.train.seed, self.dist.rank, self.dist.world_size, start, cfg.train.steps,
-            pin_memory=self.dist.device.type == "cuda",
-        )
-        batches = iter(loader)
-        window_start, data_wait, window_steps = time.perf_counter(), 0.0, 0
+        resumed_from = start if restored else None
+        if restored and self.dist.is_main:
+            self.metrics.set_tags({"vito.resumed_from_step": str(start)})
+        batches = self.batches(start)
+        window, total = _LoopClock(), _LoopClock()
         step = start
         while step < cfg.train.steps:
-            fetch_start = time.perf_counter()
-            view_a, view_b = next(batches)
-            data_wait += time.perf_counter() - fetch_start
+            with window.waiting_for_data(), total.waiting_for_data():
+                view_a, view_b = next(batches)
             out = self._train_step(step, view_a, view_b)
             step += 1
-            window_steps += 1
+            window.steps += 1
+            total.steps += 1
             if step % cfg.train.log_every == 0 or step == cfg.train.steps:
-                elapsed = time.perf_counter() - window_start
-                self._log_progress(step, out, window_steps, elapsed, data_wait)
-                window_start, data_wait, window_steps = time.perf_counter(), 0.0, 0
+                self._log_progress(step, out, window)
+                window = _LoopClock()
             stop = all_agree(self.ctx.stop_requested(), self.dist.device)
             if step % cfg.checkpoint.every_steps == 0 or step == cfg.train.steps or stop:
                 self.checkpoints.save(step, {"step": step, "config": cfg.to_dict()})
             if stop:
                 log.info("stop requested: saved step %d and stopping", step)
                 self.metrics.flush()
-                return TrainResult(False, step, start if restored else None, {})
+                return TrainResult(False, step, resumed_from, {}, total.summary())
+        timing = total.summary()
         evaluation = self._evaluate()
         self.metrics.flush()
-        return TrainResult(True, step, start if restored else None, evaluation)
+        return TrainResult(True, step, resumed_from, evaluation, timing)
 
-    def _log_progress(self, step: int, out: dict[str, Any], steps: int, elapsed: float, data_wait: float) -> None:
+    def _log_progress(self, step: int, out: dict[str, Any], clock: "_LoopClock") -> None:
         losses = {
             k: mean_across_ranks(float(v.detach()), self.dist.device) for k, v in out.items() if k.startswith("loss")
         }
         if not self.dist.is_main:
             return
         values = {f"train/{k.replace('/', '_')}": v for k, v in losses.items()}
+        timing = clock.summary()
         values.update({
             "train/lr": out["lr"],
             "train/ema_momentum": out["ema_momentum"],
-            "train/pairs_per_s": steps * self.cfg.data.batch_size / max(elapsed, 1e-9),
-            "train/data_wait_frac": data_wait / max(elapsed, 1e-9),
+            "train/pairs_per_s": timing["steps_per_s"] * self.cfg.data.batch_size,
+            "train/data_wait_frac": timing["data_wait_frac"],
             "train/step": step,
         })
         self.metrics.log(step, values)

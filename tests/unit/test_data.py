@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing
+import pickle
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from vito.config import AugmentConfig, DataConfig, SyntheticConfig
-from vito.data.augment import augment_view, eval_view
+from vito.data import video as video_module
+from vito.data.augment import _gaussian_blur, augment_view, eval_view
 from vito.data.manifest import VideoRecord, read_manifest, write_manifest
 from vito.data.pairs import FramePairDataset, PairSampler, build_pair_loader
 from vito.data.synthetic import CLASS_NAMES, ensure_synthetic_videos, render_clip
-from vito.data.video import decode_all_frames, decode_frames_at, probe_video
+from vito.data.video import ClipCache, _to_rgb, decode_all_frames, decode_frames_at, probe_video
 
 torch.set_num_threads(1)
 
@@ -185,7 +190,114 @@ def test_decode_frames_at_every_frame_backwards(records: list[VideoRecord]) -> N
         np.testing.assert_array_equal(frame, every_frame[index])
 
 
+def test_rgb_conversion_matches_pyav_default(records: list[VideoRecord]) -> None:
+    # The shared single-threaded reformatter must give exactly what frame.to_ndarray(format="rgb24") gives.
+    with av.open(records[0].uri) as container:
+        frames = list(container.decode(container.streams.video[0]))
+    for frame in frames:
+        np.testing.assert_array_equal(_to_rgb(frame), frame.to_ndarray(format="rgb24"))
+
+
+# ------------------------------------------------------------------------------------------ clip cache
+
+MIXED_TIMES = [1.2, 0.0, 0.5, 0.49, 1.2, 0.125, 0.7, 1.0, 10.0, -0.3, 0.3, 1.49]
+
+
+def test_clip_cache_returns_the_seek_path_frames(records: list[VideoRecord]) -> None:
+    cache = ClipCache()
+    for record in records[:3]:
+        seeking = decode_frames_at(record.uri, MIXED_TIMES)
+        filled = decode_frames_at(record.uri, MIXED_TIMES, cache=cache)  # miss: decodes the clip whole
+        assert record.uri in cache
+        served = decode_frames_at(record.uri, MIXED_TIMES, cache=cache)  # hit
+        for expected, first, second in zip(seeking, filled, served, strict=True):
+            np.testing.assert_array_equal(first, expected)
+            np.testing.assert_array_equal(second, expected)
+    assert (cache.hits, cache.misses, len(cache)) == (3, 3, 3)
+    # Callers get their own arrays: writing to one changes neither the cache nor a duplicate time.
+    frame_a, frame_b = decode_frames_at(records[0].uri, [0.5, 0.5], cache=cache)
+    frame_a[0, 0, 0] ^= 255
+    np.testing.assert_array_equal(frame_b, decode_frames_at(records[0].uri, [0.5], cache=cache)[0])
+    assert not np.array_equal(frame_a, frame_b)
+
+
+def test_clip_cache_is_bounded_lru(records: list[VideoRecord]) -> None:
+    clip_bytes = TINY.num_frames * TINY.size * TINY.size * 3
+    cache = ClipCache(max_bytes=int(2.5 * clip_bytes))
+    uris = [record.uri for record in records[:4]]
+    for uri in uris[:2]:
+        decode_frames_at(uri, [0.0], cache=cache)
+    decode_frames_at(uris[0], [0.0], cache=cache)  # touch: uris[1] is now the least recently used
+    for uri in uris[2:]:
+        decode_frames_at(uri, [0.0], cache=cache)
+        assert cache.nbytes <= cache.max_bytes
+    assert len(cache) == 2 and uris[3] in cache and uris[1] not in cache and uris[0] not in cache
+    cache.clear()
+    assert len(cache) == 0 and cache.nbytes == 0
+
+
+def test_clip_cache_skips_clips_over_the_frame_budget(records: list[VideoRecord]) -> None:
+    record = records[1]
+    cache = ClipCache(max_clip_frames=TINY.num_frames - 1)  # a "long" video: always read by seeking
+    for frame, expected in zip(decode_frames_at(record.uri, MIXED_TIMES, cache=cache), decode_frames_at(record.uri, MIXED_TIMES)):
+        np.testing.assert_array_equal(frame, expected)
+    assert len(cache) == 0
+
+
+def test_clip_cache_falls_back_to_seeking_when_metadata_understates_length(
+    records: list[VideoRecord], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(video_module, "_estimated_frames", lambda stream: 1)
+    cache = ClipCache(max_clip_frames=4)  # admitted on metadata, but decoding stops after 4 frames
+    record = records[2]
+    for frame, expected in zip(decode_frames_at(record.uri, MIXED_TIMES, cache=cache), decode_frames_at(record.uri, MIXED_TIMES)):
+        np.testing.assert_array_equal(frame, expected)
+    assert len(cache) == 0
+
+
+def test_clip_cache_pickles_empty(records: list[VideoRecord]) -> None:
+    # A spawned loader worker gets the limits, not the parent's decoded clips.
+    cache = ClipCache(max_bytes=10**7, max_clip_frames=100)
+    decode_frames_at(records[0].uri, [0.0], cache=cache)
+    copy = pickle.loads(pickle.dumps(cache))
+    assert len(cache) == 1 and len(copy) == 0 and copy.nbytes == 0
+    assert (copy.max_bytes, copy.max_clip_frames) == (10**7, 100)
+
+
+@pytest.mark.parametrize("pair_source", ["temporal", "same_frame"])
+def test_cached_and_uncached_pipelines_give_identical_samples(records: list[VideoRecord], pair_source: str) -> None:
+    cfg = data_cfg(pair_source=pair_source)
+    cached = FramePairDataset(records, cfg, seed=2, rank=0, world_size=1, start_step=0, total_steps=8)
+    uncached = FramePairDataset(records, cfg, seed=2, rank=0, world_size=1, start_step=0, total_steps=8, clip_cache_bytes=0)
+    assert cached.sampler.clip_cache is not None and uncached.sampler.clip_cache is None
+    for index in range(len(cached)):
+        for mine, reference in zip(cached[index], uncached[index]):
+            assert torch.equal(mine, reference)
+    assert len(cached.sampler.clip_cache) == len(records)
+
+
 # ------------------------------------------------------------------------------------------ augment
+
+
+def _conv_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    """The original separable depthwise-conv2d Gaussian blur, as the reference."""
+    radius = max(1, math.ceil(3 * sigma))
+    offsets = torch.arange(-radius, radius + 1, dtype=image.dtype)
+    kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    channels = image.shape[0]
+    padded = F.pad(image[None], (radius, radius, radius, radius), mode="reflect")
+    rows = F.conv2d(padded, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
+    return F.conv2d(rows, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)[0]
+
+
+@pytest.mark.parametrize("sigma", [0.05, 0.3, 0.4, 1.0, 2.0])
+def test_blur_matches_depthwise_conv(sigma: float) -> None:
+    image = torch.rand(3, 24, 30, generator=torch.Generator().manual_seed(4))
+    for view in (image, image[:1].expand(3, -1, -1)):  # also the expanded grayscale the pipeline blurs
+        blurred = _gaussian_blur(view, sigma)
+        assert blurred.shape == view.shape
+        torch.testing.assert_close(blurred, _conv_blur(view, sigma), rtol=0, atol=1e-6)
 
 
 def test_augment_view_shape_and_determinism() -> None:

@@ -4,6 +4,10 @@ Everything about sample p of the stream (which video, which two times, which aug
 function of (seed, p). A rank reads the global positions of its slice of each step's batch, so the batches
 are the same for any number of loader workers, and a run resumed at step s sees exactly the batches an
 uninterrupted run would have seen from step s on.
+
+Each sampler (so each loader worker) keeps a bounded `ClipCache` of small clips decoded whole: after the
+first visit a sample costs its augmentations, not an open + seek + decode. Cached or not, the frames and
+therefore the batches are identical; long videos are never cached and are read by seeking.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from vito.config import DataConfig
 from vito.data.augment import augment_view
 from vito.data.manifest import VideoRecord
-from vito.data.video import decode_frames_at
+from vito.data.video import CLIP_CACHE_BYTES, CLIP_CACHE_MAX_FRAMES, ClipCache, decode_frames_at
 
 # Domain tags keep the epoch-permutation and per-sample seed streams from ever colliding.
 _PERMUTATION_STREAM = 0
@@ -38,12 +42,25 @@ def _to_chw_float(frame: np.ndarray) -> torch.Tensor:
 class PairSampler:
     """The infinite sample stream: position p -> (video, two timestamps, two augmented views)."""
 
-    def __init__(self, records: list[VideoRecord], data_cfg: DataConfig, seed: int) -> None:
+    def __init__(
+        self,
+        records: list[VideoRecord],
+        data_cfg: DataConfig,
+        seed: int,
+        clip_cache_bytes: int = CLIP_CACHE_BYTES,
+        clip_cache_max_frames: int = CLIP_CACHE_MAX_FRAMES,
+    ) -> None:
+        """clip_cache_bytes=0 turns the decoded-clip cache off (every sample opens and seeks)."""
         if not records:
             raise ValueError("PairSampler needs at least one video")
         self.records = records
         self.cfg = data_cfg
         self.seed = seed
+        self.clip_cache = (
+            ClipCache(max_bytes=clip_cache_bytes, max_clip_frames=clip_cache_max_frames)
+            if clip_cache_bytes > 0 and clip_cache_max_frames > 0
+            else None
+        )
         self._permutation_epoch: int | None = None
         self._permutation: torch.Tensor | None = None
 
@@ -78,7 +95,7 @@ class PairSampler:
         record = self.records[video]
         gen = _generator(_SAMPLE_STREAM, self.seed, position)
         time_a, time_b = self._draw_timestamps(record, gen)
-        frame_a, frame_b = decode_frames_at(record.uri, [time_a, time_b])
+        frame_a, frame_b = decode_frames_at(record.uri, [time_a, time_b], cache=self.clip_cache)
         view_a = augment_view(_to_chw_float(frame_a), self.cfg.augment, self.cfg.crop_size, gen)
         view_b = augment_view(_to_chw_float(frame_b), self.cfg.augment, self.cfg.crop_size, gen)
         return view_a, view_b
@@ -96,6 +113,8 @@ class FramePairDataset(Dataset):
         world_size: int,
         start_step: int,
         total_steps: int,
+        clip_cache_bytes: int = CLIP_CACHE_BYTES,
+        clip_cache_max_frames: int = CLIP_CACHE_MAX_FRAMES,
     ) -> None:
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in a world of size {world_size}")
@@ -103,7 +122,7 @@ class FramePairDataset(Dataset):
             raise ValueError(f"global batch {data_cfg.batch_size} does not split over {world_size} ranks")
         if not 0 <= start_step <= total_steps:
             raise ValueError(f"start_step {start_step} must lie in [0, total_steps={total_steps}]")
-        self.sampler = PairSampler(records, data_cfg, seed)
+        self.sampler = PairSampler(records, data_cfg, seed, clip_cache_bytes, clip_cache_max_frames)
         self.global_batch = data_cfg.batch_size
         self.rank_batch = data_cfg.batch_size // world_size
         self.rank = rank
@@ -133,9 +152,16 @@ def build_pair_loader(
     start_step: int,
     total_steps: int,
     pin_memory: bool = False,
+    clip_cache_bytes: int = CLIP_CACHE_BYTES,
+    clip_cache_max_frames: int = CLIP_CACHE_MAX_FRAMES,
 ) -> DataLoader:
-    """A loader whose k-th batch is this rank's slice of global step start_step + k."""
-    dataset = FramePairDataset(records, data_cfg, seed, rank, world_size, start_step, total_steps)
+    """A loader whose k-th batch is this rank's slice of global step start_step + k.
+
+    The clip cache is per worker process (each worker holds up to clip_cache_bytes of decoded clips).
+    """
+    dataset = FramePairDataset(
+        records, data_cfg, seed, rank, world_size, start_step, total_steps, clip_cache_bytes, clip_cache_max_frames
+    )
     workers = data_cfg.num_workers
     return DataLoader(
         dataset,

@@ -132,6 +132,12 @@ def render_clip(
     time = np.linspace(0.0, 1.0, num_frames)  # normalised clip time, so motion per clip is size-free
 
     image = _background(rng, xs, ys, time)
+    if cfg.background_change > 0:
+        # Blend in a fresh texture per frame: a background constant over the clip is a shortcut that lets a
+        # contrastive model match temporal pairs without looking at the object at all.
+        frame_rng = np.random.default_rng(rng.integers(2**63))
+        fresh = np.concatenate([_background(frame_rng, xs, ys, time[t : t + 1]) for t in range(num_frames)])
+        image = (1 - cfg.background_change) * image + cfg.background_change * fresh
     background_mean = image.mean(axis=(0, 1, 2))
 
     # Object pose over time: position, rotation, anisotropic squash (area-preserving), colour drift.

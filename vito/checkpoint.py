@@ -29,8 +29,30 @@ log = logging.getLogger(__name__)
 
 COMMIT_MARKER = "COMMITTED"
 LATEST_POINTER = "latest"
+KEEP_MARKER = "KEEP"
+RANK_MARKERS = "_ranks"  # per-rank "my files are uploaded" notes, merged into COMMITTED by rank 0
 _STEP_DIR = re.compile(r"step_(\d+)$")
 _CHUNK = 4 << 20
+
+
+def with_retries(action, what: str, attempts: int = 6, first_delay_s: float = 1.0, max_delay_s: float = 30.0):
+    """Run `action`, retrying transient storage failures with exponential backoff.
+
+    FileNotFoundError and PermissionError are answers, not outages: they are raised at once.
+    """
+    delay = first_delay_s
+    for attempt in range(1, attempts + 1):
+        try:
+            return action()
+        except (FileNotFoundError, PermissionError):
+            raise
+        except Exception as problem:
+            if attempt == attempts:
+                raise
+            log.warning("%s failed (%s: %s); retry %d/%d in %.0f s", what, type(problem).__name__,
+                        str(problem).splitlines()[0][:200] if str(problem) else "", attempt, attempts - 1, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, max_delay_s)
 
 
 @dataclass(frozen=True)
@@ -67,10 +89,42 @@ class CheckpointStore:
         for local_file in sorted(p for p in local_dir.rglob("*") if p.is_file()):
             relative = local_file.relative_to(local_dir).as_posix()
             remote = f"{self.root}/{step_name(step)}/{relative}"
-            self.fs.makedirs(os.path.dirname(remote), exist_ok=True)
-            self.fs.put_file(str(local_file), remote)
+
+            def put(local_file=local_file, remote=remote) -> None:
+                self.fs.makedirs(os.path.dirname(remote), exist_ok=True)
+                self.fs.put_file(str(local_file), remote)
+
+            with_retries(put, f"upload of {relative} ({step_name(step)})")
             written.append(StoredFile(relative, local_file.stat().st_size, sha256_of(local_file)))
         return written
+
+    def mark_rank_uploaded(self, step: int, rank: int, files: list[StoredFile]) -> None:
+        path = f"{self.root}/{step_name(step)}/{RANK_MARKERS}/rank_{rank:05d}.json"
+        payload = {"rank": rank, "files": [asdict(f) for f in files]}
+        with_retries(lambda: self._write_json(path, payload), f"rank {rank} marker ({step_name(step)})")
+
+    def uploaded_ranks(self, step: int) -> dict[int, list[StoredFile]]:
+        """The ranks whose files of `step` are all uploaded, with those files."""
+        folder = f"{self.root}/{step_name(step)}/{RANK_MARKERS}"
+        try:
+            names = self.fs.ls(folder, detail=False, refresh=True)
+        except FileNotFoundError:
+            return {}
+        ranks = {}
+        for name in names:
+            if not name.endswith(".json"):
+                continue
+            with self.fs.open(name, "r") as handle:
+                payload = json.load(handle)
+            ranks[payload["rank"]] = [StoredFile(**entry) for entry in payload["files"]]
+        return ranks
+
+    def mark_keep(self, step: int) -> None:
+        """Exempt a step from retention (e.g. a milestone an evaluation points at)."""
+        with_retries(lambda: self.fs.pipe_file(f"{self.root}/{step_name(step)}/{KEEP_MARKER}", b"keep"), "keep marker")
+
+    def kept_steps(self) -> set[int]:
+        return {step for step, folder in self._step_folders().items() if self.fs.exists(f"{folder}/{KEEP_MARKER}")}
 
     def commit(self, step: int, files: list[StoredFile], metadata: dict[str, Any] | None = None) -> None:
         """Mark a fully uploaded step as valid, then point `latest` at it. Call once, after a barrier."""
@@ -80,22 +134,25 @@ class CheckpointStore:
             "files": [asdict(f) for f in sorted(files, key=lambda f: f.path)],
             "metadata": metadata or {},
         }
-        self._write_json(f"{self.root}/{step_name(step)}/{COMMIT_MARKER}", marker)
-        self._write_json(f"{self.root}/{LATEST_POINTER}", {"step": step})
+        with_retries(lambda: self._write_json(f"{self.root}/{step_name(step)}/{COMMIT_MARKER}", marker), "commit marker")
+        with_retries(lambda: self._write_json(f"{self.root}/{LATEST_POINTER}", {"step": step}), "latest pointer")
 
     def _write_json(self, path: str, payload: dict[str, Any]) -> None:
         # Write-then-rename: on a local disk the rename is atomic; on S3 the final PUT is.
         tmp = f"{path}.tmp-{os.getpid()}"
+        self.fs.makedirs(os.path.dirname(path), exist_ok=True)
         with self.fs.open(tmp, "w") as handle:
             json.dump(payload, handle, indent=1)
         self.fs.mv(tmp, path)
 
     # -- reading ---------------------------------------------------------------------------------
     def _step_folders(self) -> dict[int, str]:
-        if not self.fs.exists(self.root):
+        try:
+            entries = self.fs.ls(self.root, detail=False, refresh=True)
+        except FileNotFoundError:
             return {}
         folders = {}
-        for entry in self.fs.ls(self.root, detail=False):
+        for entry in entries:
             match = _STEP_DIR.search(entry.rstrip("/"))
             if match:
                 folders[int(match.group(1))] = entry.rstrip("/")
@@ -164,7 +221,7 @@ class CheckpointStore:
         committed = [s for s in sorted(folders) if self.marker(s) is not None]
         if not committed:
             return []
-        survivors = set(committed[-keep_last:]) | set(keep)
+        survivors = set(committed[-keep_last:]) | set(keep) | self.kept_steps()
         newest = committed[-1]
         doomed = [s for s in folders if s not in survivors and s <= newest]
         for step in doomed:

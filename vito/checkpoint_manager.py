@@ -1,7 +1,7 @@
 """Saving and restoring a DeepSpeed training state through a CheckpointStore, on every rank.
 
 DeepSpeed writes only to local paths and every rank must call save_checkpoint. So each rank saves into
-its own local scratch folder, uploads its own files, and after a barrier rank 0 writes the COMMITTED
+its own local scratch folder and uploads its own files; once every rank has, rank 0 writes the COMMITTED
 marker with every rank's file list. Scratch need not be shared between nodes.
 """
 
@@ -10,6 +10,9 @@ from __future__ import annotations
 import logging
 import random
 import shutil
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +21,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from vito.checkpoint import CheckpointStore, step_name
+from vito.checkpoint import CheckpointStore, step_name, with_retries
 from vito.distributed import DistInfo
 
 log = logging.getLogger(__name__)
@@ -46,35 +49,96 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 class CheckpointManager:
-    def __init__(self, store: CheckpointStore, engine, dist_info: DistInfo, scratch_dir: str | Path, keep_last: int):
+    """Saves are collective and local; uploads run in a background thread, overlapped with training.
+
+    A save stalls training only for DeepSpeed's write to local scratch. Each rank then uploads its own files
+    and leaves a per-rank note in the store; rank 0 waits for every rank's note, then writes COMMITTED and
+    `latest`. A rank that dies, or a store that stays down, leaves the step uncommitted and so invisible.
+    At most one upload is in flight per rank: the next save waits for the previous one.
+    """
+
+    def __init__(
+        self,
+        store: CheckpointStore,
+        engine,
+        dist_info: DistInfo,
+        scratch_dir: str | Path,
+        keep_last: int,
+        background: bool = True,
+        commit_timeout_s: float = 1800.0,
+        on_event: Callable[[str, dict[str, Any]], None] | None = None,
+    ):
         self.store = store
         self.engine = engine
         self.dist = dist_info
         self.scratch = Path(scratch_dir) / f"rank_{dist_info.rank}"
         self.keep_last = keep_last
+        self.background = background
+        self.commit_timeout_s = commit_timeout_s
+        self.on_event = on_event or (lambda kind, details: None)
         self.last_saved_step: int | None = None
+        self.last_committed_step: int | None = None
+        self.failed_steps: list[int] = []
+        self._pending: threading.Thread | None = None
 
     def save(self, step: int, client_state: dict[str, Any]) -> None:
         """Collective: every rank must call it with the same step."""
+        self.wait()
         tag = step_name(step)
         rank_dir = self.scratch / tag
         rank_dir.mkdir(parents=True, exist_ok=True)
         self.engine.save_checkpoint(str(self.scratch), tag=tag, client_state=client_state, save_latest=False)
         # Per-rank RNG: saving rank 0's only is a known exact-resume bug (Megatron-LM #6858).
         torch.save(_rng_state(), rank_dir / f"rng_rank{self.dist.rank}.pt")
-        files = self.store.upload(step, rank_dir)
-        every_rank_files: list[Any] = [None] * self.dist.world_size
-        dist.all_gather_object(every_rank_files, files)
-        if self.dist.is_main:
-            all_files = [entry for rank_files in every_rank_files for entry in rank_files]
-            self.store.commit(step, all_files, {"world_size": self.dist.world_size})
-            pruned = self.store.prune(self.keep_last)
-            if pruned:
-                log.info("checkpoint retention removed steps %s", pruned)
-        shutil.rmtree(rank_dir, ignore_errors=True)
-        # Nobody leaves (for example to exit after a preemption) before the marker exists.
-        dist.barrier()
         self.last_saved_step = step
+        if self.background:
+            self._pending = threading.Thread(target=self._publish, args=(step, rank_dir), name=f"upload-{tag}", daemon=True)
+            self._pending.start()
+        else:
+            self._publish(step, rank_dir)
+
+    def wait(self) -> None:
+        """Block until this rank's previous upload (and, on rank 0, its commit) has finished."""
+        if self._pending is not None:
+            self._pending.join()
+            self._pending = None
+
+    def _publish(self, step: int, rank_dir: Path) -> None:
+        started = time.monotonic()
+        try:
+            files = self.store.upload(step, rank_dir)
+            self.store.mark_rank_uploaded(step, self.dist.rank, files)
+            if self.dist.is_main:
+                self._commit_when_all_ranks_uploaded(step)
+        except Exception as problem:
+            self.failed_steps.append(step)
+            log.error("checkpoint %s was NOT saved (%s: %s); training continues, the previous committed step stays "
+                      "the resume point", step_name(step), type(problem).__name__, str(problem).splitlines()[0][:300])
+            self.on_event("checkpoint_failed", {"step": step, "error": type(problem).__name__})
+        else:
+            if self.dist.is_main:
+                self.on_event("checkpoint_committed", {"step": step, "seconds": time.monotonic() - started})
+        finally:
+            shutil.rmtree(rank_dir, ignore_errors=True)
+
+    def _commit_when_all_ranks_uploaded(self, step: int) -> None:
+        deadline = time.monotonic() + self.commit_timeout_s
+        delay = 0.05
+        while True:
+            uploaded = with_retries(lambda: self.store.uploaded_ranks(step), "listing rank markers")
+            if len(uploaded) == self.dist.world_size:
+                break
+            if time.monotonic() > deadline:
+                missing = sorted(set(range(self.dist.world_size)) - set(uploaded))
+                raise TimeoutError(f"ranks {missing} never finished uploading {step_name(step)}")
+            time.sleep(delay)
+            delay = min(delay * 1.5, 2.0)
+        all_files = [entry for rank in sorted(uploaded) for entry in uploaded[rank]]
+        self.store.commit(step, all_files, {"world_size": self.dist.world_size})
+        self.last_committed_step = step
+        pruned = self.store.prune(self.keep_last)
+        if pruned:
+            log.info("checkpoint retention removed steps %s", pruned)
 
     def restore(self) -> RestoredState | None:
         """Collective: load the newest committed, verified step on every rank; None for a fresh start."""

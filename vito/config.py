@@ -41,6 +41,7 @@ class SyntheticConfig(_Section):
     # 0: one texture per clip (panning slowly); 1: an unrelated texture every frame. What stays the same
     # across a clip's frames is then only the object, which is what temporal pairs should teach.
     background_change: float = Field(0.0, ge=0, le=1)
+    object_colour_change: float = Field(0.0, ge=0, le=1)
     seed: int = 0
 
 
@@ -107,6 +108,8 @@ class TrainConfig(_Section):
 class CheckpointConfig(_Section):
     every_steps: int = Field(25, ge=1)
     keep_last: int = Field(2, ge=1)
+    # Upload in a background thread so a save stalls training only for the local write.
+    background_upload: bool = True
 
 
 class EvalConfig(_Section):

@@ -1,86 +1,217 @@
-"""Metrics to MLflow from rank 0, buffered so that an unreachable tracking server never stops training."""
+"""Metrics, tags and artifacts to MLflow from rank 0, sent by a background thread.
+
+Training never waits on the tracking server: calls only queue work. The sender keeps the queue in order and
+retries the head with backoff while the server is unreachable, so an outage loses nothing and costs training
+nothing but a warning; `close()` drains the queue before the job ends.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import threading
 import time
+from collections import deque
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
 
+_BATCH = 1000  # MLflow's cap on metrics per log_batch
+
 
 class MetricsLogger:
-    """Logs to one existing MLflow run (created by the launcher) by id, never the fluent global run.
+    """Logs to one existing MLflow run (created by the launcher) by id, never the fluent global run."""
 
-    Metrics are buffered and sent in batches; a failed send keeps the buffer and is retried at the next
-    flush, so a tracking outage loses nothing and costs training nothing but a warning.
-    """
-
-    def __init__(self, tracking_uri: str | None, run_id: str | None, enabled: bool = True):
+    def __init__(self, tracking_uri: str | None, run_id: str | None, enabled: bool = True, spool_dir: str | None = None):
         self.run_id = run_id
         self.enabled = enabled and run_id is not None
-        self._buffer: list[Any] = []
-        self._healthy = True
-        self._client = None
+        self.spool_dir = spool_dir
+        self._queue: deque[tuple[str, Any]] = deque()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._closed = False
+        self.outage_started: float | None = None
         if self.enabled:
             from mlflow.tracking import MlflowClient
 
             self._client = MlflowClient(tracking_uri=tracking_uri)
+            self._thread = threading.Thread(target=self._send_forever, name="mlflow-sender", daemon=True)
+            self._thread.start()
 
+    # -- what training calls (never blocks on the network) ----------------------------------------
     def log(self, step: int, values: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        from mlflow.entities import Metric
+        if self.enabled:
+            from mlflow.entities import Metric
 
-        now = int(time.time() * 1000)
-        self._buffer.extend(Metric(key, float(value), now, step) for key, value in values.items())
-
-    def flush(self) -> bool:
-        """Send what is buffered; returns False (and keeps it) if the server did not take it."""
-        if not self.enabled or not self._buffer:
-            return True
-        try:
-            # MLflow caps a batch at 1000 metrics.
-            while self._buffer:
-                self._client.log_batch(self.run_id, metrics=self._buffer[:1000], synchronous=True)
-                del self._buffer[:1000]
-        except Exception as problem:  # any transport or server error: keep going, keep the data
-            if self._healthy:
-                log.warning("MLflow unreachable (%s); buffering %d metrics", _one_line(problem), len(self._buffer))
-            self._healthy = False
-            return False
-        if not self._healthy:
-            log.warning("MLflow reachable again; buffered metrics flushed")
-            self._healthy = True
-        return True
+            now = int(time.time() * 1000)
+            self._put("metrics", [Metric(key, float(value), now, step) for key, value in values.items()])
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        self._call("set_tag", tags)
-
-    def log_dict_artifact(self, payload: dict[str, Any], artifact_file: str) -> None:
-        if self.enabled:
-            self._safe(lambda: self._client.log_dict(self.run_id, payload, artifact_file))
+        if self.enabled and tags:
+            self._put("tags", dict(tags))
 
     def set_status(self, status: str) -> None:
         """RUNNING, FINISHED, FAILED or KILLED, as MLflow knows them."""
-        if not self.enabled:
-            return
-        if status == "RUNNING":
-            self._safe(lambda: self._client.update_run(self.run_id, status="RUNNING"))
-        else:
-            self._safe(lambda: self._client.set_terminated(self.run_id, status=status))
+        if self.enabled:
+            self._put("status", status)
 
-    def _call(self, method: str, tags: dict[str, str]) -> None:
-        if not self.enabled:
-            return
-        for key, value in tags.items():
-            self._safe(lambda k=key, v=value: getattr(self._client, method)(self.run_id, k, v))
+    def log_dict_artifact(self, payload: dict[str, Any], artifact_file: str) -> None:
+        if self.enabled:
+            self._put("dict", (payload, artifact_file))
 
-    def _safe(self, action) -> None:
-        try:
-            action()
-        except Exception as problem:
-            log.warning("MLflow call failed (%s); training continues", _one_line(problem))
+    def log_artifact(self, local_path: str, artifact_path: str | None = None) -> None:
+        if self.enabled:
+            self._put("file", (local_path, artifact_path))
+
+    def log_loss_curve(self, metric: str = "train/loss", artifact_file: str = "loss_curve.png") -> None:
+        """Queue a plot of the run's whole `metric` history (all attempts of a resumed run) as an artifact."""
+        if self.enabled:
+            self._put("loss_curve", (metric, artifact_file))
+
+    def flush(self) -> None:
+        """Ask the sender to go now; returns at once."""
+        self._wake.set()
+
+    def drain(self, timeout_s: float | None = None) -> bool:
+        """Wait until everything queued so far reached the server (or `timeout_s`); True if it did."""
+        if not self.enabled:
+            return True
+        if timeout_s is None:
+            timeout_s = float(os.environ.get("VITO_MLFLOW_FLUSH_TIMEOUT_S", "600"))
+        self._wake.set()
+        return self._idle.wait(timeout_s)
+
+    def close(self, timeout_s: float | None = None) -> bool:
+        """Drain, then stop the sender; what could not be sent is written to a spool file. True if nothing was."""
+        if not self.enabled:
+            return True
+        drained = self.drain(timeout_s)
+        self._closed = True
+        self._wake.set()
+        if not drained:
+            self._spool_unsent()
+        return drained
+
+    # -- the sender ------------------------------------------------------------------------------
+    def _put(self, kind: str, payload: Any) -> None:
+        with self._lock:
+            self._queue.append((kind, payload))
+            self._idle.clear()
+        if kind != "metrics":
+            self._wake.set()
+
+    def _send_forever(self) -> None:
+        backoff = 1.0
+        while not self._closed:
+            self._wake.wait(timeout=5.0)
+            self._wake.clear()
+            while True:
+                with self._lock:
+                    if not self._queue:
+                        self._idle.set()
+                        break
+                    kind, payload = self._queue[0]
+                    if kind == "metrics":  # merge queued metric batches up to MLflow's cap
+                        merged, count = list(payload), 1
+                        while count < len(self._queue) and self._queue[count][0] == "metrics" and len(merged) + len(self._queue[count][1]) <= _BATCH:
+                            merged.extend(self._queue[count][1])
+                            count += 1
+                        kind, payload = "metrics", merged
+                    else:
+                        count = 1
+                try:
+                    self._send(kind, payload)
+                except Exception as problem:
+                    self._note_outage(problem)
+                    if self._closed:
+                        return
+                    time.sleep(backoff)
+                    backoff = min(backoff * 2, 30.0)
+                    continue
+                with self._lock:
+                    for _ in range(count):
+                        self._queue.popleft()
+                backoff = 1.0
+                self._note_recovery()
+
+    def _send(self, kind: str, payload: Any) -> None:
+        client = self._client
+        if kind == "metrics":
+            client.log_batch(self.run_id, metrics=payload, synchronous=True)
+        elif kind == "tags":
+            from mlflow.entities import RunTag
+
+            client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in payload.items()], synchronous=True)
+        elif kind == "status":
+            if payload == "RUNNING":
+                client.update_run(self.run_id, status="RUNNING")
+            else:
+                client.set_terminated(self.run_id, status=payload)
+        elif kind == "dict":
+            client.log_dict(self.run_id, payload[0], payload[1])
+        elif kind == "file":
+            client.log_artifact(self.run_id, payload[0], payload[1])
+        elif kind == "loss_curve":
+            figure = loss_curve_figure(client.get_metric_history(self.run_id, payload[0]), payload[0])
+            if figure is not None:
+                client.log_figure(self.run_id, figure, payload[1])
+
+    def _note_outage(self, problem: Exception) -> None:
+        if self.outage_started is None:
+            self.outage_started = time.time()
+            log.warning("MLflow unreachable (%s); training continues, %d queued items wait", _one_line(problem), len(self._queue))
+
+    def _note_recovery(self) -> None:
+        if self.outage_started is not None:
+            seconds = time.time() - self.outage_started
+            log.warning("MLflow reachable again after %.0f s; queued metrics sent", seconds)
+            self.outage_started = None
+            with self._lock:
+                self._queue.append(("tags", {"vito.last_tracking_outage_s": f"{seconds:.0f}"}))
+
+    def _spool_unsent(self) -> None:
+        with self._lock:
+            unsent = list(self._queue)
+        if not unsent:
+            return
+        target = Path(self.spool_dir or ".") / f"unsent-mlflow-{self.run_id}.jsonl"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "a") as handle:
+            for kind, payload in unsent:
+                if kind == "metrics":
+                    for m in payload:
+                        handle.write(json.dumps({"key": m.key, "value": m.value, "timestamp": m.timestamp, "step": m.step}) + "\n")
+                else:
+                    handle.write(json.dumps({"kind": kind, "payload": payload}, default=str) + "\n")
+        log.error("MLflow still unreachable: %d queued items written to %s", len(unsent), target)
+
+
+def loss_curve_figure(history, metric: str):
+    """A line plot of one metric against step (latest value per step), or None without matplotlib/data."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    by_step = {}
+    for point in sorted(history, key=lambda m: m.timestamp):
+        by_step[point.step] = point.value
+    if not by_step:
+        return None
+    figure = Figure(figsize=(6, 3.5), tight_layout=True)
+    axes = figure.add_subplot()
+    steps = sorted(by_step)
+    axes.plot(steps, [by_step[s] for s in steps])
+    axes.set_xlabel("step")
+    axes.set_ylabel(metric)
+    axes.grid(alpha=0.3)
+    return figure
 
 
 def _one_line(problem: Exception) -> str:

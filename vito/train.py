@@ -43,6 +43,9 @@ class RunContext:
     run_id: str | None = None
     # Polled at every step boundary; True on any rank makes all ranks save and return (preemption).
     stop_requested: Callable[[], bool] = field(default=lambda: False)
+    storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options, e.g. an S3 endpoint
+    # The caller's MLflow logger (it owns the run's status); None: the trainer makes and closes its own.
+    metrics: MetricsLogger | None = None
 
 
 @dataclass
@@ -122,10 +125,17 @@ class Trainer:
         if cfg.train.precision == "bf16":
             self.model.keep_target_fp32()
         torch.manual_seed(cfg.train.seed + 1 + self.dist.rank)
+        self._owns_metrics = ctx.metrics is None
+        self.metrics = ctx.metrics or MetricsLogger(ctx.tracking_uri, ctx.run_id, enabled=self.dist.is_main)
         self.checkpoints = CheckpointManager(
-            CheckpointStore(ctx.checkpoint_uri), self.engine, self.dist, ctx.scratch_dir, cfg.checkpoint.keep_last
+            CheckpointStore(ctx.checkpoint_uri, ctx.storage_options),
+            self.engine,
+            self.dist,
+            ctx.scratch_dir,
+            cfg.checkpoint.keep_last,
+            background=cfg.checkpoint.background_upload,
+            on_event=self._on_checkpoint_event,
         )
-        self.metrics = MetricsLogger(ctx.tracking_uri, ctx.run_id, enabled=self.dist.is_main)
 
     @property
     def model(self) -> VitoModel:
@@ -181,13 +191,32 @@ class Trainer:
             if step % cfg.checkpoint.every_steps == 0 or step == cfg.train.steps or stop:
                 self.checkpoints.save(step, {"step": step, "config": cfg.to_dict()})
             if stop:
-                log.info("stop requested: saved step %d and stopping", step)
-                self.metrics.flush()
+                log.info("stop requested: saving step %d and stopping", step)
+                self._finish()
                 return TrainResult(False, step, resumed_from, {}, total.summary())
         timing = total.summary()
-        evaluation = self._evaluate()
-        self.metrics.flush()
+        evaluation = self._evaluate()  # overlaps the final checkpoint's upload
+        self.metrics.log_loss_curve()
+        self._finish()
         return TrainResult(True, step, resumed_from, evaluation, timing)
+
+    def _finish(self) -> None:
+        """Every rank's uploads done and (rank 0) committed before anyone returns."""
+        self.checkpoints.wait()
+        torch.distributed.barrier()
+        if self._owns_metrics:
+            self.metrics.close()
+        else:
+            self.metrics.flush()
+
+    def _on_checkpoint_event(self, kind: str, details: dict[str, Any]) -> None:
+        # Runs in the upload thread: metrics calls only queue.
+        if kind == "checkpoint_committed":
+            self.metrics.log(details["step"], {"checkpoint/committed_step": details["step"],
+                                               "checkpoint/upload_s": details["seconds"]})
+        elif kind == "checkpoint_failed":
+            self.metrics.log(details["step"], {"checkpoint/failed_saves": len(self.checkpoints.failed_steps)})
+            self.metrics.set_tags({"vito.checkpoint_failed_step": str(details["step"])})
 
     def _log_progress(self, step: int, out: dict[str, Any], clock: "_LoopClock") -> None:
         losses = {
@@ -216,7 +245,6 @@ class Trainer:
             results = evaluate_frozen_features(self.model, self.cfg, self.ctx.data_root, self.dist.device)
             self.metrics.log(self.cfg.train.steps, results)
             self.metrics.log_dict_artifact(results, "eval/final.json")
-        torch.distributed.barrier()
         return results
 
 
@@ -224,9 +252,9 @@ def train(cfg: VitoConfig, ctx: RunContext) -> TrainResult:
     return Trainer(cfg, ctx).run()
 
 
-def final_weights(checkpoint_uri: str, scratch: str | Path) -> dict[str, torch.Tensor]:
+def final_weights(checkpoint_uri: str, scratch: str | Path, storage_options: dict[str, Any] | None = None) -> dict[str, torch.Tensor]:
     """The model (online + target) state of the newest committed step: for exact-resume checks."""
-    store = CheckpointStore(checkpoint_uri)
+    store = CheckpointStore(checkpoint_uri, storage_options)
     restored = store.restore_newest(scratch)
     if restored is None:
         raise FileNotFoundError(f"no committed checkpoint under {checkpoint_uri}")

@@ -221,17 +221,31 @@ def test_clip_cache_returns_the_seek_path_frames(records: list[VideoRecord]) -> 
     assert not np.array_equal(frame_a, frame_b)
 
 
-def test_clip_cache_is_bounded_lru(records: list[VideoRecord]) -> None:
+def test_clip_cache_is_bounded(records: list[VideoRecord]) -> None:
     clip_bytes = TINY.num_frames * TINY.size * TINY.size * 3
     cache = ClipCache(max_bytes=int(2.5 * clip_bytes))
     uris = [record.uri for record in records[:4]]
+    for uri in uris:
+        expected = decode_frames_at(uri, MIXED_TIMES)
+        for frame, reference in zip(decode_frames_at(uri, MIXED_TIMES, cache=cache), expected):
+            np.testing.assert_array_equal(frame, reference)
+        assert cache.nbytes <= cache.max_bytes
+    # Decoding admits clips while they fit and never churns: the first two stay, the rest are read by seeking.
+    assert len(cache) == 2 and uris[0] in cache and uris[1] in cache and cache.nbytes == 2 * clip_bytes
+    assert not cache.admits(TINY.num_frames, TINY.size, TINY.size)
+
+
+def test_clip_cache_put_evicts_least_recently_used(records: list[VideoRecord]) -> None:
+    clip_bytes = TINY.num_frames * TINY.size * TINY.size * 3
+    cache = ClipCache(max_bytes=int(2.5 * clip_bytes))
+    uris = [record.uri for record in records[:3]]
     for uri in uris[:2]:
         decode_frames_at(uri, [0.0], cache=cache)
-    decode_frames_at(uris[0], [0.0], cache=cache)  # touch: uris[1] is now the least recently used
-    for uri in uris[2:]:
-        decode_frames_at(uri, [0.0], cache=cache)
-        assert cache.nbytes <= cache.max_bytes
-    assert len(cache) == 2 and uris[3] in cache and uris[1] not in cache and uris[0] not in cache
+    clip = cache.get(uris[0])  # touch: uris[1] is now the least recently used
+    assert clip is not None
+    cache.put(uris[2], clip)
+    assert len(cache) == 2 and uris[1] not in cache and uris[0] in cache and uris[2] in cache
+    assert cache.nbytes == 2 * clip_bytes <= cache.max_bytes
     cache.clear()
     assert len(cache) == 0 and cache.nbytes == 0
 
@@ -239,7 +253,8 @@ def test_clip_cache_is_bounded_lru(records: list[VideoRecord]) -> None:
 def test_clip_cache_skips_clips_over_the_frame_budget(records: list[VideoRecord]) -> None:
     record = records[1]
     cache = ClipCache(max_clip_frames=TINY.num_frames - 1)  # a "long" video: always read by seeking
-    for frame, expected in zip(decode_frames_at(record.uri, MIXED_TIMES, cache=cache), decode_frames_at(record.uri, MIXED_TIMES)):
+    cached = decode_frames_at(record.uri, MIXED_TIMES, cache=cache)
+    for frame, expected in zip(cached, decode_frames_at(record.uri, MIXED_TIMES), strict=True):
         np.testing.assert_array_equal(frame, expected)
     assert len(cache) == 0
 
@@ -250,7 +265,8 @@ def test_clip_cache_falls_back_to_seeking_when_metadata_understates_length(
     monkeypatch.setattr(video_module, "_estimated_frames", lambda stream: 1)
     cache = ClipCache(max_clip_frames=4)  # admitted on metadata, but decoding stops after 4 frames
     record = records[2]
-    for frame, expected in zip(decode_frames_at(record.uri, MIXED_TIMES, cache=cache), decode_frames_at(record.uri, MIXED_TIMES)):
+    cached = decode_frames_at(record.uri, MIXED_TIMES, cache=cache)
+    for frame, expected in zip(cached, decode_frames_at(record.uri, MIXED_TIMES), strict=True):
         np.testing.assert_array_equal(frame, expected)
     assert len(cache) == 0
 
@@ -268,7 +284,7 @@ def test_clip_cache_pickles_empty(records: list[VideoRecord]) -> None:
 def test_cached_and_uncached_pipelines_give_identical_samples(records: list[VideoRecord], pair_source: str) -> None:
     cfg = data_cfg(pair_source=pair_source)
     cached = FramePairDataset(records, cfg, seed=2, rank=0, world_size=1, start_step=0, total_steps=8)
-    uncached = FramePairDataset(records, cfg, seed=2, rank=0, world_size=1, start_step=0, total_steps=8, clip_cache_bytes=0)
+    uncached = FramePairDataset(records, cfg, 2, 0, 1, start_step=0, total_steps=8, clip_cache_bytes=0)
     assert cached.sampler.clip_cache is not None and uncached.sampler.clip_cache is None
     for index in range(len(cached)):
         for mine, reference in zip(cached[index], uncached[index]):

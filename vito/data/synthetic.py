@@ -160,6 +160,10 @@ def render_clip(
     distance = _SHAPES[CLASS_NAMES[label]](u, v) * radius  # back to image units (squash is area-preserving)
     alpha = np.clip(0.5 - distance / pixel, 0, 1)  # one-pixel antialiased edge
     colour = colour_start + (colour_end - colour_start) * time[:, None]
+    if cfg.object_colour_change > 0:
+        # Likewise for the object's colour: with both at 1, only its shape persists across a clip.
+        fresh_colours = np.random.default_rng(rng.integers(2**63)).uniform(0, 1, size=(num_frames, 3))
+        colour = (1 - cfg.object_colour_change) * colour + cfg.object_colour_change * fresh_colours
     # A gradient fixed to the object makes rotation visible even for symmetric shapes.
     lit = colour[:, None, None, :] * (1 - shading * u[..., None].clip(-1, 1))
     image = image * (1 - alpha[..., None]) + lit * alpha[..., None]

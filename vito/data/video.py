@@ -124,10 +124,14 @@ class DecodedClip:
 class ClipCache:
     """Per-process LRU of small clips decoded whole, keyed by uri and bounded in bytes.
 
-    A clip is admitted when the stream says it has at most `max_clip_frames` frames and they take at most
-    `max_clip_bytes` as RGB; anything larger (a real long video) is read by seeking every time. Each loader
-    worker has its own copy: pickling (spawned workers) drops the contents. Not synchronised: use one per
-    thread. A uri is assumed to name immutable content (the synthetic dataset directories are
+    `decode_frames_at` admits a clip when the stream says it has at most `max_clip_frames` frames, they take
+    at most `max_clip_bytes` as RGB, and they fit in the space still free; anything else (a real long video)
+    is read by seeking every time. Admission never evicts: a whole-clip decode costs a few seeks, so once a
+    working set outgrows the budget, clips beyond it are cheaper to keep seeking than to churn through the
+    cache (sampling is uniform, so an LRU would hit no more often). `put` evicts least recently used clips.
+
+    Each loader worker has its own copy: pickling (spawned workers) drops the contents. Not synchronised:
+    use one per thread. A uri is assumed to name immutable content (the synthetic dataset directories are
     content-addressed); call `clear()` after rewriting a file in place.
     """
 
@@ -158,7 +162,13 @@ class ClipCache:
         return self._nbytes
 
     def admits(self, num_frames: int, height: int, width: int) -> bool:
-        return 0 < num_frames <= self.max_clip_frames and num_frames * height * width * 3 <= self.max_clip_bytes
+        """Whether a clip of this size is small enough and fits in the free space (no eviction)."""
+        nbytes = num_frames * height * width * 3
+        return (
+            0 < num_frames <= self.max_clip_frames
+            and nbytes <= self.max_clip_bytes
+            and self._nbytes + nbytes <= self.max_bytes
+        )
 
     def get(self, uri: str) -> DecodedClip | None:
         clip = self._clips.get(uri)
@@ -170,6 +180,7 @@ class ClipCache:
         return clip
 
     def put(self, uri: str, clip: DecodedClip) -> None:
+        """Store a clip (unless over the per-clip limit), evicting least recently used ones to fit."""
         if clip.nbytes > self.max_clip_bytes:
             return
         old = self._clips.pop(uri, None)

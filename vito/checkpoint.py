@@ -79,7 +79,40 @@ class CheckpointStore:
 
     def __init__(self, root: str, storage_options: dict[str, Any] | None = None):
         self.root_uri = root.rstrip("/")
-        self.fs, self.root = fsspec.core.url_to_fs(self.root_uri, **(storage_options or {}))
+        self.storage_options = dict(storage_options or {})
+        self.fs, self.root = fsspec.core.url_to_fs(self.root_uri, **self.storage_options)
+
+    def describe(self) -> str:
+        """Where this store is, for messages: the URL and, for S3, the endpoint. Never credentials."""
+        if "://" not in self.root_uri or self.root_uri.startswith("file://"):
+            return self.root_uri
+        endpoint = (
+            self.storage_options.get("endpoint_url")
+            or os.environ.get("AWS_ENDPOINT_URL_S3")
+            or os.environ.get("AWS_ENDPOINT_URL")
+            or "the default AWS endpoint"
+        )
+        bucket = self.root_uri.split("://", 1)[1].split("/", 1)[0]
+        return f"{self.root_uri} (bucket '{bucket}' at {endpoint})"
+
+    def check_writable(self) -> None:
+        """Write, read back and delete a small object; StorageUnavailable with one clear message if not."""
+        probe = f"{self.root}/.vitolaunch-write-check-{os.getpid()}"
+        try:
+            self.fs.makedirs(self.root, exist_ok=True)
+            self.fs.pipe_file(probe, b"ok")
+            if self.fs.cat_file(probe) != b"ok":
+                raise OSError("read back different bytes")
+            self.fs.rm(probe)
+        except PermissionError as problem:
+            raise StorageUnavailable(
+                f"{self.describe()} refused the credentials ({_reason(problem)}): check AWS_ACCESS_KEY_ID / "
+                "AWS_SECRET_ACCESS_KEY or the AWS profile of the account that runs the jobs"
+            ) from problem
+        except FileNotFoundError as problem:
+            raise StorageUnavailable(f"{self.describe()} does not exist ({_reason(problem)}): create the bucket first") from problem
+        except Exception as problem:
+            raise StorageUnavailable(f"{self.describe()} is unreachable or not writable ({_reason(problem)})") from problem
 
     # -- writing ---------------------------------------------------------------------------------
     def upload(self, step: int, local_dir: str | Path) -> list[StoredFile]:
@@ -202,7 +235,11 @@ class CheckpointStore:
 
     def restore_newest(self, local_dir: str | Path) -> tuple[int, dict[str, Any]] | None:
         """Download the newest committed step that verifies; older ones are the fallback."""
-        for step in reversed(self.committed_steps()):
+        committed = self.committed_steps()
+        for step in sorted(self._step_folders()):
+            if step not in committed and (not committed or step > committed[-1]):
+                log.warning("ignoring %s/%s: no %s marker (a save that did not finish)", self.root_uri, step_name(step), COMMIT_MARKER)
+        for step in reversed(committed):
             step_dir = Path(local_dir) / step_name(step)
             try:
                 return step, self.download(step, step_dir)
@@ -235,3 +272,12 @@ class CheckpointStore:
 
 class CorruptCheckpoint(Exception):
     """A step that exists but cannot be trusted."""
+
+
+class StorageUnavailable(Exception):
+    """The checkpoint root cannot be used: wrong credentials, missing bucket, unreachable endpoint."""
+
+
+def _reason(problem: Exception) -> str:
+    text = str(problem).strip().splitlines()
+    return f"{type(problem).__name__}: {text[0][:200] if text else ''}"

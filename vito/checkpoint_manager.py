@@ -81,6 +81,9 @@ class CheckpointManager:
         self.failed_steps: list[int] = []
         self._pending: threading.Thread | None = None
 
+    def upload_in_flight(self) -> bool:
+        return self._pending is not None and self._pending.is_alive()
+
     def save(self, step: int, client_state: dict[str, Any]) -> None:
         """Collective: every rank must call it with the same step."""
         self.wait()

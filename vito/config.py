@@ -60,6 +60,8 @@ class DataConfig(_Section):
 class ModelConfig(_Section):
     arch: Literal["resnet18", "resnet50"] = "resnet18"
     width: int = Field(64, ge=4, description="channels of the stem; 64 is the standard ResNet")
+    # "imagenet": 7x7/2 conv + max-pool, for 224 px. "small": 3x3/1 conv, no pool, for tiny CPU frames.
+    stem: Literal["imagenet", "small"] = "imagenet"
     pooling: Literal["attention", "average"] = "attention"
     scales: list[Literal[4, 5]] = Field(default_factory=lambda: [4, 5])
     pool_hidden: int = Field(4096, ge=1)

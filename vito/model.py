@@ -79,18 +79,20 @@ class ResNet(nn.Module):
     `last_stage=4` drops layer4 so that a stage-4-only model has no parameters without gradients.
     """
 
-    def __init__(self, arch: str = "resnet50", width: int = 64, last_stage: int = 5) -> None:
+    def __init__(self, arch: str = "resnet50", width: int = 64, last_stage: int = 5, stem: str = "imagenet") -> None:
         super().__init__()
         if last_stage not in (4, 5):
             raise ValueError(f"last_stage must be 4 or 5, got {last_stage}")
         block, depths = ARCHS[arch]
         self.last_stage = last_stage
-        self.stem = nn.Sequential(
-            nn.Conv2d(3, width, 7, 2, 3, bias=False),
-            nn.BatchNorm2d(width),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(3, 2, 1),
-        )
+        if stem == "imagenet":  # 7x7/2 + max-pool: /4 before layer1, for 224 px inputs
+            self.stem = nn.Sequential(
+                nn.Conv2d(3, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)
+            )
+        elif stem == "small":  # 3x3/1, no pooling (as for CIFAR): tiny frames keep a spatial map at stage 5
+            self.stem = nn.Sequential(nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        else:
+            raise ValueError(f"unknown stem {stem!r}: expected 'imagenet' or 'small'")
         in_ch = width
         layers = []
         for index, depth in enumerate(depths[: last_stage - 1]):
@@ -200,7 +202,7 @@ class VitoModel(nn.Module):
         self.symmetric = loss_cfg.symmetric
         self.global_negatives = loss_cfg.global_negatives
 
-        self.backbone = ResNet(model_cfg.arch, model_cfg.width, last_stage=max(self.scales))
+        self.backbone = ResNet(model_cfg.arch, model_cfg.width, last_stage=max(self.scales), stem=model_cfg.stem)
         channels = self.backbone.channels
         self.pools = nn.ModuleDict(
             {_key(s): _make_pool(model_cfg.pooling, channels[s], model_cfg.pool_hidden) for s in self.scales}

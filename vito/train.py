@@ -125,10 +125,13 @@ class Trainer:
         if cfg.train.precision == "bf16":
             self.model.keep_target_fp32()
         torch.manual_seed(cfg.train.seed + 1 + self.dist.rank)
+        store = CheckpointStore(ctx.checkpoint_uri, ctx.storage_options)
+        if self.dist.is_main:
+            store.check_writable()  # wrong credentials: one clear error now, not a failed save an hour in
         self._owns_metrics = ctx.metrics is None
         self.metrics = ctx.metrics or MetricsLogger(ctx.tracking_uri, ctx.run_id, enabled=self.dist.is_main)
         self.checkpoints = CheckpointManager(
-            CheckpointStore(ctx.checkpoint_uri, ctx.storage_options),
+            store,
             self.engine,
             self.dist,
             ctx.scratch_dir,
@@ -188,8 +191,10 @@ class Trainer:
                 self._log_progress(step, out, window)
                 window = _LoopClock()
             stop = all_agree(self.ctx.stop_requested(), self.dist.device)
-            if step % cfg.checkpoint.every_steps == 0 or step == cfg.train.steps or stop:
+            if step == cfg.train.steps or stop:
                 self.checkpoints.save(step, {"step": step, "config": cfg.to_dict()})
+            elif step % cfg.checkpoint.every_steps == 0:
+                self._periodic_save(step)
             if stop:
                 log.info("stop requested: saving step %d and stopping", step)
                 self._finish()
@@ -199,6 +204,18 @@ class Trainer:
         self.metrics.log_loss_curve()
         self._finish()
         return TrainResult(True, step, resumed_from, evaluation, timing)
+
+    def _periodic_save(self, step: int) -> None:
+        """Save unless the previous upload is still going (storage slow or down): training never waits on it.
+
+        Ranks agree first, so that all of them skip or all of them save (the save is collective).
+        """
+        busy = all_agree(self.checkpoints.upload_in_flight(), self.dist.device)
+        if busy:
+            log.warning("checkpoint at step %d skipped: the previous upload is still in flight", step)
+            self.metrics.log(step, {"checkpoint/skipped_step": step})
+            return
+        self.checkpoints.save(step, {"step": step, "config": self.cfg.to_dict()})
 
     def _finish(self) -> None:
         """Every rank's uploads done and (rank 0) committed before anyone returns."""

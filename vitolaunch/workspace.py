@@ -44,6 +44,13 @@ class Workspace:
 
 
 def quiet_mlflow_environment() -> None:
-    """MLflow 3 phones home unless told not to."""
+    """MLflow 3 phones home unless told not to; and a command must not hang on a server that is down.
+
+    MLflow's HTTP client retries 7 times with exponential backoff (minutes) by default: an interactive
+    command should say "unreachable" within seconds instead.
+    """
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DO_NOT_TRACK", "true")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")

@@ -26,7 +26,15 @@ TINY_BASE = {
 }
 
 
-def write_spec(folder: Path, name: str, parameters: dict, tasks_per_node: int = 2, **base_updates) -> Path:
+def write_spec(
+    folder: Path,
+    name: str,
+    parameters: dict,
+    tasks_per_node: int = 2,
+    storage: dict | None = None,
+    tracking: dict | None = None,
+    **base_updates,
+) -> Path:
     base = json.loads(json.dumps(TINY_BASE))
     for section, values in base_updates.items():
         base.setdefault(section, {}).update(values)
@@ -36,17 +44,23 @@ def write_spec(folder: Path, name: str, parameters: dict, tasks_per_node: int = 
         "base": base,
         "parameters": parameters,
         "resources": {"cluster": "local", "tasks_per_node": tasks_per_node, "timeout_min": 20},
-        "tracking": {"experiment": "tests"},
+        "tracking": {"experiment": "tests", **(tracking or {})},
     }
+    if storage:
+        spec["storage"] = storage
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
 
 
-def vitolaunch(home: Path, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {**os.environ, "VITOLAUNCH_HOME": str(home), "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
-    env.pop("MLFLOW_TRACKING_URI", None)
+def vitolaunch(
+    home: Path, *args: str, check: bool = True, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    extra = env or {}
+    env = {**os.environ, **extra, "VITOLAUNCH_HOME": str(home), "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+    if "MLFLOW_TRACKING_URI" not in extra:
+        env.pop("MLFLOW_TRACKING_URI", None)
     result = subprocess.run(
         [sys.executable, "-m", "vitolaunch.cli", *args], env=env, capture_output=True, text=True, timeout=timeout
     )
@@ -55,21 +69,28 @@ def vitolaunch(home: Path, *args: str, check: bool = True, timeout: float = 120)
     return result
 
 
-def status_rows(home: Path, sweep: str | None = None) -> list[dict]:
+def status_rows(home: Path, sweep: str | None = None, env: dict[str, str] | None = None) -> list[dict]:
     args = ["status", "--json"] + ([sweep] if sweep else [])
-    return json.loads(vitolaunch(home, *args).stdout)
+    return json.loads(vitolaunch(home, *args, env=env).stdout)
 
 
-def wait_until(home: Path, sweep: str, predicate, timeout: float, what: str) -> list[dict]:
+def wait_until(home: Path, sweep: str, predicate, timeout: float, what: str, env: dict[str, str] | None = None) -> list[dict]:
+    """Poll `vitolaunch status` until `predicate(rows)`; a status call that fails (tracking down) is retried."""
     deadline = time.monotonic() + timeout
     rows: list[dict] = []
+    last_error = ""
     while time.monotonic() < deadline:
-        rows = status_rows(home, sweep)
+        try:
+            rows = status_rows(home, sweep, env)
+        except AssertionError as problem:
+            last_error = str(problem)[-2000:]
+            time.sleep(2)
+            continue
         if rows and predicate(rows):
             return rows
         time.sleep(2)
     logs = "\n".join(p.read_text()[-3000:] for p in (home / "logs").rglob("*.err"))
-    raise AssertionError(f"timed out waiting for {what}; last status: {rows}\nlogs:\n{logs}")
+    raise AssertionError(f"timed out waiting for {what}; last status: {rows}\nlast error: {last_error}\nlogs:\n{logs}")
 
 
 def all_ended(rows: list[dict]) -> bool:

@@ -25,6 +25,8 @@ class AugmentConfig(_Section):
     flip_p: float = Field(0.5, ge=0, le=1)
     color_jitter_p: float = Field(0.8, ge=0, le=1)
     color_jitter_strength: float = Field(0.4, ge=0)
+    # Hue rotation of the colour jitter, up to +-hue turns (BYOL: 0.1). 0 draws nothing: streams stay as before.
+    hue: float = Field(0.0, ge=0, le=0.5)
     grayscale_p: float = Field(0.2, ge=0, le=1)
     blur_p: float = Field(0.2, ge=0, le=1)
     solarize_p: float = Field(0.1, ge=0, le=1)
@@ -42,6 +44,10 @@ class SyntheticConfig(_Section):
     # across a clip's frames is then only the object, which is what temporal pairs should teach.
     background_change: float = Field(0.0, ge=0, le=1)
     object_colour_change: float = Field(0.0, ge=0, le=1)
+    # 0: every clip its own background texture; N: textures from a pool of N shared across classes.
+    background_pool: int = Field(0, ge=0)
+    # Multiplies the object's size (radius 0.28-0.4 of the half-frame at 1).
+    object_scale: float = Field(1.0, gt=0, le=2.5)
     seed: int = 0
 
 
@@ -51,10 +57,23 @@ class DataConfig(_Section):
     synthetic: SyntheticConfig = SyntheticConfig()
     pair_source: Literal["temporal", "same_frame"] = "temporal"
     max_gap_s: float = Field(2.5, ge=0)
+    # The time between the two frames of a pair, |gap| in [min_gap_s, max_gap_s], its sign a coin flip:
+    # uniform over the range; exponential (mean gap_scale_s above min_gap_s, truncated at max_gap_s: mostly
+    # near frames); fixed (always max_gap_s). A second time that falls outside the clip is reflected to
+    # the other side of the first, and clamped only if the clip is shorter than the gap.
+    gap_distribution: Literal["uniform", "exponential", "fixed"] = "uniform"
+    min_gap_s: float = Field(0.0, ge=0)
+    gap_scale_s: float = Field(1.0, gt=0)
     crop_size: int = Field(48, ge=8)
     batch_size: int = Field(32, ge=2, description="global batch, split evenly over ranks")
     num_workers: int = Field(0, ge=0)
     augment: AugmentConfig = AugmentConfig()
+
+    @model_validator(mode="after")
+    def _gap_range(self) -> "DataConfig":
+        if self.min_gap_s > self.max_gap_s:
+            raise ValueError(f"data.min_gap_s ({self.min_gap_s}) must not exceed data.max_gap_s ({self.max_gap_s})")
+        return self
 
 
 class ModelConfig(_Section):
@@ -114,13 +133,52 @@ class CheckpointConfig(_Section):
     background_upload: bool = True
 
 
+Corruption = Literal["gaussian_noise", "gaussian_blur", "contrast", "jpeg"]
+
+
 class EvalConfig(_Section):
+    """Frozen-feature evaluation: after pretraining (probe, kNN), and the full suite of `task: evaluate` trials."""
+
     linear_probe: bool = True
     train_clips: int = Field(64, ge=2)
     test_clips: int = Field(32, ge=2)
     frames_per_clip: int = Field(4, ge=1)
     probe_epochs: int = Field(200, ge=1)
+    knn_k: int = Field(5, ge=1)
     seed: int = 1234
+    # Labelled manifests for the probes; None: synthetic probe_train / probe_test splits of data.synthetic.
+    train_manifest: str | None = None
+    test_manifest: str | None = None
+
+    # -- an evaluation trial (task: evaluate) evaluates a pretrained checkpoint instead of training ----------
+    checkpoint: str | None = Field(None, min_length=1, description="a trial's checkpoint root (path or URL)")
+    checkpoint_step: int | None = Field(None, ge=1, description="None: its newest committed step")
+    pretrain_run_id: str | None = Field(None, description="the MLflow run that trained it (set by vitolaunch)")
+    random_init_baseline: bool = True  # every metric also for a randomly initialised network
+    # Robustness: the probe trained on clean features, tested on corrupted test images (severity 1-5).
+    corruptions: list[Corruption] = Field(default_factory=lambda: ["gaussian_noise", "gaussian_blur", "contrast", "jpeg"])
+    severities: list[int] = Field(default_factory=lambda: [1, 3, 5])
+    # Natural deformation: held-out synthetic clips with stronger motion and deformation than training saw.
+    deformation_motion_scales: list[float] = Field(default_factory=lambda: [2.0])
+    # DAVIS-style label propagation of the object mask through synthetic clips (J: IoU, F: boundary F).
+    propagation: bool = True
+    propagation_clips: int = Field(8, ge=1)
+    propagation_size: int = Field(96, ge=16, description="frames are resized to this before the backbone")
+    propagation_stage: Literal[4, 5] = 4
+    propagation_context: int = Field(4, ge=0, description="previous frames used besides the first")
+    propagation_topk: int = Field(10, ge=1)
+    propagation_temperature: float = Field(0.07, gt=0)
+    propagation_radius: float = Field(3.0, gt=0, description="neighbourhood in feature cells")
+
+    @model_validator(mode="after")
+    def _valid_suite(self) -> "EvalConfig":
+        if any(not 1 <= s <= 5 for s in self.severities):
+            raise ValueError("eval.severities are between 1 and 5")
+        if any(m <= 0 for m in self.deformation_motion_scales):
+            raise ValueError("eval.deformation_motion_scales must be > 0")
+        if (self.train_manifest is None) != (self.test_manifest is None):
+            raise ValueError("set both eval.train_manifest and eval.test_manifest, or neither")
+        return self
 
 
 class VitoConfig(_Section):

@@ -44,21 +44,37 @@ def extract_features(model: VitoModel, images: torch.Tensor, device: torch.devic
     return torch.cat(feats)
 
 
+class LinearProbe:
+    """Softmax regression on standardised features, trained full batch (the sets are small).
+
+    Fitted once on clean training features, it scores any test features: clean, corrupted or deformed.
+    """
+
+    def __init__(self, train_x: torch.Tensor, train_y: torch.Tensor, epochs: int, seed: int, num_classes: int | None = None):
+        self.mean, self.std = train_x.mean(0), train_x.std(0) + 1e-6
+        train_x = (train_x - self.mean) / self.std
+        generator = torch.Generator().manual_seed(seed)
+        classes = num_classes or int(train_y.max()) + 1
+        weight = (torch.randn(train_x.shape[1], classes, generator=generator) * 0.01).requires_grad_()
+        bias = torch.zeros(classes, requires_grad=True)
+        optimizer = torch.optim.Adam([weight, bias], lr=0.01, weight_decay=1e-4)
+        for _ in range(epochs):
+            optimizer.zero_grad()
+            F.cross_entropy(train_x @ weight + bias, train_y).backward()
+            optimizer.step()
+        self.weight, self.bias = weight.detach(), bias.detach()
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return (((x - self.mean) / self.std) @ self.weight + self.bias).argmax(1)
+
+    def accuracy(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        return float((self.predict(x) == y).float().mean())
+
+
 def linear_probe_accuracy(train_x, train_y, test_x, test_y, epochs: int, seed: int) -> float:
     """Softmax regression on standardised features, full batch (the sets are small)."""
-    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
-    train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
-    generator = torch.Generator().manual_seed(seed)
     classes = int(max(train_y.max(), test_y.max())) + 1
-    weight = (torch.randn(train_x.shape[1], classes, generator=generator) * 0.01).requires_grad_()
-    bias = torch.zeros(classes, requires_grad=True)
-    optimizer = torch.optim.Adam([weight, bias], lr=0.01, weight_decay=1e-4)
-    for _ in range(epochs):
-        optimizer.zero_grad()
-        F.cross_entropy(train_x @ weight + bias, train_y).backward()
-        optimizer.step()
-    with torch.no_grad():
-        return float(((test_x @ weight + bias).argmax(1) == test_y).float().mean())
+    return LinearProbe(train_x, train_y, epochs, seed, classes).accuracy(test_x, test_y)
 
 
 def knn_accuracy(train_x, train_y, test_x, test_y, k: int = 5) -> float:
@@ -74,14 +90,27 @@ def probe(model: VitoModel, splits, cfg: VitoConfig, device: torch.device) -> di
     test_x = extract_features(model, test_images, device)
     return {
         "linear_probe_acc": linear_probe_accuracy(train_x, train_y, test_x, test_y, cfg.eval.probe_epochs, cfg.eval.seed),
-        "knn_acc": knn_accuracy(train_x, train_y, test_x, test_y),
+        "knn_acc": knn_accuracy(train_x, train_y, test_x, test_y, cfg.eval.knn_k),
     }
 
 
-def evaluation_splits(cfg: VitoConfig, data_root: str):
+def probe_records(cfg: VitoConfig, data_root: str) -> tuple[list[VideoRecord], list[VideoRecord]]:
+    """The labelled clips of the probes: eval.train/test_manifest, else synthetic probe splits."""
+    if cfg.eval.train_manifest is not None:
+        train, test = read_manifest(cfg.eval.train_manifest), read_manifest(cfg.eval.test_manifest)
+        for name, records in (("eval.train_manifest", train), ("eval.test_manifest", test)):
+            unlabelled = [r.uri for r in records if r.label is None]
+            if unlabelled:
+                raise ValueError(f"{name}: {len(unlabelled)} clips have no label (first: {unlabelled[0]})")
+        return train, test
     synthetic = cfg.data.synthetic
     train = read_manifest(ensure_synthetic_videos(data_root, synthetic, "probe_train", cfg.eval.train_clips))
     test = read_manifest(ensure_synthetic_videos(data_root, synthetic, "probe_test", cfg.eval.test_clips))
+    return train, test
+
+
+def evaluation_splits(cfg: VitoConfig, data_root: str):
+    train, test = probe_records(cfg, data_root)
     size = cfg.data.crop_size
     return clip_frames(train, cfg.eval.frames_per_clip, size), clip_frames(test, cfg.eval.frames_per_clip, size)
 

@@ -21,6 +21,7 @@ import torch
 from vito.checkpoint import CheckpointStore
 from vito.checkpoint_manager import CheckpointManager
 from vito.config import VitoConfig
+from vito.data.health import SkipReporter
 from vito.data.manifest import VideoRecord, read_manifest
 from vito.data.pairs import build_pair_loader
 from vito.data.synthetic import ensure_synthetic_videos
@@ -129,6 +130,7 @@ class Trainer:
         if self.dist.is_main:
             store.check_writable()  # wrong credentials: one clear error now, not a failed save an hour in
         self._owns_metrics = ctx.metrics is None
+        self._skip_reporter = SkipReporter()
         self.metrics = ctx.metrics or MetricsLogger(ctx.tracking_uri, ctx.run_id, enabled=self.dist.is_main)
         self.checkpoints = CheckpointManager(
             store,
@@ -165,10 +167,12 @@ class Trainer:
     def batches(self, start_step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The (view_a, view_b) batches of this rank from `start_step` on: a pure function of the step."""
         cfg = self.cfg
-        return iter(build_pair_loader(
+        loader = build_pair_loader(
             self.videos, cfg.data, cfg.train.seed, self.dist.rank, self.dist.world_size, start_step, cfg.train.steps,
             pin_memory=self.dist.device.type == "cuda",
-        ))
+        )
+        self.data_skips = loader.dataset.skips  # unreadable videos skipped by the loader's workers
+        return iter(loader)
 
     def run(self) -> TrainResult:
         cfg = self.cfg
@@ -239,9 +243,11 @@ class Trainer:
         losses = {
             k: mean_across_ranks(float(v.detach()), self.dist.device) for k, v in out.items() if k.startswith("loss")
         }
+        skips = self._skip_reporter.metrics(getattr(self, "data_skips", None))  # collective, like the means above
         if not self.dist.is_main:
             return
         values = {f"train/{k.replace('/', '_')}": v for k, v in losses.items()}
+        values.update(skips)  # data/skipped_videos, data/skipped_samples
         timing = clock.summary()
         values.update({
             "train/lr": out["lr"],

@@ -9,6 +9,7 @@ import time
 import click
 
 from vitolaunch import __version__
+from vitolaunch.data_cli import data as data_commands
 from vitolaunch.errors import VitolaunchError
 
 TRACKING_OPTION = click.option(
@@ -63,12 +64,19 @@ def sweep(spec_file: str, overrides: tuple[str, ...], dry_run: bool, retry_faile
 
     spec = load_spec(spec_file, overrides)
     trials = expand(spec)  # every trial validated before anything is submitted
+    if spec.task == "evaluate":  # (checkpoint x grid): the targets are looked up in MLflow and storage
+        from vitolaunch.evaluate_targets import expand_evaluate
+
+        trials = expand_evaluate(spec, trials, _launcher(tracking_uri or spec.tracking.uri).registry)
     check_trials_fit_resources(spec, trials)
     console = _console()
     if dry_run:
         from vitolaunch.plan import render_plan
 
-        console.print(render_plan(spec, trials, resolve_cluster(spec.resources)))
+        cluster = resolve_cluster(spec.resources)
+        console.print(render_plan(spec, trials, cluster))
+        if cluster == "slurm":
+            _slurm_dry_run(console, spec, trials)
         console.print(f"dry run: {len(trials)} trials, nothing submitted")
         return
     launcher = _launcher(tracking_uri or spec.tracking.uri)
@@ -93,16 +101,46 @@ def sweep(spec_file: str, overrides: tuple[str, ...], dry_run: bool, retry_faile
     console.print(f"compare: mlflow ui --backend-store-uri {report.tracking_uri}")
 
 
+def _slurm_dry_run(console, spec, trials) -> None:
+    """The sbatch script, then (where SLURM answers) the partition checks and `sbatch --test-only`."""
+    from vitolaunch.backends.slurm import SlurmBackend, render_script
+    from vitolaunch.launch import job_resources
+    from vitolaunch.workspace import Workspace
+
+    resources = job_resources(spec)
+    log_root = Workspace.from_env().log_dir(spec.name)
+    names = [f"{spec.name}.{t.index:03d}.{t.key[:8]}" for t in trials]
+    backend = SlurmBackend()
+    reachable = backend.reachable()
+    first = names[: backend.max_array_size()] if reachable else names
+    arrays = -(-len(names) // len(first)) if first else 0
+    console.print(f"sbatch script ({'first of ' if arrays > 1 else ''}{arrays} array{'s' if arrays > 1 else ''}):")
+    click.echo(render_script(resources, first, log_root))
+    if not reachable:
+        console.print("SLURM is not reachable from here: partition checks and sbatch --test-only skipped")
+        return
+    backend.check(resources)  # a missing partition, too many nodes, too long: one clear error, exit 2
+    console.print(f"sbatch --test-only: {backend.test_only(resources, names, log_root)}")
+
+
 @main.command()
 @click.argument("sweep_id", required=False)
 @click.option("--watch", is_flag=True, help="Redraw until every trial has ended.")
 @click.option("--interval", default=5.0, show_default=True, help="Seconds between redraws with --watch.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--stalled-after", type=float, envvar="VITOLAUNCH_STALLED_AFTER_S", default=600.0, show_default=True,
+              help="A RUNNING trial that logged nothing for this many seconds shows as STALLED "
+                   "[env: VITOLAUNCH_STALLED_AFTER_S].")
 @TRACKING_OPTION
-def status(sweep_id: str | None, watch: bool, interval: float, as_json: bool, tracking_uri: str | None) -> None:
+def status(sweep_id: str | None, watch: bool, interval: float, as_json: bool, stalled_after: float,
+           tracking_uri: str | None) -> None:
     """Show every sweep and trial (or one sweep: SWEEP_ID is its name or run id)."""
-    from vitolaunch.status import all_terminal, collect_rows, render_table, rows_as_json
+    from functools import partial
 
+    from vitolaunch.status import all_terminal, render_table, rows_as_json
+    from vitolaunch.status import collect_rows as _collect
+
+    collect_rows = partial(_collect, stalled_after=stalled_after)
     launcher = _launcher(tracking_uri)
     console = _console()
     rows = _rows(collect_rows, launcher, sweep_id)
@@ -183,6 +221,9 @@ def logs(run_id: str, rank: int, show_stderr: bool, follow: bool, tracking_uri: 
                     sys.stdout.write(handle.read())
                 return
             time.sleep(1.0)
+
+
+main.add_command(data_commands)  # vitolaunch data manifest | curate
 
 
 if __name__ == "__main__":

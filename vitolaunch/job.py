@@ -6,13 +6,18 @@ run (created at submit time), so a resumed or requeued job continues the same ru
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
 import socket
 import sys
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from vitolaunch.backends import slurm_retry
 
 log = logging.getLogger("vitolaunch.job")
 
@@ -26,23 +31,31 @@ class TrialJob:
     data_root: str
     scratch_root: str
     cpus_per_task: int = 1
+    # fsspec options for the checkpoint store (e.g. an S3 endpoint); never credentials, which come from
+    # the standard AWS environment of the job.
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    # Requeues by cause on SLURM (vitolaunch.backends.slurm_retry); preemption always requeues.
+    max_timeouts: int = 0
+    max_crashes: int = 0
     _stop: bool = field(default=False, repr=False)
 
     def __call__(self) -> dict[str, Any]:
+        # A scheduler's warning signal only sets a flag; the trainer acts on it at the next step boundary.
+        # First thing: submitit installed its own USR2 handler (checkpoint + requeue + exit on rank 0 only),
+        # which must never run here: every rank has to save before anyone requeues.
+        signal.signal(signal.SIGUSR2, self._request_stop)
         rank = self._export_distributed_environment()
         _configure_logging(rank)
         os.environ["MLFLOW_RUN_ID"] = self.run_id
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         os.environ.setdefault("DO_NOT_TRACK", "true")
-        # A scheduler's warning signal only sets a flag; the trainer acts on it at the next step boundary.
-        signal.signal(signal.SIGUSR2, self._request_stop)
 
         import torch
 
         torch.set_num_threads(max(1, self.cpus_per_task))
         from vito.config import VitoConfig
         from vito.metrics import MetricsLogger
-        from vito.train import RunContext, train
+        from vito.train import RunContext
 
         cfg = VitoConfig.model_validate(self.config)
         tracking = MetricsLogger(self.tracking_uri, self.run_id, enabled=rank == 0)
@@ -55,18 +68,63 @@ class TrialJob:
             tracking_uri=self.tracking_uri,
             run_id=self.run_id,
             stop_requested=lambda: self._stop,
+            storage_options=self.storage_options,
+            metrics=tracking,
         )
         try:
+            return self._train_and_record(cfg, context, tracking, rank)
+        finally:
+            # Metrics and status are sent by a background thread: drain it before the process ends.
+            tracking.close()
+
+    def _train_and_record(self, cfg, context, tracking, rank: int) -> dict[str, Any]:
+        from vito.train import train
+
+        if cfg.eval.checkpoint is not None:  # an evaluation trial (task: evaluate) evaluates instead of training
+            from vito.evaluate_task import run as train
+
+        try:
             result = train(cfg, context)
-        except BaseException:
-            tracking.set_status("FAILED")
+        except BaseException as problem:
+            if rank == 0 and slurm_retry.in_slurm_job() and slurm_retry.crash_retries_left(_task_folder(), self.max_crashes):
+                # The batch script requeues this task once srun has returned (see slurm_retry.after_step).
+                tracking.set_tags({slurm_retry.TAG_LAST_ERROR: f"{type(problem).__name__}: {problem}"[:500]})
+            else:
+                tracking.set_status("FAILED")
             raise
         if result.completed:
             tracking.set_status("FINISHED")
+        elif slurm_retry.in_slurm_job():
+            if rank == 0:
+                self._requeue_or_stop(tracking, result.step)
         else:
             tracking.set_tags({"vitolaunch.stopped_at_step": str(result.step)})
             tracking.set_status("KILLED")
         return {"step": result.step, "completed": result.completed, **result.evaluation}
+
+    def _requeue_or_stop(self, tracking, step: int) -> None:
+        """Rank 0 on SLURM, once every rank saved `step`: requeue this array task, or stop resumably."""
+        folder = _task_folder()
+        decision = slurm_retry.decide_after_stop(folder, self.max_timeouts)
+        if decision.requeue:
+            # The record first: once requeued, this process may be killed at any moment.
+            tracking.set_tags({
+                slurm_retry.TAG_RETRIES: json.dumps(decision.state.counts()),
+                slurm_retry.TAG_LAST_REQUEUE: f"{decision.cause} at step {step}",
+            })
+            # Metrics and tags go out from a background thread: all of them must reach MLflow before the
+            # requeue may kill this process (the resumed run continues the step axis without a gap).
+            tracking.drain(timeout_s=60)
+            _set_scheduled(self.tracking_uri, self.run_id)
+            requeued, message = slurm_retry.commit_requeue(folder, decision)
+            if requeued:
+                log.warning("%s: saved step %d and requeued %s", decision.cause, step, slurm_retry.task_id())
+                return
+            decision.reason = f"scontrol requeue failed: {message}"
+        log.warning("%s at step %d, not requeued (%s): `vitolaunch resume %s` continues it",
+                    decision.cause, step, decision.reason, self.run_id)
+        tracking.set_tags({"vitolaunch.stopped_at_step": str(step), "vitolaunch.not_requeued": decision.reason[:500]})
+        tracking.set_status("KILLED")
 
     def _request_stop(self, signum: int, frame: Any) -> None:
         log.warning("received signal %d: will save and stop at the next step boundary", signum)
@@ -90,10 +148,28 @@ class TrialJob:
 
 
 def _job_tags() -> dict[str, str]:
-    tags = {"vitolaunch.host": socket.gethostname()}
+    tags = {"vitolaunch.host": socket.gethostname(), "vitolaunch.job_started_at": f"{time.time():.3f}"}
     if "SLURM_JOB_ID" in os.environ:
         tags["vitolaunch.slurm_job_id"] = os.environ["SLURM_JOB_ID"]
+        tags["vitolaunch.slurm_restart_count"] = str(slurm_retry.restart_count())
     return tags
+
+
+def _task_folder() -> Path:
+    """This task's submitit folder (<log dir>/<array>_<task>): where its retry counts live."""
+    import submitit
+
+    return Path(submitit.JobEnvironment().paths.folder)
+
+
+def _set_scheduled(tracking_uri: str, run_id: str) -> None:
+    """Back to queued in MLflow (requeued: resumable, and not FINISHED); best effort."""
+    try:
+        from mlflow.tracking import MlflowClient
+
+        MlflowClient(tracking_uri=tracking_uri).update_run(run_id, status="SCHEDULED")
+    except Exception as problem:  # noqa: BLE001
+        log.warning("could not mark run %s as requeued in MLflow: %s", run_id, problem)
 
 
 def _configure_logging(rank: int) -> None:

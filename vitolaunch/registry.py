@@ -24,6 +24,7 @@ TAG_JOB_ID = "vitolaunch.job_id"
 TAG_LOG_DIR = "vitolaunch.log_dir"
 TAG_CHECKPOINT = "vitolaunch.checkpoint_uri"
 TAG_RESOURCES = "vitolaunch.resources"
+TAG_STORAGE_OPTIONS = "vitolaunch.storage_options"  # non-secret fsspec options, e.g. an S3 endpoint
 TAG_SWEPT = "vitolaunch.swept_params"
 TAG_TOTAL_STEPS = "vitolaunch.total_steps"
 TAG_GIT_COMMIT = "mlflow.source.git.commit"
@@ -45,6 +46,7 @@ class RunRecord:
     params: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     experiment_id: str = ""
+    last_metric_time: float | None = None  # seconds since epoch of the newest logged metric value
 
     @property
     def kind(self) -> str:
@@ -83,6 +85,7 @@ def _record(run) -> RunRecord:
         params=dict(data.params),
         metrics=dict(data.metrics),
         experiment_id=info.experiment_id,
+        last_metric_time=max((m.timestamp for m in getattr(data, "_metric_objs", []) or []), default=0) / 1000 or None,
     )
 
 
@@ -146,6 +149,27 @@ class Registry:
         # Queued until a job picks it up; the job moves it to RUNNING.
         self.client.update_run(run_id, status="SCHEDULED")
         return run_id
+
+    def create_trials(self, sweep: RunRecord, trials: list[tuple[str, dict[str, Any], dict[str, str], dict[str, Any]]]) -> list[str]:
+        """Many `create_trial`s (name, params, tags, config) at once: one transaction on a SQL store."""
+        from vitolaunch.tracking_bulk import NewRun, create_runs
+
+        runs = [
+            NewRun(
+                name=name,
+                tags={TAG_KIND: "trial", TAG_PARENT: sweep.run_id, **tags},
+                params={k: _param_value(v) for k, v in params.items()},
+                artifacts={CONFIG_ARTIFACT: config},
+            )
+            for name, params, tags, config in trials
+        ]
+        return create_runs(self.client, sweep.experiment_id, runs, status="SCHEDULED")
+
+    def set_tags_many(self, tags_by_run: dict[str, dict[str, str]], status: str | None = None) -> None:
+        """Tags (and optionally SCHEDULED/RUNNING status) on many runs at once."""
+        from vitolaunch.tracking_bulk import tag_runs
+
+        tag_runs(self.client, tags_by_run, status)
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag

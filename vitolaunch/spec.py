@@ -131,6 +131,30 @@ class Resources(_Strict):
 
 class Storage(_Strict):
     checkpoint_root: str | None = Field(None, min_length=1, description="path or URL; None = <workspace>/checkpoints")
+    # An S3-compatible endpoint (MinIO, SeaweedFS, Ceph...). Credentials never go here: they come from the
+    # standard AWS environment variables or config files of whoever runs the jobs.
+    endpoint_url: str | None = Field(None, min_length=1, pattern=r"^https?://")
+
+    def storage_options(self) -> dict[str, str]:
+        """fsspec options for the checkpoint root: only non-secret settings."""
+        return {"endpoint_url": self.endpoint_url} if self.endpoint_url else {}
+
+
+class EvaluateTargets(_Strict):
+    """What a `task: evaluate` sweep evaluates; each target is crossed with the parameter grid."""
+
+    # Pretraining trials by MLflow run id (or unique prefix), or every trial of a sweep by its name.
+    runs: list[str] = Field(default_factory=list)
+    # Trials' checkpoint roots (path or URL), e.g. s3://bucket/sweeps/<sweep>/<trial key>.
+    checkpoints: list[str] = Field(default_factory=list)
+    step: int | None = Field(None, ge=1, description="the committed step to evaluate; None: the newest")
+    include_unfinished: bool = Field(False, description="also evaluate trials still running or stopped early")
+
+    @model_validator(mode="after")
+    def _some_target(self) -> EvaluateTargets:
+        if not self.runs and not self.checkpoints:
+            raise ValueError("evaluate needs 'runs' (run ids or sweep names) or 'checkpoints' (checkpoint roots)")
+        return self
 
 
 class Tracking(_Strict):
@@ -177,6 +201,7 @@ class SweepSpec(_Strict):
     resources: Resources = Resources()
     storage: Storage = Storage()
     tracking: Tracking = Tracking()
+    evaluate: EvaluateTargets | None = None  # task: evaluate only (see vitolaunch/evaluate_targets.py)
     source_file: str | None = Field(None, exclude=True)
 
     _locator: _Locator = PrivateAttr(default_factory=_Locator)
@@ -204,6 +229,7 @@ class SweepSpec(_Strict):
                     hint = "To seed training, set base train.seed or sweep it." if key == "seed" else None
                     raise locator.error((key,), f"'{key}' applies only to method: random", key=key, hint=hint)
         _parse_parameters(self.parameters, self.method, locator)
+        _check_task(self, locator)
         self._locator = locator
         return self
 
@@ -216,6 +242,8 @@ class SweepSpec(_Strict):
     def spec_hash(self) -> str:
         """sha256[:12] of the spec's content, with the base resolved (a path and its inline copy hash alike)."""
         content = self.model_dump(mode="json")
+        if content.get("evaluate") is None:
+            content.pop("evaluate", None)  # pretraining specs hash as they did before evaluate existed
         content["base"] = self.base_config_dict()
         content["parameters"] = [[key, value] for key, value in self.parameters.items()]  # order names trials
         canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), default=str)
@@ -232,6 +260,24 @@ class SweepSpec(_Strict):
 
     def resolved_tracking_uri(self, workspace: str | Path) -> str:
         return self.tracking.uri or f"sqlite:///{Path(workspace).resolve() / 'mlflow.db'}"
+
+
+def _check_task(spec: SweepSpec, locator: _Locator) -> None:
+    """`evaluate:` belongs to evaluate sweeps, and an evaluate sweep must say what it evaluates."""
+    if spec.task == "pretrain" and spec.evaluate is not None:
+        raise locator.error(("evaluate",), "applies only to task: evaluate", key="evaluate",
+                            hint="Set task: evaluate, or remove the evaluate section.")
+    if spec.task == "pretrain" and "eval.checkpoint" in spec.parameters:
+        raise locator.error(("parameters", "eval.checkpoint"), "names a checkpoint to evaluate: that is an evaluate sweep",
+                            key="eval.checkpoint", hint="Set task: evaluate.")
+    if spec.task == "evaluate" and spec.evaluate is None and "eval.checkpoint" not in spec.parameters:
+        base_checkpoint = isinstance(spec.base, dict) and (spec.base.get("eval") or {}).get("checkpoint")
+        if not base_checkpoint and not isinstance(spec.base, str):
+            raise locator.error(
+                ("task",), "task: evaluate needs something to evaluate", key="task",
+                hint="Add evaluate: {runs: [<run id or sweep name>]} or evaluate: {checkpoints: [<uri>]}, "
+                "or sweep eval.checkpoint under parameters.",
+            )
 
 
 def resolve_cluster(resources: Resources) -> Literal["local", "slurm"]:

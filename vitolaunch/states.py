@@ -2,12 +2,15 @@
 
 MLflow's terminal statuses are written by the job itself, so they are trusted over the scheduler. While
 MLflow says the run is queued or running, the scheduler decides whether that is still true; a scheduler
-that cannot be asked gives UNKNOWN, never FAILED.
+that cannot be asked gives UNKNOWN, never FAILED. A trial the scheduler runs but that has logged nothing
+(no metric, no (re)start) for `stalled_after` seconds is STALLED: still active, worth a look.
 """
 
 from __future__ import annotations
 
 import enum
+import os
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -15,6 +18,16 @@ from vitolaunch.backends import JobHandle, SchedulerState, make_backend
 from vitolaunch.registry import TAG_BACKEND, TAG_JOB_ID, TAG_LOG_DIR, RunRecord
 
 STOPPED_TAG = "vitolaunch.stopped_at_step"
+STARTED_TAG = "vitolaunch.job_started_at"  # set by the job at every (re)start
+STALLED_AFTER_ENV = "VITOLAUNCH_STALLED_AFTER_S"
+DEFAULT_STALLED_AFTER_S = 600.0
+
+
+def default_stalled_after() -> float:
+    try:
+        return float(os.environ.get(STALLED_AFTER_ENV, DEFAULT_STALLED_AFTER_S))
+    except ValueError:
+        return DEFAULT_STALLED_AFTER_S
 
 
 class TrialState(str, enum.Enum):
@@ -25,10 +38,11 @@ class TrialState(str, enum.Enum):
     CANCELLED = "CANCELLED"
     INTERRUPTED = "INTERRUPTED"  # stopped without finishing: `vitolaunch resume` continues it
     UNKNOWN = "UNKNOWN"
+    STALLED = "STALLED"  # running in the scheduler, but nothing logged for a while
 
     @property
     def is_active(self) -> bool:
-        return self in (TrialState.QUEUED, TrialState.RUNNING)
+        return self in (TrialState.QUEUED, TrialState.RUNNING, TrialState.STALLED)
 
     @property
     def is_terminal(self) -> bool:
@@ -61,8 +75,26 @@ def merge_state(record: RunRecord, scheduler: SchedulerState | None) -> TrialSta
     return _FROM_SCHEDULER[scheduler]
 
 
-def trial_states(records: Sequence[RunRecord]) -> dict[str, TrialState]:
-    """One scheduler query per backend for all the given trials."""
+def last_activity(record: RunRecord, job_started: float | None = None) -> float | None:
+    """Newest sign of life of a trial (epoch s): a logged metric, the job's (re)start, or None if unknown."""
+    try:
+        tagged = float(record.tags.get(STARTED_TAG, "0"))
+    except ValueError:
+        tagged = 0.0
+    newest = max(record.last_metric_time or 0.0, tagged, job_started or 0.0)
+    return newest or None
+
+
+def trial_states(
+    records: Sequence[RunRecord], stalled_after: float | None = None, now: float | None = None
+) -> dict[str, TrialState]:
+    """One scheduler query per backend for all the given trials.
+
+    `stalled_after` (seconds; default $VITOLAUNCH_STALLED_AFTER_S or 600): a RUNNING trial with no sign of
+    life for longer is STALLED.
+    """
+    stalled_after = default_stalled_after() if stalled_after is None else stalled_after
+    now = time.time() if now is None else now
     pending: dict[str, list[tuple[RunRecord, JobHandle]]] = defaultdict(list)
     states: dict[str, TrialState] = {}
     for record in records:
@@ -73,10 +105,18 @@ def trial_states(records: Sequence[RunRecord]) -> dict[str, TrialState]:
             handle = JobHandle(job_id, record.tags.get(TAG_LOG_DIR, ""))
             pending[record.tags.get(TAG_BACKEND, "local")].append((record, handle))
     for backend_name, items in pending.items():
+        started: dict[str, float] = {}
         try:
-            scheduler = make_backend(backend_name).states([h for _, h in items])
+            backend = make_backend(backend_name)
+            scheduler = backend.states([h for _, h in items])
+            started = backend.start_times()
         except Exception:
             scheduler = {}
         for record, handle in items:
-            states[record.run_id] = merge_state(record, scheduler.get(handle.job_id, SchedulerState.UNKNOWN))
+            state = merge_state(record, scheduler.get(handle.job_id, SchedulerState.UNKNOWN))
+            if state is TrialState.RUNNING:
+                seen = last_activity(record, started.get(handle.job_id))
+                if seen is not None and now - seen > stalled_after:
+                    state = TrialState.STALLED
+            states[record.run_id] = state
     return states

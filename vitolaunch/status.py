@@ -36,16 +36,18 @@ def _elapsed(record: RunRecord, state: TrialState) -> float | None:
     return max(0.0, end - record.start_time)
 
 
-def collect_rows(registry: Registry, sweep_filter: str | None = None) -> list[TrialRow]:
+def collect_rows(registry: Registry, sweep_filter: str | None = None, stalled_after: float | None = None) -> list[TrialRow]:
     if sweep_filter:
         target = registry.resolve(sweep_filter)
         sweeps = [target] if target.kind == "sweep" else [registry.get(target.tags["mlflow.parentRunId"])]
     else:
         sweeps = sorted(registry.sweeps(), key=lambda s: s.start_time or 0)
     rows = []
+    trials_of = {sweep.run_id: registry.trials(sweep) for sweep in sweeps}
+    # One scheduler query for every trial shown (sacct takes many arrays in one call).
+    states = trial_states([t for trials in trials_of.values() for t in trials], stalled_after=stalled_after)
     for sweep in sweeps:
-        trials = registry.trials(sweep)
-        states = trial_states(trials)
+        trials = trials_of[sweep.run_id]
         for trial in trials:
             metrics = trial.metrics
             step = metrics.get("train/step")
@@ -86,6 +88,7 @@ _STYLE = {
     "CANCELLED": "magenta",
     "INTERRUPTED": "yellow",
     "UNKNOWN": "dim",
+    "STALLED": "bold yellow",
 }
 
 

@@ -13,8 +13,10 @@ REPO = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "deepspeed", "mlflow")
 
 
-def _cli(*args: str, home: Path) -> subprocess.CompletedProcess:
+def _cli(*args: str, home: Path, path: str | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "VITOLAUNCH_HOME": str(home), "COLUMNS": "200"}
+    if path is not None:  # e.g. a folder without sbatch: no SLURM, whatever this machine has
+        env["PATH"] = path
     return subprocess.run([sys.executable, "-m", "vitolaunch.cli", *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=60)
 
 
@@ -40,7 +42,8 @@ def test_dry_run_imports_no_heavy_module():
 
 @pytest.mark.parametrize("spec", ["sweeps/quickstart.yaml", "sweeps/temperature_ablation.yaml"])
 def test_dry_run_plans_the_shipped_specs_and_submits_nothing(spec, tmp_path):
-    result = _cli("sweep", spec, "--dry-run", home=tmp_path)
+    # Unit tests use no service: SLURM is hidden (its checks are in tests/integration/test_slurm_backend.py).
+    result = _cli("sweep", spec, "--dry-run", home=tmp_path, path=str(tmp_path))
     assert result.returncode == 0, result.stderr
     assert "nothing submitted" in result.stdout
     assert "loss.temperature" in result.stdout

@@ -65,18 +65,33 @@ def _grayscale(image: torch.Tensor) -> torch.Tensor:
     return (image * _LUMA_CHW).sum(0, keepdim=True)
 
 
-def _colour_jitter(image: torch.Tensor, strength: float, gen: torch.Generator) -> torch.Tensor:
+# RGB <-> YIQ: a hue rotation is a rotation of the (I, Q) chroma plane.
+_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_FROM_YIQ = torch.linalg.inv(_TO_YIQ)
+
+
+def _hue_rotate(image: torch.Tensor, turns: float) -> torch.Tensor:
+    angle = 2 * math.pi * turns
+    cos, sin = math.cos(angle), math.sin(angle)
+    rotation = torch.tensor([[1.0, 0.0, 0.0], [0.0, cos, -sin], [0.0, sin, cos]])
+    matrix = _FROM_YIQ @ rotation @ _TO_YIQ
+    return torch.einsum("ij,jhw->ihw", matrix, image).clamp_(0, 1)
+
+
+def _colour_jitter(image: torch.Tensor, strength: float, gen: torch.Generator, hue: float = 0.0) -> torch.Tensor:
     # BYOL's ratios: brightness and contrast at full strength, saturation at half.
     brightness = _uniform(gen, max(0.0, 1 - strength), 1 + strength)
     contrast = _uniform(gen, max(0.0, 1 - strength), 1 + strength)
     saturation = _uniform(gen, max(0.0, 1 - strength / 2), 1 + strength / 2)
+    turns = _uniform(gen, -hue, hue) if hue > 0 else 0.0
     # In-place steps on fresh intermediates: the same float32 operations in the same order as the
     # out-of-place formula ((x - m) * c + m).clamp(0, 1), without allocating a tensor per step.
     image = (image * brightness).clamp_(0, 1)
     mean = _grayscale(image).mean()
     image = (image - mean).mul_(contrast).add_(mean).clamp_(0, 1)
     gray = _grayscale(image)
-    return image.sub_(gray).mul_(saturation).add_(gray).clamp_(0, 1)
+    image = image.sub_(gray).mul_(saturation).add_(gray).clamp_(0, 1)
+    return _hue_rotate(image, turns) if turns else image
 
 
 def _blur_kernel(sigma: float, dtype: torch.dtype) -> list[torch.Tensor]:
@@ -116,7 +131,7 @@ def augment_view(frame: torch.Tensor, cfg: AugmentConfig, out_size: int, gen: to
     if _coin(gen, cfg.flip_p):
         image = image.flip(-1)
     if _coin(gen, cfg.color_jitter_p):
-        image = _colour_jitter(image, cfg.color_jitter_strength, gen)
+        image = _colour_jitter(image, cfg.color_jitter_strength, gen, cfg.hue)
     if _coin(gen, cfg.grayscale_p):
         image = _grayscale(image).expand(3, -1, -1)
     if _coin(gen, cfg.blur_p):

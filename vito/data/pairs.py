@@ -8,9 +8,18 @@ uninterrupted run would have seen from step s on.
 Each sampler (so each loader worker) keeps a bounded `ClipCache` of small clips decoded whole: after the
 first visit a sample costs its augmentations, not an open + seek + decode. Cached or not, the frames and
 therefore the batches are identical; long videos are never cached and are read by seeking.
+
+A video that cannot be opened or decoded never stops training: sample p then takes the video of position
+p + 1 (then p + 2, ...) with times and augmentations drawn from (seed, p, attempt). Which files are
+unreadable is a property of the data, so the stream stays a pure function of (seed, position) and exact
+resume keeps working. Every such skip is counted in a per-video counter shared by the loader's workers
+(`SkipCounter`); the trainer logs the totals.
 """
 
 from __future__ import annotations
+
+import logging
+import math
 
 import numpy as np
 import torch
@@ -21,9 +30,55 @@ from vito.data.augment import augment_view
 from vito.data.manifest import VideoRecord
 from vito.data.video import CLIP_CACHE_BYTES, CLIP_CACHE_MAX_FRAMES, ClipCache, decode_frames_at
 
+log = logging.getLogger(__name__)
+
 # Domain tags keep the epoch-permutation and per-sample seed streams from ever colliding.
 _PERMUTATION_STREAM = 0
 _SAMPLE_STREAM = 1
+# Skipping stops (with an error) after this many unreadable videos in a row for one sample.
+MAX_SKIPS_PER_SAMPLE = 64
+
+
+class SkipCounter:
+    """How often each video was skipped as unreadable, in shared memory.
+
+    The tensor lives in shared memory before loader workers start, so workers (forked or spawned: torch
+    pickles shared storage by handle) increment the very counters the training process reads. A lost
+    increment when two workers skip the same video at the same instant is possible and harmless.
+    """
+
+    def __init__(self, num_videos: int) -> None:
+        self.counts = torch.zeros(num_videos, dtype=torch.int32).share_memory_()
+
+    def record(self, video: int) -> None:
+        self.counts[video] += 1
+
+    def skipped_samples(self) -> int:
+        return int(self.counts.sum())
+
+    def skipped_videos(self) -> set[int]:
+        return set(torch.nonzero(self.counts).flatten().tolist())
+
+
+def gap_magnitude(u: float, cfg: DataConfig) -> float:
+    """|gap| in seconds for a uniform draw u in [0, 1) (inverse CDF of the configured distribution)."""
+    low, high = cfg.min_gap_s, cfg.max_gap_s
+    span = high - low
+    if cfg.gap_distribution == "fixed" or span <= 0:
+        return high
+    if cfg.gap_distribution == "uniform":
+        return low + span * u
+    # Exponential with mean gap_scale_s, truncated to [0, span]: inverse of its CDF (1 - e^(-x/s)) / (1 - e^(-span/s)).
+    scale = cfg.gap_scale_s
+    return low - scale * math.log1p(-u * -math.expm1(-span / scale))
+
+
+def place_second(first: float, gap: float, duration: float) -> float:
+    """first + gap if it lies in the clip, else first - gap if that does, else the nearest end."""
+    for second in (first + gap, first - gap):
+        if 0.0 <= second <= duration:
+            return second
+    return min(max(first + gap, 0.0), duration)
 
 
 def _derived_seed(*parts: int) -> int:
@@ -56,6 +111,7 @@ class PairSampler:
         self.records = records
         self.cfg = data_cfg
         self.seed = seed
+        self.skips = SkipCounter(len(records))
         self.clip_cache = (
             ClipCache(max_bytes=clip_cache_bytes, max_clip_frames=clip_cache_max_frames)
             if clip_cache_bytes > 0 and clip_cache_max_frames > 0
@@ -76,29 +132,48 @@ class PairSampler:
     def _draw_timestamps(self, record: VideoRecord, gen: torch.Generator) -> tuple[float, float]:
         duration = max(record.duration_s, 0.0)
         first = duration * torch.rand((), generator=gen, dtype=torch.float64).item()
-        gap = self.cfg.max_gap_s * (2 * torch.rand((), generator=gen, dtype=torch.float64).item() - 1)
-        # The gap is drawn even for same_frame so both pair sources consume the generator identically:
-        # the two arms of the ablation then get the very same videos, times and augmentations.
+        # One draw gives the gap's sign and size, for every distribution and even for same_frame, so all arms
+        # of an ablation consume the generator identically: they get the very same videos, first times and
+        # augmentations. (For uniform this is the historical max_gap_s * (2u - 1).)
+        u = torch.rand((), generator=gen, dtype=torch.float64).item()
         if self.cfg.pair_source == "same_frame":
             return first, first
-        return first, min(max(first + gap, 0.0), duration)
+        sign = 1.0 if u >= 0.5 else -1.0
+        return first, place_second(first, sign * gap_magnitude(abs(2 * u - 1), self.cfg), duration)
 
-    def sample_timestamps(self, position: int) -> tuple[int, float, float]:
-        """(video index, time of view a, time of view b) of sample `position`."""
-        video = self.video_index(position)
-        gen = _generator(_SAMPLE_STREAM, self.seed, position)
+    def _attempt(self, position: int, attempt: int) -> tuple[int, torch.Generator]:
+        """The video and generator of try `attempt` of sample `position` (0: the sample itself)."""
+        video = self.video_index(position + attempt)
+        if attempt == 0:
+            return video, _generator(_SAMPLE_STREAM, self.seed, position)
+        return video, _generator(_SAMPLE_STREAM, self.seed, position, attempt)
+
+    def sample_timestamps(self, position: int, attempt: int = 0) -> tuple[int, float, float]:
+        """(video index, time of view a, time of view b) of sample `position` (of a retry, with attempt > 0)."""
+        video, gen = self._attempt(position, attempt)
         return (video, *self._draw_timestamps(self.records[video], gen))
 
     def sample(self, position: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The two augmented views (3, crop, crop) of sample `position`."""
-        video = self.video_index(position)
-        record = self.records[video]
-        gen = _generator(_SAMPLE_STREAM, self.seed, position)
-        time_a, time_b = self._draw_timestamps(record, gen)
-        frame_a, frame_b = decode_frames_at(record.uri, [time_a, time_b], cache=self.clip_cache)
-        view_a = augment_view(_to_chw_float(frame_a), self.cfg.augment, self.cfg.crop_size, gen)
-        view_b = augment_view(_to_chw_float(frame_b), self.cfg.augment, self.cfg.crop_size, gen)
-        return view_a, view_b
+        """The two augmented views (3, crop, crop) of sample `position`; unreadable videos are skipped."""
+        for attempt in range(min(MAX_SKIPS_PER_SAMPLE, len(self.records)) + 1):
+            video, gen = self._attempt(position, attempt)
+            record = self.records[video]
+            time_a, time_b = self._draw_timestamps(record, gen)
+            try:
+                frame_a, frame_b = decode_frames_at(record.uri, [time_a, time_b], cache=self.clip_cache)
+            except Exception as problem:  # noqa: BLE001 - any unreadable file (missing, corrupt, truncated)
+                if self.skips.counts[video] == 0:
+                    log.warning("skipping unreadable video %s (%s: %s)", record.uri, type(problem).__name__,
+                                str(problem).splitlines()[0][:200] if str(problem) else "")
+                self.skips.record(video)
+                continue
+            view_a = augment_view(_to_chw_float(frame_a), self.cfg.augment, self.cfg.crop_size, gen)
+            view_b = augment_view(_to_chw_float(frame_b), self.cfg.augment, self.cfg.crop_size, gen)
+            return view_a, view_b
+        raise RuntimeError(
+            f"sample {position}: {attempt + 1} videos in a row could not be decoded (last: {record.uri}); "
+            "check the manifest's files and storage access"
+        )
 
 
 class FramePairDataset(Dataset):
@@ -141,6 +216,11 @@ class FramePairDataset(Dataset):
         if not 0 <= index < len(self):
             raise IndexError(index)
         return self.sampler.sample(self.position(index))
+
+    @property
+    def skips(self) -> SkipCounter:
+        """Unreadable-video skips of this rank (every loader worker's, shared memory)."""
+        return self.sampler.skips
 
 
 def build_pair_loader(

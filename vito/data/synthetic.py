@@ -120,9 +120,14 @@ def _composite(image: np.ndarray, alpha: np.ndarray, colour: np.ndarray) -> np.n
 
 
 def render_clip(
-    label: int, cfg: SyntheticConfig, rng: np.random.Generator, motion_scale: float = 1.0
-) -> np.ndarray:
-    """Render one clip of class `label` as uint8 (T, H, W, 3)."""
+    label: int, cfg: SyntheticConfig, rng: np.random.Generator, motion_scale: float = 1.0, return_mask: bool = False
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Render one clip of class `label` as uint8 (T, H, W, 3).
+
+    return_mask: also return the object's visible mask, bool (T, H, W): where the shape covers at least half
+    of a pixel and the distractor blob does not hide it (the ground truth of label-propagation evaluations).
+    The frames are the same with or without it.
+    """
     if not 0 <= label < cfg.num_classes:
         raise ValueError(f"label {label} outside [0, {cfg.num_classes})")
     size, num_frames = cfg.size, cfg.num_frames
@@ -131,7 +136,13 @@ def render_clip(
     pixel = 2.0 / size
     time = np.linspace(0.0, 1.0, num_frames)  # normalised clip time, so motion per clip is size-free
 
-    image = _background(rng, xs, ys, time)
+    if cfg.background_pool:
+        # Backgrounds drawn from a small pool shared by all classes: a clip's background then no longer
+        # identifies it, so telling clips apart (what a contrastive loss rewards) needs the object.
+        pool_index = int(rng.integers(cfg.background_pool))
+        image = _background(np.random.default_rng([cfg.seed, 7919, pool_index]), xs, ys, time)
+    else:
+        image = _background(rng, xs, ys, time)
     if cfg.background_change > 0:
         # Blend in a fresh texture per frame: a background constant over the clip is a shortcut that lets a
         # contrastive model match temporal pairs without looking at the object at all.
@@ -142,7 +153,7 @@ def render_clip(
 
     # Object pose over time: position, rotation, anisotropic squash (area-preserving), colour drift.
     centre = _smooth_path(rng, time, motion_scale)
-    radius = rng.uniform(0.28, 0.4)
+    radius = rng.uniform(0.28, 0.4) * cfg.object_scale
     rotation = rng.uniform(0, 2 * np.pi) + rng.uniform(-np.pi, np.pi) * motion_scale * time
     squash_amp = rng.uniform(0.05, 0.3) * motion_scale
     log_squash = np.clip(squash_amp * np.sin(rng.uniform(1, 3) * np.pi * time + rng.uniform(0, 2 * np.pi)), -0.7, 0.7)
@@ -167,6 +178,7 @@ def render_clip(
     # A gradient fixed to the object makes rotation visible even for symmetric shapes.
     lit = colour[:, None, None, :] * (1 - shading * u[..., None].clip(-1, 1))
     image = image * (1 - alpha[..., None]) + lit * alpha[..., None]
+    mask = alpha >= 0.5
 
     if rng.uniform() < 0.5:  # small distractor blob on its own straight path
         blob_start = rng.uniform(-0.8, 0.8, size=2)
@@ -174,9 +186,12 @@ def render_clip(
         blob_path = blob_start + (blob_end - blob_start) * time[:, None]
         blob_radius = rng.uniform(0.06, 0.12)
         dist2 = (xs[None] - blob_path[:, 0, None, None]) ** 2 + (ys[None] - blob_path[:, 1, None, None]) ** 2
-        image = _composite(image, np.exp(-dist2 / (2 * blob_radius**2)), rng.uniform(0, 1, size=3))
+        blob_alpha = np.exp(-dist2 / (2 * blob_radius**2))
+        image = _composite(image, blob_alpha, rng.uniform(0, 1, size=3))
+        mask &= blob_alpha < 0.5
 
-    return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
+    frames = (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
+    return (frames, mask) if return_mask else frames
 
 
 # ---- encoding and the on-disk dataset ----------------------------------------------------------------
@@ -213,18 +228,20 @@ def _clip_seed(cfg: SyntheticConfig, split: str, index: int) -> np.random.SeedSe
     return np.random.SeedSequence([cfg.seed, split_key, index])
 
 
-def _dataset_dirname(cfg: SyntheticConfig, split: str, num_videos: int) -> str:
+def _dataset_dirname(cfg: SyntheticConfig, split: str, num_videos: int, motion_scale: float = 1.0) -> str:
     # cfg.num_videos is left out: only the count actually generated changes the clips.
     content = cfg.model_dump_json(exclude={"num_videos"})
     key = f"v{GENERATOR_VERSION}|{content}|{split}|{num_videos}"
+    if motion_scale != 1.0:  # the default keeps the names (and caches) of datasets made before the option
+        key += f"|motion{motion_scale!r}"
     return "synthetic-" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
-def _generate(directory: Path, cfg: SyntheticConfig, split: str, num_videos: int) -> None:
+def _generate(directory: Path, cfg: SyntheticConfig, split: str, num_videos: int, motion_scale: float = 1.0) -> None:
     records = []
     for index in range(num_videos):
         label = index % cfg.num_classes
-        frames = render_clip(label, cfg, np.random.default_rng(_clip_seed(cfg, split, index)))
+        frames = render_clip(label, cfg, np.random.default_rng(_clip_seed(cfg, split, index)), motion_scale)
         name = f"clip_{index:05d}_{CLASS_NAMES[label]}.mp4"
         write_mp4(directory / name, frames, cfg.fps)
         duration_s, fps, frame_count = probe_video(directory / name)
@@ -234,9 +251,12 @@ def _generate(directory: Path, cfg: SyntheticConfig, split: str, num_videos: int
 
 
 def ensure_synthetic_videos(
-    root: str | Path, cfg: SyntheticConfig, split: str = "train", num_videos: int | None = None
+    root: str | Path, cfg: SyntheticConfig, split: str = "train", num_videos: int | None = None,
+    motion_scale: float = 1.0,
 ) -> Path:
     """Generate (once) the clips of `split` under root and return the path of their manifest.
+
+    motion_scale > 1 renders stronger motion and deformation than training ever shows (robustness splits).
 
     Safe under concurrent callers: each builds a private temp dir and renames it into place; losers of
     the race discard theirs. Rename of a directory onto an existing non-empty one fails atomically.
@@ -246,7 +266,9 @@ def ensure_synthetic_videos(
         raise ValueError(f"split must be a plain directory name, got {split!r}")
     if num_videos < 1:
         raise ValueError("num_videos must be >= 1")
-    parent = Path(root) / _dataset_dirname(cfg, split, num_videos)
+    if motion_scale < 0:
+        raise ValueError("motion_scale must be >= 0")
+    parent = Path(root) / _dataset_dirname(cfg, split, num_videos, motion_scale)
     target = parent / split
     manifest = target / "manifest.jsonl"
     if manifest.exists():
@@ -255,7 +277,7 @@ def ensure_synthetic_videos(
     temp = parent / f".tmp-{split}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     temp.mkdir()
     try:
-        _generate(temp, cfg, split, num_videos)
+        _generate(temp, cfg, split, num_videos, motion_scale)
         os.rename(temp, target)
     except OSError:
         if not manifest.exists():

@@ -10,9 +10,13 @@ def make_backend(cluster: str) -> Backend:
         from vitolaunch.backends.local import LocalBackend
 
         return LocalBackend()
+    if cluster == "slurm":
+        from vitolaunch.backends.slurm import SlurmBackend
+
+        return SlurmBackend()
     from vitolaunch.errors import VitolaunchError
 
-    raise VitolaunchError(f"no backend for cluster '{cluster}' in this version: use resources.cluster: local")
+    raise VitolaunchError(f"no backend for cluster '{cluster}': use resources.cluster: local or slurm")
 
 
 __all__ = ["Backend", "JobHandle", "JobResources", "SchedulerState", "make_backend"]

@@ -19,6 +19,8 @@ class JobResources:
     timeout_min: int = 60
     partition: str | None = None
     array_parallelism: int = 8
+    retries_timeout: int = 3  # requeues after a time limit (SLURM); preemption always requeues
+    retries_crash: int = 1  # requeues after a non-zero exit (SLURM), resumed from the last checkpoint
 
 
 @dataclass(frozen=True)
@@ -64,3 +66,7 @@ class Backend(ABC):
     @abstractmethod
     def log_files(self, handle: JobHandle, rank: int) -> tuple[Path, Path]:
         """(stdout, stderr) of one rank of a job."""
+
+    def start_times(self) -> dict[str, float]:
+        """When the jobs of the last states() query started running (epoch seconds), where known."""
+        return {}

@@ -1,0 +1,156 @@
+"""Evidence that VITO learns, at a size a CPU trains: VITO against its ablations and random init, side by side.
+
+    python benchmarks/vito_evidence.py [--seeds 0 1 2] [--arms vito same_frame average_pool] [-o train.steps=400]
+
+The base config is `sweeps/evidence.yaml` (the same runs as `vitolaunch sweep sweeps/evidence.yaml`, whose
+trials `sweeps/evidence_eval.yaml` evaluates); `-o dotted.key=value` overrides it (values are YAML). Each arm
+changes one thing from VITO:
+
+* vito: temporal pairs, attention pooling, scales 4+5 (the paper's recipe at this size);
+* same_frame: two augmentations of one frame (the MoCLR-style image baseline's pairs);
+* average_pool: global average pooling instead of attention pooling;
+* moclr: same-frame pairs and average pooling together (the matched image baseline);
+* random_init: the same network, untrained.
+
+Every arm trains with the real trainer (`vito.train.Trainer`: DeepSpeed, the data pipeline, EMA target), one
+process, one thread per process, then runs the evaluation suite of `task: evaluate` trials
+(`vito.evaluate_task.evaluate_suite`): linear probe and kNN on frozen features, accuracy under corruptions,
+accuracy on held-out clips with stronger (unseen) motion and deformation, and label propagation (J&F).
+Seeds vary the training seed (network init, data order, augmentations); the evaluation data are fixed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from vito.config import VitoConfig, set_dotted
+from vito.evaluate import evaluation_splits
+from vito.evaluate_task import evaluate_suite
+from vito.model import VitoModel
+from vito.train import RunContext, Trainer
+from vitolaunch.spec import load_spec
+from vitolaunch.yaml_lines import parse_value
+
+REPO = Path(__file__).resolve().parents[1]
+SPEC = REPO / "sweeps" / "evidence.yaml"
+
+ARMS: dict[str, dict[str, object]] = {
+    "vito": {},
+    "same_frame": {"data.pair_source": "same_frame"},
+    "average_pool": {"model.pooling": "average"},
+    "moclr": {"data.pair_source": "same_frame", "model.pooling": "average"},
+    "random_init": {},
+}
+COLUMNS = [
+    ("linear probe", "linear_probe_acc"),
+    ("kNN", "knn_acc"),
+    ("corrupted (mean)", "robust/mean_corruption_acc"),
+    ("corrupted / clean", "robust/relative_corruption_acc"),
+    ("deformed x{m} probe", "deform/m{m}_linear_probe_acc"),
+    ("deformed x{m} kNN", "deform/m{m}_knn_acc"),
+    ("J&F", "propagation/JF"),
+]
+
+
+def base_config(overrides: list[str]) -> dict:
+    tree = load_spec(SPEC).base_config_dict()
+    for text in overrides:
+        key, _, value = text.partition("=")
+        set_dotted(tree, key.strip(), parse_value(value))
+    tree["eval"]["linear_probe"] = False  # the suite below evaluates; the trainer need not
+    return tree
+
+
+def arm_config(base: dict, arm: str, seed: int) -> VitoConfig:
+    tree = copy.deepcopy(base)
+    for key, value in ARMS[arm].items():
+        set_dotted(tree, key, value)
+    tree["train"]["seed"] = seed
+    tree["checkpoint"]["every_steps"] = tree["train"]["steps"]
+    return VitoConfig.model_validate(tree)
+
+
+def train(cfg: VitoConfig, work: Path) -> tuple[VitoModel, float]:
+    with tempfile.TemporaryDirectory(dir=work) as run_dir:
+        ctx = RunContext(checkpoint_uri=f"{run_dir}/ckpt", data_root=str(work / "data"), scratch_dir=f"{run_dir}/scratch")
+        trainer = Trainer(cfg, ctx)
+        started = time.perf_counter()
+        trainer.run()
+        return trainer.model, time.perf_counter() - started
+
+
+def fmt(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--arms", nargs="+", default=["vito", "same_frame", "average_pool", "random_init"], choices=list(ARMS))
+    parser.add_argument("-o", "--override", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--work", default=None, help="folder for data and checkpoints (default: a temp folder)")
+    parser.add_argument("--out", default=None, help="append one JSON line per (arm, seed) here")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    work = Path(args.work or tempfile.mkdtemp(prefix="vito-evidence-"))
+    work.mkdir(parents=True, exist_ok=True)
+    base = base_config(args.overrides)
+    device = torch.device("cpu")
+    started = time.perf_counter()
+
+    reference = arm_config(base, "vito", args.seeds[0])
+    splits = evaluation_splits(reference, str(work / "data"))
+    results: dict[str, list[dict[str, float]]] = {arm: [] for arm in args.arms}
+    seconds: dict[str, list[float]] = {arm: [] for arm in args.arms}
+    for seed in args.seeds:
+        for arm in args.arms:
+            cfg = arm_config(base, arm, seed)
+            if arm == "random_init":
+                torch.manual_seed(seed)
+                model, train_s = VitoModel(cfg.model, cfg.loss), 0.0
+            else:
+                model, train_s = train(cfg, work)
+            eval_started = time.perf_counter()
+            metrics = evaluate_suite(model, cfg, str(work / "data"), device, splits)
+            eval_s = time.perf_counter() - eval_started
+            results[arm].append(metrics)
+            seconds[arm].append(train_s)
+            row = {"arm": arm, "seed": seed, "train_s": round(train_s, 1), "eval_s": round(eval_s, 1),
+                   "overrides": args.overrides, **metrics}
+            print(json.dumps(row), file=sys.stderr, flush=True)
+            if args.out:
+                with open(args.out, "a") as handle:
+                    handle.write(json.dumps(row) + "\n")
+
+    cfg = reference
+    scale = cfg.eval.deformation_motion_scales[0] if cfg.eval.deformation_motion_scales else None
+    columns = [(name.format(m=f"{scale:g}"), key.format(m=f"{scale:g}")) for name, key in COLUMNS
+               if scale is not None or "deform" not in key]
+    syn = cfg.data.synthetic
+    print(f"data: {syn.num_videos} synthetic clips of {syn.num_frames} frames at {syn.size}px, {syn.num_classes} shape "
+          f"classes (background_change {syn.background_change}, object_colour_change {syn.object_colour_change}, "
+          f"object_scale {syn.object_scale}); crop {cfg.data.crop_size}, batch {cfg.data.batch_size}, "
+          f"{cfg.train.steps} steps; model {cfg.model.arch} width {cfg.model.width} stem {cfg.model.stem}; "
+          f"probe: {cfg.eval.train_clips} / {cfg.eval.test_clips} clips x {cfg.eval.frames_per_clip} frames; "
+          f"seeds {args.seeds}; overrides {args.overrides or 'none'}")
+    print("\n| arm | " + " | ".join(name for name, _ in columns) + " | train s/run |")
+    print("|---|" + "---|" * (len(columns) + 1))
+    for arm in args.arms:
+        cells = [fmt([r[key] for r in results[arm]]) for _, key in columns]
+        print(f"| {arm} | " + " | ".join(cells) + f" | {statistics.mean(seconds[arm]):.0f} |")
+    print(f"\nwall time: {time.perf_counter() - started:.0f} s (training, evaluation and data generation, 1 thread)")
+
+
+if __name__ == "__main__":
+    main()

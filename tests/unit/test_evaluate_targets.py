@@ -1,0 +1,159 @@
+"""`task: evaluate` specs: validation, and expansion into (checkpoint x grid) trials against a stand-in registry."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from vito.checkpoint import CheckpointStore
+from vito.config import VitoConfig
+from vitolaunch.errors import SpecError, VitolaunchError
+from vitolaunch.evaluate_targets import expand_evaluate
+from vitolaunch.registry import TAG_CHECKPOINT, TAG_KIND, TAG_SWEEP, TAG_SWEPT, RunRecord
+from vitolaunch.spec import expand, load_spec
+
+PRETRAIN = VitoConfig.model_validate({"model": {"width": 8}, "train": {"steps": 7}, "eval": {"train_clips": 9}})
+
+
+def committed_store(root: Path, steps: tuple[int, ...]) -> str:
+    store = CheckpointStore(str(root))
+    for step in steps:
+        local = root.parent / f"local_{root.name}_{step}"
+        local.mkdir(parents=True)
+        (local / "mp_rank_00_model_states.pt").write_bytes(b"weights")
+        store.commit(step, store.upload(step, local))
+    return str(root)
+
+
+class FakeClient:
+    def search_experiments(self):
+        return []
+
+    def get_experiment(self, experiment_id):
+        return type("Experiment", (), {"name": f"exp-{experiment_id}"})()
+
+
+class FakeRegistry:
+    """resolve / trials / config_of over a fixed set of records, as vitolaunch.registry.Registry answers them."""
+
+    def __init__(self, sweeps: dict[str, list[RunRecord]], configs: dict[str, dict]):
+        self.sweeps = sweeps
+        self.configs = configs
+        self.client = FakeClient()
+
+    def resolve(self, reference: str) -> RunRecord:
+        if reference in self.sweeps:
+            return RunRecord(f"sweep-{reference}", reference, "RUNNING", None, None, {TAG_KIND: "sweep", TAG_SWEEP: reference},
+                             experiment_id="7")
+        for trials in self.sweeps.values():
+            for trial in trials:
+                if trial.run_id.startswith(reference):
+                    return trial
+        raise VitolaunchError(f"no sweep or trial '{reference}'")
+
+    def trials(self, sweep: RunRecord) -> list[RunRecord]:
+        return self.sweeps[sweep.sweep]
+
+    def config_of(self, trial: RunRecord) -> dict:
+        return self.configs[trial.run_id]
+
+
+def trial_record(run_id: str, checkpoint: str, status: str = "FINISHED", temperature: float = 0.1) -> RunRecord:
+    tags = {TAG_KIND: "trial", TAG_SWEEP: "pre", TAG_CHECKPOINT: checkpoint,
+            TAG_SWEPT: json.dumps({"loss.temperature": temperature})}
+    return RunRecord(run_id, f"pre-{run_id}", status, None, None, tags, experiment_id="7")
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> FakeRegistry:
+    first = committed_store(tmp_path / "ckpt" / "a", (4, 7))
+    second = committed_store(tmp_path / "ckpt" / "b", (7,))
+    records = [trial_record("aaaa1111", first, temperature=0.1), trial_record("bbbb2222", second, temperature=0.2)]
+    config = PRETRAIN.to_dict()
+    return FakeRegistry({"pre": records}, {"aaaa1111": config, "bbbb2222": config})
+
+
+def write_spec(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "evaluate.yaml"
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+def test_evaluate_spec_needs_targets_and_pretrain_specs_refuse_them(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="needs something to evaluate"):
+        load_spec(write_spec(tmp_path, "name: ev\ntask: evaluate\n"))
+    with pytest.raises(SpecError, match="applies only to task: evaluate"):
+        load_spec(write_spec(tmp_path, "name: ev\nevaluate: {runs: [x]}\n"))
+    with pytest.raises(SpecError, match="evaluate"):
+        load_spec(write_spec(tmp_path, "name: ev\ntask: evaluate\nevaluate: {}\n"))
+    with pytest.raises(SpecError, match="that is an evaluate sweep"):
+        load_spec(write_spec(tmp_path, "name: ev\nparameters: {eval.checkpoint: [/x]}\n"))
+
+
+def test_sweep_target_crossed_with_the_grid(tmp_path: Path, registry: FakeRegistry) -> None:
+    spec = load_spec(write_spec(tmp_path, """\
+        name: ev
+        task: evaluate
+        evaluate: {runs: [pre]}
+        base: {eval: {probe_epochs: 33}}
+        parameters:
+          eval.severities: [[1], [5]]
+        """))
+    trials = expand_evaluate(spec, expand(spec), registry)
+    assert len(trials) == 4 and [t.index for t in trials] == [0, 1, 2, 3]
+    assert len({t.key for t in trials}) == 4
+    first = trials[0].config
+    assert first.eval.checkpoint.endswith("ckpt/a") and first.eval.checkpoint_step == 7  # the newest committed step
+    assert first.eval.pretrain_run_id == "aaaa1111"
+    assert first.model == PRETRAIN.model and first.train.steps == 7, "the network comes from the pretraining run"
+    assert first.eval.probe_epochs == 33 and first.eval.train_clips == 64, "the eval section comes from the spec"
+    assert [t.config.eval.severities for t in trials] == [[1], [5], [1], [5]]
+    assert trials[2].params["pretrain.run"] == "bbbb2222" and trials[2].params["pretrain.loss.temperature"] == 0.2
+    assert trials[0].params["eval.severities"] == [1] and trials[0].params["pretrain.step"] == 7
+    assert spec.tracking.experiment == "exp-7", "recorded next to the runs it evaluates"
+
+
+def test_step_and_direct_checkpoints(tmp_path: Path, registry: FakeRegistry) -> None:
+    spec = load_spec(write_spec(tmp_path, """\
+        name: ev
+        task: evaluate
+        evaluate: {runs: [aaaa], step: 4}
+        tracking: {experiment: mine}
+        """))
+    (trial,) = expand_evaluate(spec, expand(spec), registry)
+    assert trial.config.eval.checkpoint_step == 4 and spec.tracking.experiment == "mine"
+    spec = load_spec(write_spec(tmp_path, """\
+        name: ev
+        task: evaluate
+        evaluate: {runs: [aaaa], step: 5}
+        """))
+    with pytest.raises(VitolaunchError, match="step 5 is not a committed checkpoint"):
+        expand_evaluate(spec, expand(spec), registry)
+
+
+def test_unfinished_runs_are_refused_unless_asked(tmp_path: Path, registry: FakeRegistry) -> None:
+    registry.sweeps["pre"][1] = trial_record("bbbb2222", registry.sweeps["pre"][1].tags[TAG_CHECKPOINT], status="KILLED")
+    spec = load_spec(write_spec(tmp_path, "name: ev\ntask: evaluate\nevaluate: {runs: [pre]}\n"))
+    with pytest.raises(VitolaunchError, match="include_unfinished"):
+        expand_evaluate(spec, expand(spec), registry)
+    spec = load_spec(write_spec(tmp_path, "name: ev\ntask: evaluate\nevaluate: {runs: [pre], include_unfinished: true}\n"))
+    assert len(expand_evaluate(spec, expand(spec), registry)) == 2
+
+
+def test_base_outside_eval_is_refused(tmp_path: Path, registry: FakeRegistry) -> None:
+    spec = load_spec(write_spec(tmp_path, """\
+        name: ev
+        task: evaluate
+        evaluate: {runs: [pre]}
+        base: {model: {width: 16}}
+        """))
+    with pytest.raises(SpecError, match="takes the network and its data from the pretraining run"):
+        expand_evaluate(spec, expand(spec), registry)
+
+
+def test_same_checkpoint_twice_is_evaluated_once(tmp_path: Path, registry: FakeRegistry) -> None:
+    spec = load_spec(write_spec(tmp_path, "name: ev\ntask: evaluate\nevaluate: {runs: [pre, aaaa1111]}\n"))
+    assert len(expand_evaluate(spec, expand(spec), registry)) == 2

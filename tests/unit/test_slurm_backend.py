@@ -1,0 +1,216 @@
+"""The SLURM backend's pure parts: the sbatch script, parsing scheduler output, retry decisions, STALLED,
+and bulk run creation. No cluster needed (SLURM is hidden from PATH where it matters)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vitolaunch.backends import JobResources, SchedulerState as S
+from vitolaunch.backends import slurm_retry
+from vitolaunch.backends.slurm import (
+    parse_job_table,
+    parse_max_array_size,
+    parse_partitions,
+    render_script,
+    signal_delay_s,
+    slurm_state,
+)
+from vitolaunch.registry import RunRecord
+from vitolaunch.states import STARTED_TAG, TrialState as T, trial_states
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_dry_run_of_the_cluster_spec_prints_the_sbatch_script(tmp_path):
+    env = {**os.environ, "VITOLAUNCH_HOME": str(tmp_path / "home"), "PATH": str(tmp_path)}  # no SLURM here
+    result = subprocess.run(
+        [sys.executable, "-m", "vitolaunch.cli", "sweep", "sweeps/temperature_ablation.yaml", "--dry-run"],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for line in ("#SBATCH --array=0-3%2", "#SBATCH --nodes=4", "#SBATCH --ntasks-per-node=8",
+                 "#SBATCH --gpus-per-node=8", "#SBATCH --signal=USR2@120", "#SBATCH --partition=gpu",
+                 "#SBATCH --time=2880", "#SBATCH --job-name=temperature_ablation", "#SBATCH --requeue"):
+        assert line in out, out
+    # one log file per rank, in the trial's own folder; crash retries after srun
+    assert "%A_%a/%A_%a_%t_log.out" in out and "--kill-on-bad-exit=1" in out
+    assert "vitolaunch.backends.slurm_retry after-step" in out
+    assert "sbatch --test-only skipped" in out and "nothing submitted" in out
+    assert not (tmp_path / "home").exists()
+
+
+def test_script_for_a_cpu_trial_has_no_gpus_and_a_short_warning():
+    script = render_script(JobResources(nodes=2, timeout_min=5, mem_gb=1.5), ["s.000.a", "s.001.b"], Path("/logs/s"))
+    assert "--gpus-per-node" not in script
+    assert "#SBATCH --signal=USR2@60" in script  # a fifth of 5 min
+    assert "#SBATCH --mem=1536MB" in script and "#SBATCH --array=0-1%2" in script
+    assert "#SBATCH --job-name=s" in script
+
+
+def test_signal_delay_can_be_set_from_the_environment(monkeypatch):
+    monkeypatch.setenv(slurm_retry.SIGNAL_DELAY_ENV, "300")
+    assert signal_delay_s(JobResources(timeout_min=2880)) == 300
+
+
+PARTITIONS = (
+    "PartitionName=debug AllowGroups=ALL Default=YES MaxNodes=UNLIMITED MaxTime=UNLIMITED Nodes=n[1-2] "
+    "State=UP TotalCPUs=8 TotalNodes=2\n"
+    "PartitionName=short Default=NO MaxNodes=1 MaxTime=00:10:00 State=UP TotalNodes=2\n"
+    "PartitionName=long Default=NO MaxTime=2-00:00:00 TotalNodes=64\n"
+)
+
+
+def test_partitions_and_config_parse():
+    parts = parse_partitions(PARTITIONS)
+    assert parts["debug"].default and parts["debug"].max_time_min is None and parts["debug"].total_nodes == 2
+    assert parts["short"].max_time_min == 10 and parts["short"].max_nodes == 1
+    assert parts["long"].max_time_min == 2 * 24 * 60
+    assert parse_max_array_size("MailProg = /bin/true\nMaxArraySize            = 1001\n") == 1001
+
+
+@pytest.mark.parametrize(
+    ("resources", "message"),
+    [
+        (JobResources(partition="gpu"), "resources.partition 'gpu' does not exist"),
+        (JobResources(nodes=3), "resources.nodes is 3"),
+        (JobResources(partition="short", nodes=2, timeout_min=5), "MaxNodes=1"),
+        (JobResources(partition="short", timeout_min=20), "resources.timeout_min is 20"),
+    ],
+)
+def test_check_names_the_spec_key(monkeypatch, resources, message):
+    from vitolaunch.backends.slurm import SlurmBackend
+    from vitolaunch.errors import VitolaunchError
+
+    backend = SlurmBackend()
+    monkeypatch.setattr(backend, "partitions", lambda: parse_partitions(PARTITIONS))
+    with pytest.raises(VitolaunchError, match=message.replace("(", r"\(")):
+        backend.check(resources)
+    backend.check(JobResources(partition="short", timeout_min=10))  # at the limit is fine
+
+
+def test_sacct_and_squeue_lines_parse_with_array_ranges():
+    table = parse_job_table(
+        "12_0|COMPLETED|2026-01-01T10:00:00\n"
+        "12_1|RUNNING|2026-01-01T10:00:05\n"
+        "12_[2-4,7%2]|PENDING|Unknown\n"
+        "12_5|CANCELLED by 0|2026-01-01T10:00:00\n"
+        "12_6|REQUEUED|2026-01-01T10:00:00\n"
+        "12_1.batch|RUNNING|2026-01-01T10:00:05\n"
+        "13|PENDING|N/A\n"
+    )
+    assert table["12_0"][0] is S.COMPLETED and table["12_0"][1] is None
+    assert table["12_1"][0] is S.RUNNING and table["12_1"][1] is not None
+    assert [table[f"12_{k}"][0] for k in (2, 3, 4, 7)] == [S.PENDING] * 4 and "12_8" not in table
+    assert table["12_5"][0] is S.CANCELLED and table["12_6"][0] is S.PENDING and table["13"][0] is S.PENDING
+
+
+@pytest.mark.parametrize(
+    ("text", "state"),
+    [("PREEMPTED", S.PENDING), ("REQUEUE_HOLD", S.PENDING), ("TIMEOUT", S.INTERRUPTED), ("NODE_FAIL", S.INTERRUPTED),
+     ("OUT_OF_MEMORY", S.FAILED), ("COMPLETING", S.RUNNING), ("SOMETHING_NEW", S.UNKNOWN), ("CANCELLED+", S.CANCELLED)],
+)
+def test_scheduler_states_map_to_what_a_trial_needs(text, state):
+    assert slurm_state(text) is state
+
+
+def test_unreachable_scheduler_is_unknown_never_failed(monkeypatch, tmp_path):
+    from vitolaunch.backends import JobHandle
+    from vitolaunch.backends.slurm import SlurmBackend
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # neither sacct nor squeue
+    states = SlurmBackend().states([JobHandle("12_0", ""), JobHandle("12_1", "")])
+    assert set(states.values()) == {S.UNKNOWN}
+
+
+@pytest.mark.parametrize(("duration", "seconds"), [("1:30", 90), ("2:00:00", 7200), ("1-00:00:01", 86401), ("5", 300),
+                                                   ("UNLIMITED", None), ("INVALID", None), ("", None)])
+def test_slurm_durations(duration, seconds):
+    assert slurm_retry.parse_duration_s(duration) == seconds
+
+
+def test_retry_decisions_by_cause(monkeypatch, tmp_path):
+    monkeypatch.setenv("SLURM_JOB_ID", "40")
+    monkeypatch.setenv(slurm_retry.SIGNAL_DELAY_ENV, "120")
+    monkeypatch.setattr(slurm_retry, "time_left_s", lambda: 600.0)  # far from the limit: preemption
+    for _ in range(5):
+        decision = slurm_retry.decide_after_stop(tmp_path, max_timeouts=0)
+        assert decision.cause == "preemption" and decision.requeue
+        decision.state.save(tmp_path)
+    monkeypatch.setattr(slurm_retry, "time_left_s", lambda: 100.0)  # the warning before the limit: timeout
+    decision = slurm_retry.decide_after_stop(tmp_path, max_timeouts=1)
+    assert decision.cause == "timeout" and decision.requeue
+    decision.state.save(tmp_path)
+    decision = slurm_retry.decide_after_stop(tmp_path, max_timeouts=1)
+    assert decision.cause == "timeout" and not decision.requeue and "retries.timeout: 1" in decision.reason
+    assert slurm_retry.RetryState.load(tmp_path).counts() == {"preemption": 5, "timeout": 1, "crash": 0}
+    assert slurm_retry.crash_retries_left(tmp_path, 1) and not slurm_retry.crash_retries_left(tmp_path, 0)
+
+
+def test_after_step_leaves_a_task_alone_that_requeued_itself(monkeypatch, tmp_path):
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "40")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
+    slurm_retry.RetryState(preemption=2, requeued_at_restart=2).save(tmp_path / "40_3")
+    monkeypatch.setattr(slurm_retry, "requeue", lambda job: pytest.fail("must not requeue twice"))
+    assert slurm_retry.after_step(143, str(tmp_path)) == 0
+    assert slurm_retry.after_step(0, str(tmp_path)) == 0
+
+
+def _record(status: str, **tags: str) -> RunRecord:
+    return RunRecord("r", "n", status, 0, None, {"vitolaunch.job_id": "1_0", "vitolaunch.backend": "fake", **tags},
+                     last_metric_time=None)
+
+
+def test_a_running_trial_quiet_for_too_long_is_stalled(monkeypatch):
+    import vitolaunch.states as states
+
+    class Fake:
+        def states(self, handles):
+            return {h.job_id: S.RUNNING for h in handles}
+
+        def start_times(self):
+            return {"1_0": 1000.0}
+
+    monkeypatch.setattr(states, "make_backend", lambda name: Fake())
+    quiet = _record("RUNNING")
+    assert trial_states([quiet], stalled_after=600, now=1500.0)["r"] is T.RUNNING
+    assert trial_states([quiet], stalled_after=600, now=1700.0)["r"] is T.STALLED
+    quiet.last_metric_time = 1650.0
+    assert trial_states([quiet], stalled_after=600, now=1700.0)["r"] is T.RUNNING
+    restarted = _record("RUNNING", **{STARTED_TAG: "1690"})
+    assert trial_states([restarted], stalled_after=5, now=1700.0)["r"] is T.STALLED
+    assert trial_states([restarted], stalled_after=60, now=1700.0)["r"] is T.RUNNING
+    assert T.STALLED.is_active and not T.STALLED.is_terminal
+
+
+def test_bulk_trial_runs_match_runs_made_one_by_one(tmp_path):
+    from vitolaunch.registry import CONFIG_ARTIFACT, Registry
+
+    registry = Registry(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "artifacts")
+    experiment = registry.experiment_id("tests")
+    sweep = registry.create_sweep(experiment, "bulk", {})
+    params, tags, config = {"loss.temperature": 0.1, "model.scales": [4, 5]}, {"vitolaunch.sweep": "bulk"}, {"a": {"b": 1}}
+    one = registry.create_trial(sweep, "one", params, tags, config)
+    (many,) = registry.create_trials(sweep, [("many", params, tags, config)])
+    a, b = registry.get(one), registry.get(many)
+    assert (a.status, a.params, a.kind, a.experiment_id) == (b.status, b.params, b.kind, b.experiment_id)
+    assert {k: v for k, v in a.tags.items() if k != "mlflow.runName"} == {k: v for k, v in b.tags.items() if k != "mlflow.runName"}
+    assert registry.config_of(b) == config == registry.config_of(a)
+    assert CONFIG_ARTIFACT in {f.path for f in registry.client.list_artifacts(many)}
+    assert {r.run_id for r in registry.trials(sweep)} == {one, many}
+
+    registry.set_tags_many({one: {"vitolaunch.job_id": "7_0"}, many: {"vitolaunch.job_id": "7_1", "x": "y"}}, status="RUNNING")
+    registry.set_tags_many({many: {"vitolaunch.job_id": "8_0"}})
+    assert registry.get(one).tags["vitolaunch.job_id"] == "7_0" and registry.get(one).status == "RUNNING"
+    assert registry.get(many).tags["vitolaunch.job_id"] == "8_0" and registry.get(many).tags["x"] == "y"
+    assert json.loads(json.dumps(registry.get(many).params)) == a.params
+    registry.set_tags_many({one: {}, many: {}}, status="KILLED")  # what cancel does
+    assert {registry.get(r).status for r in (one, many)} == {"KILLED"}
+    assert all(registry.get(r).end_time for r in (one, many))

@@ -1,0 +1,424 @@
+"""SLURM through submitit: one job array per submission, each array task one multi-node trial.
+
+- An array task runs `nodes x tasks_per_node` ranks through srun (submitit's `%j_%t` log file per rank);
+  the ranks find each other from the SLURM environment (see vitolaunch.job).
+- Arrays are submitted held, their pickles put in place, then released: a task can never start before
+  its folder and pickle exist, and a failure half-way cancels what was queued (nothing half-submitted).
+- More trials than the cluster's MaxArraySize (the highest index + 1, from `scontrol show config`) go
+  into several arrays; `resources.array_parallelism` is shared between them.
+- `--signal=USR2@<delay>` warns the ranks before the time limit; the batch script itself ignores USR2,
+  and after srun fails it runs the crash-retry hook (vitolaunch.backends.slurm_retry).
+- Status: one `sacct` call for all the arrays asked about, then one `squeue` call for the tasks sacct shows
+  as pending/running or not at all (it lags the controller), UNKNOWN when both fail. Requeued, preempted and
+  held tasks are PENDING: not terminal.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from vitolaunch.backends.base import Backend, JobHandle, JobResources, SchedulerState
+from vitolaunch.backends.slurm_retry import SIGNAL_DELAY_ENV, parse_duration_s
+from vitolaunch.errors import VitolaunchError
+
+S = SchedulerState
+_STATE_MAP = {
+    "PENDING": S.PENDING,
+    "REQUEUED": S.PENDING,
+    "REQUEUE_HOLD": S.PENDING,
+    "REQUEUE_FED": S.PENDING,
+    "PREEMPTED": S.PENDING,  # requeued by the scheduler, or by the task itself after saving
+    "RESIZING": S.PENDING,
+    "SUSPENDED": S.PENDING,
+    "CONFIGURING": S.RUNNING,
+    "RUNNING": S.RUNNING,
+    "COMPLETING": S.RUNNING,
+    "STAGE_OUT": S.RUNNING,
+    "SIGNALING": S.RUNNING,
+    "COMPLETED": S.COMPLETED,
+    "FAILED": S.FAILED,
+    "OUT_OF_MEMORY": S.FAILED,
+    "BOOT_FAIL": S.FAILED,
+    "DEADLINE": S.FAILED,
+    "CANCELLED": S.CANCELLED,
+    "REVOKED": S.CANCELLED,
+    "TIMEOUT": S.INTERRUPTED,  # killed at the limit before it could requeue: resumable
+    "NODE_FAIL": S.INTERRUPTED,
+}
+CLI_TIMEOUT_S = 30
+DEFAULT_SIGNAL_DELAY_S = 120
+
+
+def slurm_state(text: str) -> SchedulerState:
+    """sacct/squeue state text ('CANCELLED by 0', 'RUNNING', ...) -> SchedulerState."""
+    word = text.strip().split(" ")[0].rstrip("+").upper()
+    return _STATE_MAP.get(word, S.UNKNOWN)
+
+
+class SlurmUnavailable(VitolaunchError):
+    pass
+
+
+def _run(args: Sequence[str], timeout: float = CLI_TIMEOUT_S, check: bool = True) -> subprocess.CompletedProcess[str]:
+    try:
+        proc = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError as problem:
+        raise SlurmUnavailable(f"`{args[0]}` is not on PATH: is this a SLURM login node?") from problem
+    except subprocess.TimeoutExpired as problem:
+        raise SlurmUnavailable(f"`{' '.join(args[:3])}` did not answer within {timeout:.0f} s: is slurmctld up?") from problem
+    if check and proc.returncode != 0:
+        raise SlurmUnavailable(f"`{' '.join(args[:3])}` failed: {(proc.stderr or proc.stdout).strip()[:300]}")
+    return proc
+
+
+# ---------------------------------------------------------------- cluster facts
+
+
+@dataclass(frozen=True)
+class Partition:
+    name: str
+    default: bool
+    total_nodes: int
+    max_nodes: int | None
+    max_time_min: float | None
+    state: str
+
+
+def parse_partitions(text: str) -> dict[str, Partition]:
+    """`scontrol show partition -o` -> partitions by name."""
+    parts = {}
+    for line in text.splitlines():
+        fields = dict(tok.split("=", 1) for tok in line.split() if "=" in tok)
+        if "PartitionName" not in fields:
+            continue
+        max_time = parse_duration_s(fields.get("MaxTime", "UNLIMITED"))
+        max_nodes = fields.get("MaxNodes", "UNLIMITED")
+        parts[fields["PartitionName"]] = Partition(
+            name=fields["PartitionName"],
+            default=fields.get("Default", "NO") == "YES",
+            total_nodes=int(fields.get("TotalNodes", "0") or 0),
+            max_nodes=int(max_nodes) if max_nodes.isdigit() else None,
+            max_time_min=max_time / 60 if max_time is not None else None,
+            state=fields.get("State", "UP"),
+        )
+    return parts
+
+
+def parse_max_array_size(config_text: str) -> int:
+    for line in config_text.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "MaxArraySize" and value.strip().isdigit():
+            return int(value.strip())
+    return 1001  # SLURM's default
+
+
+def _expand_ids(job_id: str) -> list[str]:
+    """'12_3' -> ['12_3']; '12_[0-2,5%2]' -> ['12_0', '12_1', '12_2', '12_5']; '12' -> ['12']."""
+    if "_[" not in job_id:
+        return [job_id]
+    array, _, rest = job_id.partition("_[")
+    ranges = rest.rstrip("]").split("%")[0]
+    ids = []
+    for part in ranges.split(","):
+        low, _, high = part.partition("-")
+        if not low.isdigit():
+            continue
+        ids.extend(f"{array}_{k}" for k in range(int(low), int(high or low) + 1))
+    return ids
+
+
+def _timestamp(text: str) -> float | None:
+    try:
+        return datetime.fromisoformat(text.strip()).timestamp()
+    except ValueError:
+        return None
+
+
+def parse_job_table(text: str) -> dict[str, tuple[SchedulerState, float | None]]:
+    """Lines of `JobID|State|Start` (sacct --parsable2, or squeue -o '%i|%T|%S') -> state and start by task."""
+    table: dict[str, tuple[SchedulerState, float | None]] = {}
+    for line in text.splitlines():
+        fields = line.strip().split("|")
+        if len(fields) < 2 or not fields[0] or "." in fields[0]:
+            continue
+        state = slurm_state(fields[1])
+        start = _timestamp(fields[2]) if len(fields) > 2 and state is S.RUNNING else None
+        for job in _expand_ids(fields[0]):
+            table[job] = (state, start)
+    return table
+
+
+def signal_delay_s(resources: JobResources) -> int:
+    """Seconds of warning (USR2) before the time limit: enough to reach a step boundary and save."""
+    if os.environ.get(SIGNAL_DELAY_ENV):
+        return int(os.environ[SIGNAL_DELAY_ENV])
+    return max(10, min(DEFAULT_SIGNAL_DELAY_S, resources.timeout_min * 60 // 5))
+
+
+def _array_name(names: Sequence[str]) -> str:
+    """One name per array: the sweep (the launcher names trials `<sweep>.<index>.<key8>`)."""
+    prefix = os.path.commonprefix([n.split(".")[0] for n in names]) if names else ""
+    return prefix or "vitolaunch"
+
+
+def sbatch_parameters(resources: JobResources, name: str, log_root: Path, count: int, python: str) -> dict:
+    """Parameters of submitit's sbatch template for one array of `count` trials."""
+    delay = signal_delay_s(resources)
+    params: dict = {
+        "job_name": name,
+        "time": resources.timeout_min,
+        "nodes": resources.nodes,
+        "ntasks_per_node": resources.tasks_per_node,
+        "cpus_per_task": resources.cpus_per_task,
+        "mem": _mem(resources.mem_gb),
+        "signal_delay_s": delay,  # -> --signal=USR2@<delay>, sent to every rank
+        "array_parallelism": resources.array_parallelism,
+        "wckey": "vitolaunch",
+        "stderr_to_stdout": False,
+        # One rank dying ends the step at once (its peers would wait in a collective), and the hook runs.
+        "srun_args": ["--kill-on-bad-exit=1"],
+        "additional_parameters": {"requeue": True},
+        "setup": [
+            "# vitolaunch: USR2 is meant for the ranks (save, requeue); the batch shell must survive it",
+            "trap 'echo \"vitolaunch: batch shell ignored SIGUSR2\" >&2' USR2",
+            f"export {SIGNAL_DELAY_ENV}={delay}",
+        ],
+        "teardown": [
+            "vitolaunch_rc=$?  # srun's exit status",
+            'if [ "$vitolaunch_rc" -ne 0 ]; then',
+            f"  {python} -m vitolaunch.backends.slurm_retry after-step \"$vitolaunch_rc\" {shlex.quote(str(log_root))}",
+            "  exit $?",
+            "fi",
+        ],
+    }
+    if resources.partition:
+        params["partition"] = resources.partition
+    if resources.gpus_per_node:
+        params["gpus_per_node"] = resources.gpus_per_node
+    if count:
+        params["map_count"] = count
+    return params
+
+
+def _mem(mem_gb: float) -> str:
+    return f"{int(mem_gb)}GB" if float(mem_gb).is_integer() else f"{int(mem_gb * 1024)}MB"
+
+
+def render_script(resources: JobResources, names: Sequence[str], log_root: Path, python: str | None = None) -> str:
+    """The sbatch script a submission of these trials uses (for the first array, if split)."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    python = python or shlex.quote(sys.executable)
+    params = sbatch_parameters(resources, _array_name(names), log_root, len(names), python)
+    command = " ".join([python, "-u -m submitit.core._submit", shlex.quote(str(log_root / "%j"))])
+    return _make_sbatch_string(command=command, folder=log_root / "%j", **params)
+
+
+# ---------------------------------------------------------------- the backend
+
+
+class SlurmBackend(Backend):
+    name = "slurm"
+
+    def __init__(self, max_array_size: int | None = None):
+        self._max_array_size = max_array_size
+        self._start_times: dict[str, float] = {}
+        self.queries: list[list[str]] = []  # the scheduler commands states() ran (benchmarks and tests read it)
+
+    # -- facts from the controller ---------------------------------------------------------------
+    def max_array_size(self) -> int:
+        if self._max_array_size is None:
+            self._max_array_size = parse_max_array_size(_run(["scontrol", "show", "config"]).stdout)
+        return self._max_array_size
+
+    def partitions(self) -> dict[str, Partition]:
+        return parse_partitions(_run(["scontrol", "show", "partition", "-o"]).stdout)
+
+    def reachable(self) -> bool:
+        if shutil.which("sbatch") is None or shutil.which("scontrol") is None:
+            return False
+        try:
+            _run(["scontrol", "ping"], timeout=15)
+        except SlurmUnavailable:
+            return False
+        return True
+
+    # -- before anything is queued ---------------------------------------------------------------
+    def check(self, resources: JobResources) -> None:
+        try:
+            partitions = self.partitions()
+        except SlurmUnavailable as problem:
+            raise VitolaunchError(f"SLURM is unreachable ({problem}): nothing was submitted") from problem
+        known = ", ".join(sorted(partitions)) or "none"
+        if resources.partition:
+            partition = partitions.get(resources.partition)
+            if partition is None:
+                raise VitolaunchError(
+                    f"resources.partition '{resources.partition}' does not exist on this cluster (partitions: {known})"
+                )
+        else:
+            partition = next((p for p in partitions.values() if p.default), None)
+            if partition is None:
+                raise VitolaunchError(f"resources.partition is not set and the cluster has no default partition: "
+                                      f"choose one of {known}")
+        where = f"partition '{partition.name}'"
+        if resources.nodes > partition.total_nodes:
+            raise VitolaunchError(
+                f"resources.nodes is {resources.nodes}, but {where} has {partition.total_nodes} node(s)"
+            )
+        if partition.max_nodes is not None and resources.nodes > partition.max_nodes:
+            raise VitolaunchError(f"resources.nodes is {resources.nodes}, over the MaxNodes={partition.max_nodes} of {where}")
+        if partition.max_time_min is not None and resources.timeout_min > partition.max_time_min:
+            raise VitolaunchError(
+                f"resources.timeout_min is {resources.timeout_min}, over the {partition.max_time_min:g} min "
+                f"time limit (MaxTime) of {where}"
+            )
+
+    def test_only(self, resources: JobResources, names: Sequence[str], log_root: Path) -> str:
+        """`sbatch --test-only` of the script: where and when it would start. Raises if SLURM refuses it."""
+        script = render_script(resources, names[: self.max_array_size()], log_root)
+        with tempfile.NamedTemporaryFile("w", suffix=".sh", delete=False) as handle:
+            handle.write(script)
+        try:
+            proc = _run(["sbatch", "--test-only", handle.name], check=False)
+        finally:
+            os.unlink(handle.name)
+        message = (proc.stderr + proc.stdout).strip()
+        if proc.returncode != 0:
+            raise VitolaunchError(f"sbatch --test-only refused the script: {message}")
+        return message
+
+    # -- submit ----------------------------------------------------------------------------------
+    def submit(
+        self, jobs: Sequence[Callable[[], object]], names: Sequence[str], resources: JobResources, log_dir: Path
+    ) -> list[JobHandle]:
+        from submitit.core.utils import DelayedSubmission, JobPaths
+
+        log_dir = Path(log_dir)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        size = self.max_array_size()
+        chunks = [list(range(start, min(start + size, len(jobs)))) for start in range(0, len(jobs), size)]
+        name = _array_name(names)
+        python = shlex.quote(sys.executable)
+        submitted: list[str] = []
+        handles: list[JobHandle] = []
+        staging = log_dir / ".submitting"
+        staging.mkdir(exist_ok=True)
+        try:
+            for chunk in chunks:
+                resources_k = _share_parallelism(resources, len(chunks))
+                params = sbatch_parameters(resources_k, name, log_dir, len(chunk), python)
+                # Pickles first (the slow part), then sbatch --hold, then move them into place, then release.
+                pickles = []
+                for index in chunk:
+                    path = staging / f"{uuid.uuid4().hex}.pkl"
+                    delayed = DelayedSubmission(jobs[index])
+                    delayed.set_timeout(resources.timeout_min, 0)
+                    delayed.dump(path)
+                    pickles.append(path)
+                array_id = self._sbatch_held(params, log_dir, python)
+                submitted.append(array_id)
+                for task, path in enumerate(pickles):
+                    job_id = f"{array_id}_{task}"
+                    paths = JobPaths(log_dir / "%j", job_id)
+                    paths.folder.mkdir(parents=True, exist_ok=True)
+                    os.replace(path, paths.submitted_pickle)
+                    handles.append(JobHandle(job_id=job_id, log_dir=str(paths.folder)))
+                with open(log_dir / f"array_{array_id}.tsv", "w") as mapping:
+                    mapping.writelines(f"{task}\t{names[index]}\n" for task, index in enumerate(chunk))
+            _run(["scontrol", "release", ",".join(submitted)])
+        except BaseException:
+            if submitted:
+                subprocess.run(["scancel", *submitted], capture_output=True, timeout=CLI_TIMEOUT_S)
+            raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return handles
+
+    def _sbatch_held(self, params: dict, log_dir: Path, python: str) -> str:
+        from submitit.slurm.slurm import _make_sbatch_string
+
+        command = " ".join([python, "-u -m submitit.core._submit", shlex.quote(str(log_dir / "%j"))])
+        script = _make_sbatch_string(command=command, folder=log_dir / "%j", **params)
+        path = log_dir / f".sbatch_{uuid.uuid4().hex}.sh"
+        path.write_text(script)
+        proc = _run(["sbatch", "--parsable", "--hold", str(path)], timeout=60)
+        array_id = proc.stdout.strip().split(";")[0]
+        if not array_id.isdigit():
+            raise SlurmUnavailable(f"could not read a job id from sbatch: {proc.stdout!r}")
+        path.rename(log_dir / f"array_{array_id}.sbatch.sh")
+        return array_id
+
+    # -- state -----------------------------------------------------------------------------------
+    def states(self, handles: Sequence[JobHandle]) -> dict[str, SchedulerState]:
+        arrays = sorted({h.job_id.split("_")[0] for h in handles})
+        self._start_times = {}
+        if not arrays:
+            return {}
+        table: dict[str, tuple[SchedulerState, float | None]] = {}
+        try:  # one call for every array asked about
+            table = parse_job_table(self._query(
+                ["sacct", "--parsable2", "-n", "-X", "-o", "JobID,State,Start", "-j", ",".join(arrays)]
+            ))
+        except SlurmUnavailable:
+            pass
+        # sacct lags the controller by seconds (more on a busy slurmdbd): a task it shows as pending or
+        # running, or not at all, may have moved on. One squeue call asks the controller about those, and
+        # its live answer wins while it still knows the task.
+        unsettled = [h for h in handles if table.get(h.job_id, (S.UNKNOWN, None))[0] in (S.PENDING, S.RUNNING, S.UNKNOWN)]
+        if unsettled:
+            try:
+                proc = self._query(
+                    ["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T|%S", "-j",
+                     ",".join(sorted({h.job_id.split("_")[0] for h in unsettled}))],
+                    check=False,
+                )
+                if proc.returncode == 0 or "Invalid job id" in proc.stderr:
+                    live = parse_job_table(proc.stdout)
+                    table.update({h.job_id: live[h.job_id] for h in unsettled if h.job_id in live})
+            except SlurmUnavailable:
+                pass
+        result = {}
+        for handle in handles:
+            state, start = table.get(handle.job_id, (S.UNKNOWN, None))
+            result[handle.job_id] = state
+            if start is not None:
+                self._start_times[handle.job_id] = start
+        return result
+
+    def _query(self, args: list[str], check: bool = True):
+        self.queries.append(args)
+        proc = _run(args, check=check)
+        return proc.stdout if check else proc
+
+    def start_times(self) -> dict[str, float]:
+        return dict(self._start_times)
+
+    def cancel(self, handles: Sequence[JobHandle]) -> None:
+        if handles:
+            _run(["scancel", *[h.job_id for h in handles]])
+
+    def log_files(self, handle: JobHandle, rank: int) -> tuple[Path, Path]:
+        from submitit.core.utils import JobPaths
+
+        paths = JobPaths(handle.log_dir, handle.job_id, rank)
+        return paths.stdout, paths.stderr
+
+
+def _share_parallelism(resources: JobResources, arrays: int) -> JobResources:
+    """Split arrays together run at most array_parallelism trials (each at least one)."""
+    if arrays <= 1:
+        return resources
+    from dataclasses import replace
+
+    return replace(resources, array_parallelism=max(1, resources.array_parallelism // arrays))

@@ -1,0 +1,147 @@
+"""`vitolaunch data ...`: build a manifest from a folder or an S3 prefix, and curate one with a classifier.
+
+Registered on the main command in vitolaunch/cli.py. torch and PyAV load only inside the commands.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from vitolaunch.errors import VitolaunchError
+
+
+def _storage_options(endpoint_url: str | None) -> dict[str, str]:
+    return {"endpoint_url": endpoint_url} if endpoint_url else {}
+
+
+def _default_report_path(output: str) -> str:
+    text = str(output)
+    for suffix in (".jsonl", ".parquet", ".json"):
+        if text.endswith(suffix):
+            return text[: -len(suffix)] + ".report.json"
+    return text + ".report.json"
+
+
+def _write_report(path: str, report: dict) -> None:
+    if "://" in path:
+        import fsspec
+
+        with fsspec.open(path, "w") as handle:
+            json.dump(report, handle, indent=2)
+    else:
+        Path(path).write_text(json.dumps(report, indent=2) + "\n")
+
+
+def _progress(label: str):
+    if not sys.stderr.isatty():
+        return None
+
+    def report(done: int, total: int) -> None:
+        click.echo(f"\r{label} {done}/{total}", nl=done == total, err=True)
+
+    return report
+
+
+@click.group()
+def data() -> None:
+    """Video datasets: manifests and VideoNet-style curation."""
+
+
+@data.command("manifest")
+@click.argument("source")
+@click.argument("output")
+@click.option("--label-from", type=click.Choice(["auto", "subfolder", "none"]), default="auto", show_default=True,
+              help="Class of a video: its first folder under SOURCE (auto: when videos sit in sub-folders).")
+@click.option("--labels", "labels_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="CSV/TSV (path,label), JSON {path: label} or JSONL labels file; overrides --label-from.")
+@click.option("--ext", "extensions", multiple=True, help="Video file extensions to include (repeatable) [default: common video types].")
+@click.option("--workers", default=8, show_default=True, help="Videos probed at once.")
+@click.option("--endpoint-url", default=None, help="S3-compatible endpoint [default: AWS_ENDPOINT_URL_S3 or AWS's].")
+@click.option("--absolute-uris", is_flag=True, help="Write local paths absolute, not relative to the manifest.")
+@click.option("--report", "report_path", default=None, help="Where the JSON report goes [default: OUTPUT's name + .report.json].")
+def manifest(source: str, output: str, label_from: str, labels_file: str | None, extensions: tuple[str, ...], workers: int,
+             endpoint_url: str | None, absolute_uris: bool, report_path: str | None) -> None:
+    """Probe every video under SOURCE (a folder or s3://bucket/prefix) and write the manifest OUTPUT
+    (.jsonl, or .parquet). Unreadable files are skipped and listed in the report."""
+    from vito.data.manifest_builder import VIDEO_EXTENSIONS, build_manifest
+
+    exts = tuple(e if e.startswith(".") else f".{e}" for e in extensions) or VIDEO_EXTENSIONS
+    try:
+        report = build_manifest(
+            source, output, label_from=label_from, labels_file=labels_file, extensions=exts, workers=workers,
+            storage_options=_storage_options(endpoint_url), relative_uris=not absolute_uris,
+            progress=_progress("probed"),
+        )
+    except (FileNotFoundError, PermissionError, ValueError) as problem:
+        raise VitolaunchError(f"data manifest {source}: {problem}") from problem
+    if report.found == 0:
+        raise VitolaunchError(f"no video files under {source} (extensions: {' '.join(exts)})")
+    if report.written == 0:
+        first = report.skipped[0]
+        raise VitolaunchError(f"none of the {report.found} videos under {source} could be read "
+                              f"(first: {first['uri']}: {first['reason']}); check access and the files")
+    report_path = report_path or _default_report_path(output)
+    _write_report(report_path, report.to_dict())
+    click.echo(report.summary())
+    click.echo(f"report: {report_path}")
+
+
+@data.command("curate")
+@click.argument("candidates")
+@click.option("--classifier", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="A torch classifier: TorchScript, a pickled module, or a checkpoint dict (see --factory).")
+@click.option("--out", "output", required=True, help="The curated manifest (.jsonl or .parquet).")
+@click.option("--target", default="uniform", show_default=True,
+              help="'uniform', or a JSON histogram: {class name or index: weight} or [weight per class].")
+@click.option("--min-confidence", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Keep videos whose mean top-class probability is at least this.")
+@click.option("--frames", type=click.IntRange(1), default=4, show_default=True, help="Frames scored per video.")
+@click.option("--tolerance", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Allowed total-variation distance to the target: keeps more videos when > 0.")
+@click.option("--max-videos", type=click.IntRange(1), default=None, help="Keep at most this many videos.")
+@click.option("--classes", "classes_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Class names, one per line or a JSON list [default: the checkpoint's, else indices].")
+@click.option("--input-size", type=click.IntRange(8), default=None, help="Classifier input side [default: the checkpoint's, else 224].")
+@click.option("--mean", default=None, help="Input normalisation mean 'r,g,b' [default: the checkpoint's, else ImageNet's].")
+@click.option("--std", default=None, help="Input normalisation std 'r,g,b'.")
+@click.option("--factory", default=None, help="'package.module:function' that builds the network of a state-dict checkpoint.")
+@click.option("--workers", default=4, show_default=True, help="Videos decoded at once.")
+@click.option("--report", "report_path", default=None, help="Where the JSON report goes [default: OUT's name + .report.json].")
+def curate(candidates: str, classifier: str, output: str, target: str, min_confidence: float, frames: int, tolerance: float,
+           max_videos: int | None, classes_file: str | None, input_size: int | None, mean: str | None, std: str | None,
+           factory: str | None, workers: int, report_path: str | None) -> None:
+    """Score every video of the CANDIDATES manifest with a classifier on a few frames, keep the confident ones,
+    balance the count per class toward the target, and write the curated manifest and a report."""
+    from vito.data.curate import curate_manifest, format_report
+
+    def triple(text: str | None, name: str):
+        if text is None:
+            return None
+        try:
+            values = [float(v) for v in text.split(",")]
+        except ValueError:
+            values = []
+        if len(values) != 3:
+            raise VitolaunchError(f"--{name} takes three comma-separated numbers, got {text!r}")
+        return values
+
+    classes = None
+    if classes_file:
+        text = Path(classes_file).read_text()
+        classes = json.loads(text) if text.lstrip().startswith("[") else [line.strip() for line in text.splitlines() if line.strip()]
+    try:
+        report = curate_manifest(
+            candidates, classifier, output, factory=factory, classes=classes, input_size=input_size,
+            mean=triple(mean, "mean"), std=triple(std, "std"), target=target, min_confidence=min_confidence,
+            frames=frames, tolerance=tolerance, max_videos=max_videos, workers=workers, progress=_progress("scored"),
+        )
+    except (FileNotFoundError, ValueError) as problem:
+        raise VitolaunchError(f"data curate: {problem}") from problem
+    report_path = report_path or _default_report_path(output)
+    _write_report(report_path, report)
+    click.echo(format_report(report))
+    click.echo(f"curated manifest: {output}\nreport: {report_path}")

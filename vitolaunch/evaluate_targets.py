@@ -1,0 +1,214 @@
+"""`task: evaluate` sweeps: their trials are (pretrained checkpoint x parameter grid) evaluations.
+
+A target is a pretraining trial (by run id, or all trials of a sweep by name) or a checkpoint root. Each is
+resolved at submit time, before anything is queued, to its checkpoint root, the committed step to evaluate
+(so the trial key names exactly which weights were evaluated) and the config it was trained with. An
+evaluation trial's config is that pretraining config with
+
+- the `eval` section of the evaluate spec (its `base.eval`, defaults filled in) instead of the pretraining one,
+- the swept parameters applied (any key: `eval.severities`, or `data.crop_size` to probe at another size),
+- `eval.checkpoint`, `eval.checkpoint_step` and `eval.pretrain_run_id` set,
+
+so the job (vitolaunch.job -> vito.evaluate_task.run) knows it evaluates rather than trains. Keys outside
+`eval` under `base:` are refused: the network and its data come from the pretraining run. Unless the spec names
+`tracking.experiment`, the evaluate sweep is recorded in the experiment of the runs it evaluates, next to them.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vito.config import VitoConfig, set_dotted
+from vitolaunch.errors import SpecError, VitolaunchError
+from vitolaunch.registry import TAG_CHECKPOINT, TAG_KIND, TAG_STORAGE_OPTIONS, Registry, RunRecord
+from vitolaunch.spec import SweepSpec, Trial
+
+CHECKPOINT_KEY = "eval.checkpoint"
+
+
+@dataclass
+class Target:
+    checkpoint: str
+    step: int
+    config: dict[str, Any]  # the pretraining config
+    run: RunRecord | None = None  # the pretraining trial, when MLflow knows it
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+    def params(self) -> dict[str, Any]:
+        """What an evaluation trial shows of its target (MLflow params, status table)."""
+        if self.run is None:
+            return {"pretrain.checkpoint": self.checkpoint, "pretrain.step": self.step}
+        swept = {f"pretrain.{key}": value for key, value in self.run.swept.items()}
+        return {"pretrain.run": self.run.run_id, "pretrain.sweep": self.run.sweep, **swept, "pretrain.step": self.step}
+
+
+def _raw_base(spec: SweepSpec) -> dict[str, Any]:
+    if isinstance(spec.base, dict):
+        return spec.base
+    path = (Path(spec.source_file).parent if spec.source_file else Path.cwd()) / spec.base
+    loaded = yaml.safe_load(path.read_text())
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def _check_base(spec: SweepSpec) -> None:
+    extra = sorted(key for key in _raw_base(spec) if key != "eval")
+    if extra:
+        raise spec._locator.error(
+            ("base", extra[0]), "an evaluate sweep takes the network and its data from the pretraining run",
+            key=f"base.{extra[0]}",
+            hint="Set only eval.* under base; to change another key for the evaluation, sweep it under parameters.",
+        )
+
+
+def _newest_step(uri: str, storage_options: dict[str, Any], wanted: int | None, what: str) -> int:
+    from vito.checkpoint import CheckpointStore
+
+    try:
+        committed = CheckpointStore(uri, storage_options).committed_steps()
+    except Exception as problem:  # noqa: BLE001 - unreachable storage: say which target
+        raise VitolaunchError(f"{what}: cannot list the checkpoints under {uri} ({type(problem).__name__}: {problem})") from problem
+    if not committed:
+        raise VitolaunchError(f"{what}: no committed checkpoint under {uri}")
+    if wanted is None:
+        return committed[-1]
+    if wanted not in committed:
+        raise VitolaunchError(f"{what}: step {wanted} is not a committed checkpoint under {uri} (committed: {committed})")
+    return wanted
+
+
+class TargetResolver:
+    def __init__(self, spec: SweepSpec, registry: Registry):
+        self.spec = spec
+        self.registry = registry
+        self.options = spec.evaluate
+        self._by_checkpoint: dict[str, RunRecord] | None = None
+
+    def _from_run(self, run: RunRecord, state: str | None) -> Target:
+        what = f"run {run.run_id} ({run.name})"
+        if run.kind != "trial":
+            raise VitolaunchError(f"{what} is not a vitolaunch trial")
+        config = self.registry.config_of(run)
+        if (config.get("eval") or {}).get("checkpoint"):
+            raise VitolaunchError(f"{what} is itself an evaluation: name a pretraining trial or sweep")
+        include_unfinished = self.options.include_unfinished if self.options else False
+        if state is not None and state != "COMPLETED" and not include_unfinished:
+            raise VitolaunchError(
+                f"{what} is {state}: only finished pretraining trials are evaluated "
+                "(set evaluate.include_unfinished: true to evaluate its newest committed checkpoint)"
+            )
+        uri = run.tags.get(TAG_CHECKPOINT)
+        if not uri:
+            raise VitolaunchError(f"{what} has no checkpoint uri tag")
+        options = json.loads(run.tags.get(TAG_STORAGE_OPTIONS, "{}"))
+        step = _newest_step(uri, options, self.options.step if self.options else None, what)
+        return Target(uri, step, config, run, options)
+
+    def runs(self, reference: str) -> list[Target]:
+        from vitolaunch.states import trial_states
+
+        record = self.registry.resolve(reference)
+        trials = self.registry.trials(record) if record.kind == "sweep" else [record]
+        if not trials:
+            raise VitolaunchError(f"sweep {reference} has no trials")
+        states = trial_states(trials)
+        return [self._from_run(trial, states[trial.run_id].value) for trial in trials]
+
+    def _runs_by_checkpoint(self) -> dict[str, RunRecord]:
+        if self._by_checkpoint is None:
+            from vitolaunch.registry import _record
+
+            client = self.registry.client
+            experiments = [e.experiment_id for e in client.search_experiments()]
+            found: dict[str, RunRecord] = {}
+            if experiments:
+                for run in client.search_runs(experiments, f"tags.`{TAG_KIND}` = 'trial'", max_results=5000):
+                    record = _record(run)
+                    if record.tags.get(TAG_CHECKPOINT):
+                        found.setdefault(record.tags[TAG_CHECKPOINT].rstrip("/"), record)
+            self._by_checkpoint = found
+        return self._by_checkpoint
+
+    def checkpoint(self, uri: str, step: int | None = None) -> Target:
+        run = self._runs_by_checkpoint().get(uri.rstrip("/"))
+        if run is not None:
+            from vitolaunch.states import trial_states
+
+            state = trial_states([run])[run.run_id].value
+            target = self._from_run(run, state if not self.options or not self.options.include_unfinished else None)
+            if step is not None:
+                target.step = _newest_step(target.checkpoint, target.storage_options, step, f"checkpoint {uri}")
+            return target
+        # A checkpoint MLflow does not know: its config comes from the checkpoint itself.
+        options = self.spec.storage.storage_options()
+        wanted = step if step is not None else (self.options.step if self.options else None)
+        chosen = _newest_step(uri, options, wanted, f"checkpoint {uri}")
+        from vito.evaluate_task import load_checkpoint_state
+
+        with tempfile.TemporaryDirectory() as scratch:
+            _, state = load_checkpoint_state(uri, chosen, scratch, options)
+        if not isinstance(state.get("config"), dict):
+            raise VitolaunchError(f"checkpoint {uri} step {chosen} carries no config: evaluate it through its MLflow run")
+        return Target(uri, chosen, state["config"], None, options)
+
+
+def expand_evaluate(spec: SweepSpec, grid: list[Trial], registry: Registry) -> list[Trial]:
+    """The evaluation trials of an evaluate spec: every target crossed with every point of `grid`."""
+    if spec.task != "evaluate":
+        raise ValueError("expand_evaluate is for task: evaluate specs")
+    _check_base(spec)
+    base = spec.base_config_dict()
+    eval_section = base["eval"]
+    resolver = TargetResolver(spec, registry)
+    shared: list[Target] = []
+    if spec.evaluate is not None:
+        for reference in spec.evaluate.runs:
+            shared.extend(resolver.runs(reference))
+        for uri in spec.evaluate.checkpoints:
+            shared.append(resolver.checkpoint(uri))
+
+    # (target, grid point) pairs, target-major: a pretraining run's evaluations are neighbours.
+    pairs: list[tuple[int, int, Target, Trial]] = []
+    for grid_index, point in enumerate(grid):
+        own_checkpoint = point.params.get(CHECKPOINT_KEY) or (eval_section.get("checkpoint") if not shared else None)
+        if own_checkpoint:
+            target = resolver.checkpoint(str(own_checkpoint), point.config.eval.checkpoint_step)
+            pairs.append((len(shared) + grid_index, grid_index, target, point))
+        else:
+            pairs.extend((target_index, grid_index, target, point) for target_index, target in enumerate(shared))
+    pairs.sort(key=lambda item: item[:2])
+
+    trials: list[Trial] = []
+    seen: set[str] = set()
+    for _, _, target, point in pairs:
+        tree = copy.deepcopy(target.config)
+        tree["eval"] = copy.deepcopy(eval_section)
+        for name, value in point.params.items():
+            set_dotted(tree, name, copy.deepcopy(value))
+        set_dotted(tree, "eval.checkpoint", target.checkpoint)
+        set_dotted(tree, "eval.checkpoint_step", target.step)
+        set_dotted(tree, "eval.pretrain_run_id", target.run.run_id if target.run else None)
+        try:
+            config = VitoConfig.model_validate(tree)
+        except Exception as problem:
+            raise SpecError(f"the evaluation of {target.checkpoint} with {point.params} is not a valid config: {problem}",
+                            file=spec.source_file) from None
+        key = config.fingerprint()
+        if key in seen:
+            continue  # the same checkpoint named twice (a run and its sweep, say): evaluated once
+        seen.add(key)
+        params = {**target.params(), **{k: v for k, v in point.params.items() if k != CHECKPOINT_KEY}}
+        trials.append(Trial(index=len(trials), params=params, config=config, key=key))
+
+    if "experiment" not in spec.tracking.model_fields_set:
+        experiments = {t.run.experiment_id for t in shared if t.run is not None}
+        if len(experiments) == 1:
+            name = registry.client.get_experiment(experiments.pop()).name
+            spec.tracking = spec.tracking.model_copy(update={"experiment": name})
+    return trials

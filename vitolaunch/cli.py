@@ -140,15 +140,20 @@ def status(sweep_id: str | None, watch: bool, interval: float, as_json: bool, st
     from vitolaunch.status import all_terminal, render_table, rows_as_json
     from vitolaunch.status import collect_rows as _collect
 
+    from vitolaunch.registry_sqlite import open_run_reader
+    from vitolaunch.workspace import Workspace, quiet_mlflow_environment
+
+    quiet_mlflow_environment()
+    workspace = Workspace.from_env()
     collect_rows = partial(_collect, stalled_after=stalled_after)
-    launcher = _launcher(tracking_uri)
+    reader = open_run_reader(workspace.tracking_uri_or_default(tracking_uri), workspace.root)
     console = _console()
-    rows = _rows(collect_rows, launcher, sweep_id)
+    rows = _rows(collect_rows, reader, sweep_id)
     if as_json:
         click.echo(rows_as_json(rows))
         return
     if not rows:
-        console.print(f"no sweeps in {launcher.tracking_uri}")
+        console.print(f"no sweeps in {reader.tracking_uri}")
         return
     if not watch:
         console.print(render_table(rows))
@@ -158,18 +163,18 @@ def status(sweep_id: str | None, watch: bool, interval: float, as_json: bool, st
     with Live(render_table(rows), console=console, auto_refresh=False) as live:
         while not all_terminal(rows):
             time.sleep(interval)
-            rows = _rows(collect_rows, launcher, sweep_id)
+            rows = _rows(collect_rows, reader, sweep_id)
             live.update(render_table(rows, title=time.strftime("%H:%M:%S")), refresh=True)
 
 
-def _rows(collect_rows, launcher, sweep_id):
+def _rows(collect_rows, reader, sweep_id):
     try:
-        return collect_rows(launcher.registry, sweep_id)
+        return collect_rows(reader, sweep_id)
     except VitolaunchError:
         raise
     except Exception as problem:
         raise VitolaunchError(
-            f"the tracking server {launcher.tracking_uri} is unreachable ({type(problem).__name__}): "
+            f"the tracking server {reader.tracking_uri} is unreachable ({type(problem).__name__}): "
             "check that it is up, or pass --tracking-uri"
         ) from problem
 

@@ -93,7 +93,46 @@ class TrackingUnreachable(VitolaunchError):
     pass
 
 
-class Registry:
+class RunQueries:
+    """The read side of the registry, built on two primitives a store implements: `get` and `_find`."""
+
+    tracking_uri: str
+
+    def get(self, run_id: str) -> RunRecord:
+        raise NotImplementedError
+
+    def _find(self, tags: dict[str, str], experiment_ids: list[str] | None = None) -> list[RunRecord]:
+        """Active runs carrying all these tag values (in the given experiments, or all)."""
+        raise NotImplementedError
+
+    def find_sweep(self, experiment_id: str, sweep_name: str) -> RunRecord | None:
+        runs = self._find({TAG_KIND: "sweep", TAG_SWEEP: sweep_name}, [experiment_id])
+        return runs[0] if runs else None
+
+    def sweeps(self) -> list[RunRecord]:
+        return self._find({TAG_KIND: "sweep"})
+
+    def trials(self, sweep: RunRecord) -> list[RunRecord]:
+        runs = self._find({TAG_PARENT: sweep.run_id}, [sweep.experiment_id])
+        return sorted(runs, key=lambda r: (r.trial_index, r.start_time or 0))
+
+    def resolve(self, run_or_sweep: str) -> RunRecord:
+        """A run by full id, by unique id prefix, or a sweep by name."""
+        try:
+            return self.get(run_or_sweep)
+        except Exception:
+            pass
+        candidates = [s for s in self.sweeps() if s.sweep == run_or_sweep or s.run_id.startswith(run_or_sweep)]
+        if not candidates:
+            candidates = [r for r in self._find({TAG_KIND: "trial"}) if r.run_id.startswith(run_or_sweep)]
+        if len(candidates) == 1:
+            return candidates[0]
+        if not candidates:
+            raise VitolaunchError(f"no sweep or trial '{run_or_sweep}' in {self.tracking_uri}: see `vitolaunch status`")
+        raise VitolaunchError(f"'{run_or_sweep}' is ambiguous ({len(candidates)} matches): give more of the run id")
+
+
+class Registry(RunQueries):
     def __init__(self, tracking_uri: str, artifact_root: Path | None = None):
         from mlflow.tracking import MlflowClient
 
@@ -116,24 +155,11 @@ class Registry:
         except Exception as problem:
             raise TrackingUnreachable(f"MLflow at {self.tracking_uri} failed: {_first_line(problem)}") from problem
 
-    def find_sweep(self, experiment_id: str, sweep_name: str) -> RunRecord | None:
-        runs = self._search([experiment_id], f"tags.`{TAG_KIND}` = 'sweep' and tags.`{TAG_SWEEP}` = '{sweep_name}'")
-        return runs[0] if runs else None
-
     def create_sweep(self, experiment_id: str, sweep_name: str, tags: dict[str, str]) -> RunRecord:
         run = self.client.create_run(
             experiment_id, run_name=sweep_name, tags={TAG_KIND: "sweep", TAG_SWEEP: sweep_name, **tags}
         )
         return _record(run)
-
-    def sweeps(self) -> list[RunRecord]:
-        experiments = [e.experiment_id for e in self.client.search_experiments()]
-        return self._search(experiments, f"tags.`{TAG_KIND}` = 'sweep'") if experiments else []
-
-    # -- trials ----------------------------------------------------------------------------------
-    def trials(self, sweep: RunRecord) -> list[RunRecord]:
-        runs = self._search([sweep.experiment_id], f"tags.`{TAG_PARENT}` = '{sweep.run_id}'")
-        return sorted(runs, key=lambda r: (r.trial_index, r.start_time or 0))
 
     def create_trial(
         self, sweep: RunRecord, name: str, params: dict[str, Any], tags: dict[str, str], config: dict[str, Any]
@@ -185,24 +211,6 @@ class Registry:
     def get(self, run_id: str) -> RunRecord:
         return _record(self.client.get_run(run_id))
 
-    def resolve(self, run_or_sweep: str) -> RunRecord:
-        """A run by full id, by unique id prefix, or a sweep by name."""
-        try:
-            return self.get(run_or_sweep)
-        except Exception:
-            pass
-        candidates = [s for s in self.sweeps() if s.sweep == run_or_sweep or s.run_id.startswith(run_or_sweep)]
-        if not candidates:
-            experiments = [e.experiment_id for e in self.client.search_experiments()]
-            candidates = [
-                r for r in self._search(experiments, f"tags.`{TAG_KIND}` = 'trial'") if r.run_id.startswith(run_or_sweep)
-            ]
-        if len(candidates) == 1:
-            return candidates[0]
-        if not candidates:
-            raise VitolaunchError(f"no sweep or trial '{run_or_sweep}' in {self.tracking_uri}: see `vitolaunch status`")
-        raise VitolaunchError(f"'{run_or_sweep}' is ambiguous ({len(candidates)} matches): give more of the run id")
-
     def config_of(self, trial: RunRecord) -> dict[str, Any]:
         """The full resolved vito config a trial was submitted with."""
         import tempfile
@@ -210,6 +218,13 @@ class Registry:
         with tempfile.TemporaryDirectory() as tmp:
             path = self.client.download_artifacts(trial.run_id, CONFIG_ARTIFACT, tmp)
             return json.loads(Path(path).read_text())
+
+    def _find(self, tags: dict[str, str], experiment_ids: list[str] | None = None) -> list[RunRecord]:
+        if experiment_ids is None:
+            experiment_ids = [e.experiment_id for e in self.client.search_experiments()]
+        if not experiment_ids:
+            return []
+        return self._search(experiment_ids, " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items()))
 
     def _search(self, experiment_ids: list[str], filter_string: str) -> list[RunRecord]:
         runs, token = [], None

@@ -7,7 +7,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from vitolaunch.registry import TAG_JOB_ID, TAG_TOTAL_STEPS, Registry, RunRecord
+from vitolaunch.registry import TAG_JOB_ID, TAG_TOTAL_STEPS, RunQueries, RunRecord
 from vitolaunch.states import TrialState, trial_states
 
 
@@ -36,7 +36,7 @@ def _elapsed(record: RunRecord, state: TrialState) -> float | None:
     return max(0.0, end - record.start_time)
 
 
-def collect_rows(registry: Registry, sweep_filter: str | None = None, stalled_after: float | None = None) -> list[TrialRow]:
+def collect_rows(registry: RunQueries, sweep_filter: str | None = None, stalled_after: float | None = None) -> list[TrialRow]:
     if sweep_filter:
         target = registry.resolve(sweep_filter)
         sweeps = [target] if target.kind == "sweep" else [registry.get(target.tags["mlflow.parentRunId"])]

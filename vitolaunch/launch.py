@@ -108,6 +108,28 @@ def _check_data(trials: Sequence[Trial]) -> None:
             raise VitolaunchError(f"data.source {source} (trial {trial.index}) does not exist: give a manifest path")
 
 
+def _action_for_existing(state: TrialState, retry_failed: bool) -> str:
+    """What a re-sweep does with a trial that already has a run: skip it, or resubmit it (resumes)."""
+    if state.is_active or state is TrialState.UNKNOWN:  # could not ask: assume it still runs
+        return "running"
+    if state is TrialState.COMPLETED:
+        return "finished"
+    return "resubmitted" if retry_failed else "failed"
+
+
+def _trial_tags(trial: Trial, checkpoint_uri: str) -> dict[str, str]:
+    tags = {
+        TAG_TRIAL_KEY: trial.key,
+        TAG_TRIAL_INDEX: str(trial.index),
+        TAG_CHECKPOINT: checkpoint_uri,
+        TAG_SWEPT: json.dumps(trial.params),
+        TAG_TOTAL_STEPS: str(trial.config.train.steps),
+    }
+    if trial.config.eval.pretrain_run_id:  # an evaluation trial: link it to what it evaluates
+        tags["vitolaunch.pretrain_run_id"] = trial.config.eval.pretrain_run_id
+    return tags
+
+
 class Launcher:
     def __init__(self, workspace: Workspace, tracking_uri: str | None = None):
         quiet_mlflow_environment()
@@ -145,44 +167,30 @@ class Launcher:
         to_run: list[tuple[TrialOutcome, str]] = []  # (outcome, checkpoint uri)
         new_runs: list[tuple[TrialOutcome, tuple]] = []  # created below in one batch (see tracking_bulk)
         configs: dict[str, dict] = {}
+        common_tags = {
+            TAG_SWEEP: spec.name,
+            TAG_SPEC_HASH: sweep_tags[TAG_SPEC_HASH],  # hashing the spec costs ~0.2 ms: once, not per trial
+            TAG_TASK: spec.task,
+            TAG_BACKEND: backend.name,
+            TAG_RESOURCES: json.dumps(resources.__dict__),
+            TAG_STORAGE_OPTIONS: json.dumps(storage_options),
+        }
         commit = _git_commit(spec_dir)
+        if commit:
+            common_tags[TAG_GIT_COMMIT] = commit
         for trial in trials:
             prior = known.get(trial.key)
             if prior is not None:
-                state = states[prior.run_id]
-                if state.is_active or state is TrialState.UNKNOWN:
-                    outcomes.append(TrialOutcome(trial, prior.run_id, "running"))
-                    continue
-                if state is TrialState.COMPLETED:
-                    outcomes.append(TrialOutcome(trial, prior.run_id, "finished"))
-                    continue
-                if not retry_failed:
-                    outcomes.append(TrialOutcome(trial, prior.run_id, "failed"))
-                    continue
-                outcome = TrialOutcome(trial, prior.run_id, "resubmitted")
-                to_run.append((outcome, prior.tags[TAG_CHECKPOINT]))
+                action = _action_for_existing(states[prior.run_id], retry_failed)
+                outcome = TrialOutcome(trial, prior.run_id, action)
                 outcomes.append(outcome)
+                if action == "resubmitted":
+                    to_run.append((outcome, prior.tags[TAG_CHECKPOINT]))
                 continue
             checkpoint_uri = f"{checkpoint_root.rstrip('/')}/{spec.name}/{trial.key}"
             config = configs[trial.key] = trial.config.to_dict()
             params = {**{k: _get(config, k) for k in KEY_PARAMS}, **trial.params}
-            tags = {
-                TAG_SWEEP: spec.name,
-                TAG_TRIAL_KEY: trial.key,
-                TAG_TRIAL_INDEX: str(trial.index),
-                TAG_SPEC_HASH: sweep_tags[TAG_SPEC_HASH],  # hashing the spec costs ~0.2 ms: once, not per trial
-                TAG_TASK: spec.task,
-                TAG_BACKEND: backend.name,
-                TAG_CHECKPOINT: checkpoint_uri,
-                TAG_RESOURCES: json.dumps(resources.__dict__),
-                TAG_STORAGE_OPTIONS: json.dumps(storage_options),
-                TAG_SWEPT: json.dumps(trial.params),
-                TAG_TOTAL_STEPS: str(trial.config.train.steps),
-            }
-            if commit:
-                tags[TAG_GIT_COMMIT] = commit
-            if trial.config.eval.pretrain_run_id:  # an evaluation trial: link it to what it evaluates
-                tags["vitolaunch.pretrain_run_id"] = trial.config.eval.pretrain_run_id
+            tags = {**common_tags, **_trial_tags(trial, checkpoint_uri)}
             name = f"{spec.name}-{trial.index:03d}-{trial.key[:6]}"
             outcome = TrialOutcome(trial, "", "submitted")  # run id filled in by the batch below
             new_runs.append((outcome, (name, params, tags, config)))

@@ -13,6 +13,10 @@ process, one torch thread. Per round, in alternation on the same sample position
   reached, converting them with `frame.to_ndarray(format="rgb24")` (PyAV defaults, the simplest way);
   and the same tuned the way the pipeline decodes (single-threaded decoder, one reused converter).
 
+With --s3-prefix s3://bucket/prefix (credentials and endpoint from the standard AWS environment), the clips are
+also uploaded there and the seek path is timed reading from S3 (fsspec, ranged reads), against raw PyAV decoding
+of the same frames from the same S3 objects (whole object read, then decoded from the start).
+
 Then the pipeline through `build_pair_loader` with num_workers 0, 1 and 2 (workers started and their
 clip caches warmed before timing). The trainer's consumption rate (steps/s x batch on in-memory data) is printed by
 benchmarks/trainer_overhead.py; pass it as --trainer-pairs-per-s to get the headroom column.
@@ -103,6 +107,41 @@ def loader_pairs_per_s(records: list[VideoRecord], cfg: DataConfig, workers: int
     return steps * cfg.batch_size / elapsed
 
 
+def s3_rates(records: list[VideoRecord], cfg: DataConfig, prefix: str, rounds: int, samples: int) -> dict[str, float]:
+    """Pairs/s of the seek path reading from S3, and of raw PyAV decoding of the same S3 objects."""
+    import io
+
+    import fsspec
+
+    from vito.data.video import is_remote
+
+    fs, root = fsspec.core.url_to_fs(prefix)
+    remote = []
+    for record in records:
+        key = f"{root.rstrip('/')}/{Path(record.uri).name}"
+        fs.put_file(record.uri, key)
+        remote.append(VideoRecord(f"s3://{key}", record.duration_s, record.fps, record.num_frames, record.label))
+    assert all(is_remote(r.uri) for r in remote)
+    steps = (rounds + 1) * (samples // cfg.batch_size + 2) + 8
+    seeking = FramePairDataset(remote, cfg, 0, 0, 1, 0, steps, clip_cache_bytes=0)
+    timestamps = PairSampler(remote, cfg, 0, clip_cache_bytes=0)
+
+    def raw(position: int) -> None:
+        video, time_a, time_b = timestamps.sample_timestamps(position)
+        data = fs.cat_file(remote[video].uri)
+        raw_decode_pair(io.BytesIO(data), time_a, time_b)  # type: ignore[arg-type]
+
+    arms: dict[str, list[float]] = {"s3_seek": [], "s3_raw": []}
+    try:
+        for round_index in range(rounds):
+            positions = range(round_index * samples, (round_index + 1) * samples)
+            arms["s3_seek"].append(rate(seeking.__getitem__, positions))
+            arms["s3_raw"].append(rate(raw, positions))
+    finally:
+        fs.rm(root, recursive=True)
+    return {name: statistics.median(values) for name, values in arms.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=5)
@@ -110,6 +149,8 @@ def main() -> None:
     parser.add_argument("--loader-steps", type=int, default=24, help="timed batches per loader arm per round")
     parser.add_argument("--trainer-pairs-per-s", type=float, default=None, help="from trainer_overhead.py")
     parser.add_argument("--data-root", default=None, help="where the synthetic clips are generated (default: temp)")
+    parser.add_argument("--s3-prefix", default=None, help="also time decoding from S3 under this s3:// prefix")
+    parser.add_argument("--s3-samples", type=int, default=64, help="pairs per S3 arm per round")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -177,6 +218,11 @@ def main() -> None:
     for workers, value in loader_med.items():
         extra = f" {value / consumer:.1f}x |" if consumer else ""
         print(f"| build_pair_loader, num_workers={workers} | {value:.0f} |{extra}")
+    if args.s3_prefix:
+        s3 = s3_rates(records, cfg, args.s3_prefix, args.rounds, args.s3_samples)
+        print("\n| arm (one process, S3) | pairs/s (median) | vs raw decode from S3 |\n|---|---|---|")
+        print(f"| FramePairDataset, seek path reading S3 (no clip cache) | {s3['s3_seek']:.0f} | {s3['s3_seek'] / s3['s3_raw']:.2f}x |")
+        print(f"| raw PyAV decode of the same 2 frames, object read whole from S3 | {s3['s3_raw']:.0f} | 1.00x |")
     if consumer:
         print(f"\ntrainer consumption (given): {consumer:.0f} pairs/s")
 

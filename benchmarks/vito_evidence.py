@@ -58,6 +58,7 @@ COLUMNS = [
     ("deformed x{m} probe", "deform/m{m}_linear_probe_acc"),
     ("deformed x{m} kNN", "deform/m{m}_knn_acc"),
     ("J&F", "propagation/JF"),
+    ("attention on object / area", "saliency/attention_lift"),
 ]
 
 

@@ -48,6 +48,9 @@ class SyntheticConfig(_Section):
     background_pool: int = Field(0, ge=0)
     # Multiplies the object's size (radius 0.28-0.4 of the half-frame at 1).
     object_scale: float = Field(1.0, gt=0, le=2.5)
+    # Chance that a clip also shows a small blob of its own colour on its own path (a distractor, and a
+    # clip-identity cue that survives a changing background).
+    distractor_p: float = Field(0.5, ge=0, le=1)
     seed: int = 0
 
 

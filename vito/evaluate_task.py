@@ -9,6 +9,8 @@ from `task: evaluate` sweeps). `run(cfg, ctx)` is what the job calls instead of 
 - natural deformation: the probe on held-out synthetic clips rendered with stronger motion and deformation
   than training ever showed (`motion_scale` > 1);
 - DAVIS-style label propagation of the object mask through synthetic clips: J, F, J&F (`vito.propagation`);
+- where the attention pool looks: the share of its weight on the object, against the object's area (the
+  share average pooling gives it), on the same clips (a saliency-alignment measure);
 
 each also for a randomly initialised network of the same architecture (`eval.random_init_baseline`), and the
 propagation for the no-motion baseline (the first mask copied to every frame). Only rank 0 works; the MLflow
@@ -32,7 +34,7 @@ from vito.data.manifest import read_manifest
 from vito.data.synthetic import ensure_synthetic_videos
 from vito.evaluate import LinearProbe, clip_frames, evaluation_splits, extract_features, knn_accuracy
 from vito.model import VitoModel
-from vito.propagation import evaluate_propagation, propagation_clips
+from vito.propagation import attention_on_object, evaluate_propagation, propagation_clips
 from vito.robustness import corrupt
 
 log = logging.getLogger(__name__)
@@ -141,6 +143,7 @@ def evaluate_suite(model: VitoModel, cfg: VitoConfig, data_root: str, device: to
         stage = min(ev.propagation_stage, model.backbone.last_stage)
         suite_cfg = ev.model_copy(update={"propagation_stage": stage})
         out.update({f"propagation/{k}": v for k, v in evaluate_propagation(model, clips, suite_cfg, device).items()})
+        out.update({f"saliency/{k}": v for k, v in attention_on_object(model, clips, cfg.data.crop_size, device).items()})
     return out
 
 

@@ -159,3 +159,35 @@ def evaluate_propagation(model: VitoModel | None, clips: PropagationClips, cfg: 
         fs.append(f)
     j_mean, f_mean = float(np.mean(js)), float(np.mean(fs))
     return {"J": j_mean, "F": f_mean, "JF": (j_mean + f_mean) / 2}
+
+
+@torch.no_grad()
+def attention_on_object(model: VitoModel, clips: PropagationClips, size: int, device: torch.device) -> dict[str, float]:
+    """Where the pooling looks: the share of the deepest pool's weights that falls on the object.
+
+    Frames are resized to `size` (the training crop) and pooled as for the probes; the object mask is averaged
+    onto the pool's grid. `object_area` is the share a uniform pool (average pooling) gives the object, so
+    `attention_lift` = on_object / object_area is 1 for average pooling, above 1 for a pool that looks at the
+    object (a saliency-alignment measure, after the paper's human-alignment claim), below 1 for one that
+    looks at the background.
+    """
+    scale = max(model.scales)
+    pool = model.pools[f"s{scale}"]
+    modes = (model.backbone.training, pool.training)
+    model.backbone.eval()
+    pool.eval()
+    dtype = next(model.backbone.parameters()).dtype
+    on_object, area = [], []
+    try:
+        for video, masks in zip(clips.frames, clips.masks):
+            frames = F.interpolate(video, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
+            maps = model.backbone(torch.stack([normalize(f) for f in frames]).to(device, dtype))[scale]
+            weights = pool.attention(maps).float().cpu()  # (T, h*w), rows sum to 1
+            cells = F.adaptive_avg_pool2d(masks.float()[:, None], maps.shape[-2:])[:, 0].flatten(1)
+            on_object.append((weights * cells).sum(1).mean().item())
+            area.append(cells.mean(1).mean().item())
+    finally:
+        model.backbone.train(modes[0])
+        pool.train(modes[1])
+    mass, share = float(np.mean(on_object)), float(np.mean(area))
+    return {"attention_on_object": mass, "object_area": share, "attention_lift": mass / max(share, 1e-6)}

@@ -122,14 +122,10 @@ class TargetResolver:
 
     def _runs_by_checkpoint(self) -> dict[str, RunRecord]:
         if self._by_checkpoint is None:
-            from vitolaunch.registry import _record
-
-            client = self.registry.client
-            experiments = [e.experiment_id for e in client.search_experiments()]
+            experiments = [e.experiment_id for e in self.registry.client.search_experiments()]
             found: dict[str, RunRecord] = {}
             if experiments:
-                for run in client.search_runs(experiments, f"tags.`{TAG_KIND}` = 'trial'", max_results=5000):
-                    record = _record(run)
+                for record in self.registry._search(experiments, f"tags.`{TAG_KIND}` = 'trial'"):
                     if record.tags.get(TAG_CHECKPOINT):
                         found.setdefault(record.tags[TAG_CHECKPOINT].rstrip("/"), record)
             self._by_checkpoint = found
@@ -140,8 +136,7 @@ class TargetResolver:
         if run is not None:
             from vitolaunch.states import trial_states
 
-            state = trial_states([run])[run.run_id].value
-            target = self._from_run(run, state if not self.options or not self.options.include_unfinished else None)
+            target = self._from_run(run, trial_states([run])[run.run_id].value)
             if step is not None:
                 target.step = _newest_step(target.checkpoint, target.storage_options, step, f"checkpoint {uri}")
             return target

@@ -208,3 +208,30 @@ def test_gap_settings_are_validated(tmp_path):
 
     with pytest.raises(SpecError, match="min_gap_s"):
         trials(tmp_path, "data.min_gap_s: [2.0]")
+
+
+# ------------------------------------------------------------------------------------------- augmentation
+
+
+def test_hue_jitter_rotates_colour_and_is_off_by_default(tmp_path):
+    from vito.config import AugmentConfig
+    from vito.data.augment import augment_view
+
+    off, on = trials(tmp_path, "data.augment.hue: [0.0, 0.5]")
+    assert off.data.augment.hue == 0.0 and on.data.augment.hue == 0.5
+    frame = torch.zeros(3, 16, 16)
+    frame[0] = 0.9  # saturated red
+    frame[1:] = 0.1
+    jitter_only = dict(crop_scale_min=1.0, flip_p=0, color_jitter_p=1.0, color_jitter_strength=0.0, grayscale_p=0,
+                       blur_p=0, solarize_p=0)
+    plain = augment_view(frame, AugmentConfig(**jitter_only), 16, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(plain, augment_view(frame, AugmentConfig(**jitter_only), 16, torch.Generator().manual_seed(0)))
+    hues = [augment_view(frame, AugmentConfig(**jitter_only, hue=0.5), 16, torch.Generator().manual_seed(s)) for s in range(6)]
+    channel_means = torch.stack([h.mean(dim=(1, 2)) for h in hues])
+    assert channel_means.std(dim=0).max() > 0.3, "hue rotation must move colour between channels"
+    # Luma is (nearly) kept: hue rotation leaves brightness alone.
+    from vito.data.augment import MEAN, STD
+
+    luma = torch.tensor([0.299, 0.587, 0.114])
+    lumas = [((h * STD[:, None, None] + MEAN[:, None, None]) * luma[:, None, None]).sum(0).mean() for h in hues]
+    assert max(lumas) - min(lumas) < 0.1

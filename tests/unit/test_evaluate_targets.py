@@ -157,3 +157,31 @@ def test_base_outside_eval_is_refused(tmp_path: Path, registry: FakeRegistry) ->
 def test_same_checkpoint_twice_is_evaluated_once(tmp_path: Path, registry: FakeRegistry) -> None:
     spec = load_spec(write_spec(tmp_path, "name: ev\ntask: evaluate\nevaluate: {runs: [pre, aaaa1111]}\n"))
     assert len(expand_evaluate(spec, expand(spec), registry)) == 2
+
+
+def test_checkpoints_unknown_to_mlflow_take_their_config_from_the_checkpoint(tmp_path: Path, registry: FakeRegistry) -> None:
+    import torch
+
+    root = tmp_path / "foreign"
+    local = tmp_path / "foreign_local"
+    local.mkdir()
+    torch.save({"module": {}, "config": PRETRAIN.to_dict(), "step": 3}, local / "mp_rank_00_model_states.pt")
+    store = CheckpointStore(str(root))
+    store.commit(3, store.upload(3, local))
+    spec = load_spec(write_spec(tmp_path, f"""\
+        name: ev
+        task: evaluate
+        evaluate: {{checkpoints: ["{root}"]}}
+        """))
+    (trial,) = expand_evaluate(spec, expand(spec), registry)
+    assert trial.config.eval.checkpoint == str(root) and trial.config.eval.checkpoint_step == 3
+    assert trial.config.model == PRETRAIN.model and trial.config.eval.pretrain_run_id is None
+    assert trial.params == {"pretrain.checkpoint": str(root), "pretrain.step": 3}
+    # The same, swept as a parameter.
+    spec = load_spec(write_spec(tmp_path, f"""\
+        name: ev
+        task: evaluate
+        parameters: {{eval.checkpoint: ["{root}"]}}
+        """))
+    (swept,) = expand_evaluate(spec, expand(spec), registry)
+    assert swept.key == trial.key

@@ -113,8 +113,37 @@ def test_suite_reports_every_metric(tmp_path) -> None:
         "eval/linear_probe_acc", "eval/knn_acc", "eval/robust/contrast_s2_acc", "eval/robust/jpeg_s2_acc",
         "eval/robust/mean_corruption_acc", "eval/robust/relative_corruption_acc", "eval/deform/m2.5_linear_probe_acc",
         "eval/deform/m2.5_knn_acc", "eval/propagation/J", "eval/propagation/F", "eval/propagation/JF",
+        "eval/saliency/attention_on_object", "eval/saliency/object_area", "eval/saliency/attention_lift",
     }
     assert expected <= set(results)
     assert {f"{key}_random_init" for key in expected} <= set(results)
     assert {"eval/propagation/J_copy_first", "eval/propagation/JF_copy_first"} <= set(results)
-    assert all(0 <= value <= 1 for key, value in results.items() if "relative" not in key)
+    assert all(0 <= value <= 1 for key, value in results.items() if "relative" not in key and "lift" not in key)
+    assert results["eval/saliency/attention_lift"] > 0
+
+
+def test_attention_lift_is_one_for_average_pooling_and_follows_where_attention_looks() -> None:
+    from vito.propagation import attention_on_object
+
+    clips = propagation_clips(SYN, 2, 32)
+    small = dict(width=8, pool_hidden=8, proj_hidden=8, proj_dim=8, pred_hidden=8)
+    average = VitoModel(VitoConfig().model.model_copy(update={**small, "pooling": "average"}), VitoConfig().loss)
+    scores = attention_on_object(average, clips, 32, torch.device("cpu"))
+    assert scores["attention_lift"] == pytest.approx(1.0)
+    assert scores["attention_on_object"] == pytest.approx(scores["object_area"])
+
+    attention = VitoModel(VitoConfig().model.model_copy(update=small), VitoConfig().loss)
+
+    class Oracle(torch.nn.Module):  # attends exactly where the object is
+        def attention(self, maps):
+            cells = torch.nn.functional.adaptive_avg_pool2d(current_masks.float()[:, None], maps.shape[-2:])
+            weights = cells.flatten(1) + 1e-6
+            return weights / weights.sum(1, keepdim=True)
+
+    attention.pools["s5"] = Oracle()
+    lifts = []
+    for index in range(2):
+        current_masks = clips.masks[index]
+        one = type(clips)(clips.frames[index : index + 1], clips.masks[index : index + 1])
+        lifts.append(attention_on_object(attention, one, 128, torch.device("cpu"))["attention_lift"])  # a 4x4 grid
+    assert min(lifts) > 1.5

@@ -180,7 +180,7 @@ def render_clip(
     image = image * (1 - alpha[..., None]) + lit * alpha[..., None]
     mask = alpha >= 0.5
 
-    if rng.uniform() < 0.5:  # small distractor blob on its own straight path
+    if rng.uniform() < cfg.distractor_p:  # small distractor blob on its own straight path
         blob_start = rng.uniform(-0.8, 0.8, size=2)
         blob_end = blob_start + rng.normal(0, 0.4, size=2) * motion_scale
         blob_path = blob_start + (blob_end - blob_start) * time[:, None]

@@ -102,7 +102,12 @@ def main() -> None:
     parser.add_argument("-o", "--override", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--work", default=None, help="folder for data and checkpoints (default: a temp folder)")
     parser.add_argument("--out", default=None, help="append one JSON line per (arm, seed) here")
+    parser.add_argument("--summarize", default=None, metavar="JSONL",
+                        help="print the table of the runs recorded in JSONL by --out (runs split over processes)")
     args = parser.parse_args()
+    if args.summarize:
+        summarize(Path(args.summarize), args.arms)
+        return
     torch.set_num_threads(1)
     work = Path(args.work or tempfile.mkdtemp(prefix="vito-evidence-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -135,22 +140,43 @@ def main() -> None:
                     handle.write(json.dumps(row) + "\n")
 
     cfg = reference
-    scale = cfg.eval.deformation_motion_scales[0] if cfg.eval.deformation_motion_scales else None
-    columns = [(name.format(m=f"{scale:g}"), key.format(m=f"{scale:g}")) for name, key in COLUMNS
-               if scale is not None or "deform" not in key]
     syn = cfg.data.synthetic
     print(f"data: {syn.num_videos} synthetic clips of {syn.num_frames} frames at {syn.size}px, {syn.num_classes} shape "
-          f"classes (background_change {syn.background_change}, object_colour_change {syn.object_colour_change}, "
-          f"object_scale {syn.object_scale}); crop {cfg.data.crop_size}, batch {cfg.data.batch_size}, "
-          f"{cfg.train.steps} steps; model {cfg.model.arch} width {cfg.model.width} stem {cfg.model.stem}; "
-          f"probe: {cfg.eval.train_clips} / {cfg.eval.test_clips} clips x {cfg.eval.frames_per_clip} frames; "
-          f"seeds {args.seeds}; overrides {args.overrides or 'none'}")
-    print("\n| arm | " + " | ".join(name for name, _ in columns) + " | train s/run |")
-    print("|---|" + "---|" * (len(columns) + 1))
-    for arm in args.arms:
-        cells = [fmt([r[key] for r in results[arm]]) for _, key in columns]
-        print(f"| {arm} | " + " | ".join(cells) + f" | {statistics.mean(seconds[arm]):.0f} |")
+          f"classes (background_change {syn.background_change}, background_pool {syn.background_pool}, "
+          f"object_colour_change {syn.object_colour_change}, object_scale {syn.object_scale}, distractor_p "
+          f"{syn.distractor_p}); crop {cfg.data.crop_size}, batch {cfg.data.batch_size}, {cfg.train.steps} steps; "
+          f"model {cfg.model.arch} width {cfg.model.width} stem {cfg.model.stem}; probe: {cfg.eval.train_clips} / "
+          f"{cfg.eval.test_clips} clips x {cfg.eval.frames_per_clip} frames; seeds {args.seeds}; "
+          f"overrides {args.overrides or 'none'}")
+    print_table(results, {arm: statistics.mean(values) for arm, values in seconds.items()}, args.arms)
     print(f"\nwall time: {time.perf_counter() - started:.0f} s (training, evaluation and data generation, 1 thread)")
+
+
+def print_table(results: dict[str, list[dict[str, float]]], train_s: dict[str, float], arms: list[str]) -> None:
+    """Mean ± sample std over seeds of each metric, one row per arm."""
+    any_row = next(row for rows in results.values() for row in rows)
+    scale = next((key.split("/")[1][1:].split("_")[0] for key in any_row if key.startswith("deform/m")), None)
+    columns = [(name.format(m=scale), key.format(m=scale)) for name, key in COLUMNS if scale is not None or "deform" not in key]
+    print("\n| arm | " + " | ".join(name for name, _ in columns) + " | seeds | train s/run |")
+    print("|---|" + "---|" * (len(columns) + 2))
+    for arm in arms:
+        rows = results.get(arm) or []
+        if not rows:
+            continue
+        cells = [fmt([r[key] for r in rows]) for _, key in columns]
+        print(f"| {arm} | " + " | ".join(cells) + f" | {len(rows)} | {train_s.get(arm, 0):.0f} |")
+
+
+def summarize(path: Path, arms: list[str]) -> None:
+    results: dict[str, list[dict[str, float]]] = {}
+    seconds: dict[str, list[float]] = {}
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        results.setdefault(row["arm"], []).append(row)
+        seconds.setdefault(row["arm"], []).append(row["train_s"])
+    ordered = [arm for arm in ARMS if arm in results]
+    print(f"{path}: runs per arm {({arm: len(results[arm]) for arm in ordered})}")
+    print_table(results, {arm: statistics.mean(values) for arm, values in seconds.items()}, ordered)
 
 
 if __name__ == "__main__":

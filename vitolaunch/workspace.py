@@ -47,8 +47,10 @@ def quiet_mlflow_environment() -> None:
     """MLflow 3 phones home unless told not to; and a command must not hang on a server that is down.
 
     MLflow's HTTP client retries 7 times with exponential backoff (minutes) by default: an interactive
-    command should say "unreachable" within seconds instead.
+    command should say "unreachable" within seconds instead. Its INFO lines (creating the sqlite tables on
+    the first sweep) are noise between the lines a user reads.
     """
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DO_NOT_TRACK", "true")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")

@@ -2,7 +2,9 @@
 
 submitit's local controller inherits the caller's terminal and process group, so it would die with the
 shell (or hold a test's pipes open until training ends). Here it starts in its own session with its output
-in a file, which makes `vitolaunch sweep` return at once while trials keep running, as on SLURM.
+in a file, which makes `vitolaunch sweep` return at once while trials keep running, as on SLURM. Each
+controller first waits for one of the sweep's `array_parallelism` slots (`local_slots.py`), so a sweep of 20
+trials runs a few at a time instead of 20 at once, in submission order, like a SLURM array's `%N`.
 """
 
 from __future__ import annotations
@@ -18,13 +20,22 @@ from pathlib import Path
 import submitit
 from submitit.core.utils import JobPaths, pickle_load
 
+from vitolaunch.backends import local_slots
 from vitolaunch.backends.base import Backend, JobHandle, JobResources, SchedulerState
 from vitolaunch.errors import VitolaunchError
 
 _CONTROLLER_MODULE = "submitit.local._local"
+_SLOTS_DIR = ".slots"
 
 
 class _DetachedLocalExecutor(submitit.LocalExecutor):
+    """Starts each job's controller detached, behind a wait for one of `parallelism` slots in `slots_dir`."""
+
+    def __init__(self, folder: Path, slots_dir: Path, parallelism: int) -> None:
+        super().__init__(folder=folder)
+        self.slots_dir = slots_dir
+        self.parallelism = parallelism
+
     def _submit_command(self, command: str) -> submitit.LocalJob:
         tasks = self.parameters.get("tasks_per_node", 1)
         env = dict(os.environ)
@@ -42,9 +53,12 @@ class _DetachedLocalExecutor(submitit.LocalExecutor):
         )
         folder = Path(str(self.folder))
         folder.parent.mkdir(parents=True, exist_ok=True)
+        controller = [sys.executable, "-m", _CONTROLLER_MODULE, str(self.folder)]
+        # Nanoseconds since the epoch, zero-padded: tickets sort in submission order across sweeps and resumes.
+        ticket = f"{time.time_ns():020d}"
         with open(folder.parent / "controllers.log", "ab") as controller_log:
             process = subprocess.Popen(
-                [sys.executable, "-m", _CONTROLLER_MODULE, str(self.folder)],
+                local_slots.slot_command(str(self.slots_dir), self.parallelism, ticket, controller),
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=controller_log,
@@ -54,15 +68,27 @@ class _DetachedLocalExecutor(submitit.LocalExecutor):
         return submitit.LocalJob(folder=self.folder, job_id=str(process.pid), process=process, tasks=list(range(tasks)))
 
 
-def _controller_alive(pid: int) -> bool:
+def _job_process_state(pid: int) -> SchedulerState | None:
+    """RUNNING (submitit's controller), PENDING (waiting for a slot), or None when no job of ours has the pid."""
     import psutil
 
     try:
         process = psutil.Process(pid)
-        # A pid can be reused after a reboot: it is ours only if it runs submitit's controller.
-        return process.status() != psutil.STATUS_ZOMBIE and _CONTROLLER_MODULE in " ".join(process.cmdline())
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        # A pid can be reused after a reboot: it is ours only if it runs the slot waiter or the controller.
+        command = " ".join(process.cmdline())
     except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return False
+        return None
+    if local_slots.__name__ in command:
+        return SchedulerState.PENDING
+    if _CONTROLLER_MODULE in command:
+        return SchedulerState.RUNNING
+    return None
+
+
+def _controller_alive(pid: int) -> bool:
+    return _job_process_state(pid) is not None
 
 
 class LocalBackend(Backend):
@@ -86,7 +112,7 @@ class LocalBackend(Backend):
     def submit(
         self, jobs: Sequence[Callable[[], object]], names: Sequence[str], resources: JobResources, log_dir: Path
     ) -> list[JobHandle]:
-        executor = _DetachedLocalExecutor(folder=log_dir / "%j")
+        executor = _DetachedLocalExecutor(log_dir / "%j", log_dir / _SLOTS_DIR, resources.array_parallelism)
         executor.update_parameters(
             timeout_min=resources.timeout_min,
             tasks_per_node=resources.tasks_per_node,
@@ -103,8 +129,9 @@ class LocalBackend(Backend):
 
     def _state(self, handle: JobHandle) -> SchedulerState:
         try:
-            if _controller_alive(int(handle.job_id)):
-                return SchedulerState.RUNNING
+            alive = _job_process_state(int(handle.job_id))
+            if alive is not None:
+                return alive
             result = JobPaths(handle.log_dir, handle.job_id, 0).result_pickle
             if not result.exists():
                 return SchedulerState.INTERRUPTED

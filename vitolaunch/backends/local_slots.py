@@ -1,0 +1,91 @@
+"""The local backend's array parallelism: wait for one of a sweep's N run slots, then become the job.
+
+    python -m vitolaunch.backends.local_slots SLOTS_DIR N TICKET -- COMMAND...
+
+A slot is an flock on `SLOTS_DIR/slot-<k>.lock`, held through a file descriptor that survives `exec`: the job
+holds its slot for exactly as long as it runs, and the kernel releases it however the job ends (exit, crash,
+SIGKILL), so no slot leaks and no bookkeeping can go stale. Waiters take slots in submission order: each
+leaves `waiting/<TICKET>.<pid>` and does not compete while an older ticket's process is still alive.
+
+Standard library only: this runs once per queued trial and must start fast.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import sys
+import time
+
+POLL_S = 0.25
+WAITING = "waiting"
+
+
+def slot_command(slots_dir: str, parallelism: int, ticket: str, command: list[str]) -> list[str]:
+    return [sys.executable, "-m", __name__, slots_dir, str(parallelism), ticket, "--", *command]
+
+
+def main(argv: list[str]) -> None:
+    split = argv.index("--")
+    slots_dir, parallelism, ticket = argv[0], int(argv[1]), argv[2]
+    command = argv[split + 1 :]
+    waiting_dir = os.path.join(slots_dir, WAITING)
+    os.makedirs(waiting_dir, exist_ok=True)
+    # `vitolaunch cancel` sends SIGTERM: leave through `finally` so the ticket goes with the waiter.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    ticket_path = os.path.join(waiting_dir, f"{ticket}.{os.getpid()}")
+    open(ticket_path, "w").close()
+    try:
+        slot = wait_for_slot(slots_dir, parallelism, ticket)
+    finally:
+        os.unlink(ticket_path)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.set_inheritable(slot, True)
+    os.execv(command[0], command)
+
+
+def wait_for_slot(slots_dir: str, parallelism: int, ticket: str) -> int:
+    """An open descriptor holding an exclusive flock on a free slot (blocks until one is free)."""
+    while True:
+        if not _older_waiter_alive(os.path.join(slots_dir, WAITING), ticket):
+            for index in range(parallelism):
+                descriptor = os.open(os.path.join(slots_dir, f"slot-{index}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+                try:
+                    fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return descriptor
+                except BlockingIOError:
+                    os.close(descriptor)
+        time.sleep(POLL_S)
+
+
+def _older_waiter_alive(waiting_dir: str, ticket: str) -> bool:
+    for name in os.listdir(waiting_dir):
+        other_ticket, _, pid = name.partition(".")
+        if other_ticket >= ticket:
+            continue
+        if _alive(int(pid)):
+            return True
+        try:  # a waiter killed with SIGKILL left its ticket behind
+            os.unlink(os.path.join(waiting_dir, name))
+        except FileNotFoundError:
+            pass
+    return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # an exited waiter whose parent has not reaped it yet is a zombie: not waiting any more
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -38,12 +38,17 @@ class TrialJob:
     max_timeouts: int = 0
     max_crashes: int = 0
     _stop: bool = field(default=False, repr=False)
+    _terminated: bool = field(default=False, repr=False)  # SIGTERM: stop, and leave requeueing to the scheduler
 
     def __call__(self) -> dict[str, Any]:
         # A scheduler's warning signal only sets a flag; the trainer acts on it at the next step boundary.
         # First thing: submitit installed its own USR2 handler (checkpoint + requeue + exit on rank 0 only),
         # which must never run here: every rank has to save before anyone requeues.
         signal.signal(signal.SIGUSR2, self._request_stop)
+        # SIGTERM (scancel, `vitolaunch cancel`, SLURM preemption with a GraceTime) saves too, instead of
+        # submitit's default of ignoring it until the SIGKILL: the work since the last periodic checkpoint is
+        # kept when the save fits in the grace period, and a save cut short never touches `latest`.
+        signal.signal(signal.SIGTERM, self._request_termination)
         rank = self._export_distributed_environment()
         _configure_logging(rank)
         os.environ["MLFLOW_RUN_ID"] = self.run_id
@@ -94,10 +99,13 @@ class TrialJob:
             raise
         if result.completed:
             tracking.set_status("FINISHED")
-        elif slurm_retry.in_slurm_job():
+        elif slurm_retry.in_slurm_job() and not self._terminated:
             if rank == 0:
                 self._requeue_or_stop(tracking, result.step)
         else:
+            if self._terminated:
+                log.warning("terminated: saved step %d; `vitolaunch resume %s` continues it (a scheduler that "
+                            "requeues preempted jobs restarts it from there)", result.step, self.run_id)
             tracking.set_tags({"vitolaunch.stopped_at_step": str(result.step)})
             tracking.set_status("KILLED")
         return {"step": result.step, "completed": result.completed, **result.evaluation}
@@ -129,6 +137,10 @@ class TrialJob:
     def _request_stop(self, signum: int, frame: Any) -> None:
         log.warning("received signal %d: will save and stop at the next step boundary", signum)
         self._stop = True
+
+    def _request_termination(self, signum: int, frame: Any) -> None:
+        self._terminated = True
+        self._request_stop(signum, frame)
 
     def _export_distributed_environment(self) -> int:
         import submitit

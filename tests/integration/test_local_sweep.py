@@ -120,3 +120,31 @@ def test_killed_trial_resumes_to_the_same_final_weights(tmp_path):
     assert trial.data.tags["vito.resumed_from_step"] == str(killed_at)
     history = _client(interrupted_home).get_metric_history(trial.info.run_id, "train/loss")
     assert {m.step for m in history} == set(range(2, 81, 2))
+
+
+@pytest.mark.timeout(600)
+def test_cancelled_trial_saves_the_step_it_stopped_at_and_resumes_from_it(tmp_path):
+    home = tmp_path / "home"
+    # No periodic checkpoint before the end: whatever is committed mid-run was saved on SIGTERM.
+    spec = write_spec(tmp_path, "term", {"loss.temperature": [0.2]}, train={"steps": 160, "log_every": 2},
+                      checkpoint={"every_steps": 1000, "keep_last": 2})
+    vitolaunch(home, "sweep", str(spec))
+    (row,) = wait_until(home, "term", lambda rows: (rows[0].get("step") or 0) >= 6, 300, "step 6")
+
+    vitolaunch(home, "cancel", row["run_id"])
+    uri = _checkpoint_uri(home)
+    (stopped_at,) = _committed_steps(uri)
+    assert 6 <= stopped_at < 160
+    (trial,) = _runs(home, "trial")
+    assert trial.info.status == "KILLED"
+    assert trial.data.tags["vitolaunch.stopped_at_step"] == str(stopped_at)
+    rank0_log = next((home / "logs" / "term").rglob("*_0_log.out")).read_text()
+    assert f"terminated: saved step {stopped_at}" in rank0_log
+
+    vitolaunch(home, "resume", row["run_id"])
+    (done,) = wait_until(home, "term", all_ended, timeout=400, what="the resumed trial to end")
+    assert done["state"] == "COMPLETED", done
+    (trial,) = _runs(home, "trial")
+    assert trial.data.tags["vito.resumed_from_step"] == str(stopped_at)
+    history = _client(home).get_metric_history(trial.info.run_id, "train/loss")
+    assert {m.step for m in history} == set(range(2, 161, 2))

@@ -28,7 +28,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_dry_run_of_the_cluster_spec_prints_the_sbatch_script(tmp_path):
-    env = {**os.environ, "VITOLAUNCH_HOME": str(tmp_path / "home"), "PATH": str(tmp_path)}  # no SLURM here
+    secrets = {"AWS_ACCESS_KEY_ID": "AKIAUNITTESTKEY12345", "AWS_SECRET_ACCESS_KEY": "unit/test+secret/value0123456789"}
+    env = {**os.environ, **secrets, "VITOLAUNCH_HOME": str(tmp_path / "home"), "PATH": str(tmp_path)}  # no SLURM here
     result = subprocess.run(
         [sys.executable, "-m", "vitolaunch.cli", "sweep", "sweeps/temperature_ablation.yaml", "--dry-run"],
         capture_output=True, text=True, env=env, cwd=REPO, timeout=60,
@@ -44,6 +45,9 @@ def test_dry_run_of_the_cluster_spec_prints_the_sbatch_script(tmp_path):
     assert "vitolaunch.backends.slurm_retry after-step" in out
     assert "sbatch --test-only skipped" in out and "nothing submitted" in out
     assert not (tmp_path / "home").exists()
+    # The job gets credentials from the environment it runs in: the script never carries them.
+    for secret in secrets.values():
+        assert secret not in out and secret not in result.stderr
 
 
 def test_script_for_a_cpu_trial_has_no_gpus_and_a_short_warning():

@@ -97,6 +97,10 @@ def sweep(spec_file: str, overrides: tuple[str, ...], dry_run: bool, retry_faile
         params = " ".join(f"{k}={v}" for k, v in outcome.trial.params.items())
         job = f" job {outcome.job_id}" if outcome.job_id else ""
         console.print(f"  {outcome.trial.index:03d} {outcome.trial.key[:8]}  run {outcome.run_id}  {params}  {notes[outcome.action]}{job}")
+    queued = counts.get("submitted", 0) + counts.get("resubmitted", 0)
+    if queued > spec.resources.array_parallelism:
+        console.print(f"at most {spec.resources.array_parallelism} trials run at once (resources.array_parallelism): "
+                      "the others are QUEUED until a slot frees")
     console.print(f"watch:   vitolaunch status {report.sweep_name} --watch")
     console.print(f"compare: mlflow ui --backend-store-uri {report.tracking_uri}")
 

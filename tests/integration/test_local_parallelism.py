@@ -41,7 +41,7 @@ def _events(path: Path) -> list[tuple[str, str]]:
 
 
 def _waiter(slots: Path, parallelism: int, ticket: int, command: list[str]) -> subprocess.Popen:
-    return subprocess.Popen(local_slots.slot_command(str(slots), parallelism, f"{ticket:020d}", command))
+    return local_slots.start(str(slots), parallelism, command, ticket=f"{ticket:020d}")
 
 
 def _wait(processes: list[subprocess.Popen]) -> None:
@@ -161,3 +161,29 @@ def test_cancel_removes_a_waiting_trial(tmp_path):
     assert states[waiting.job_id] == SchedulerState.INTERRUPTED
     assert states[running.job_id] == SchedulerState.INTERRUPTED
     assert os.listdir(tmp_path / "logs" / ".slots" / local_slots.WAITING) == []
+
+
+def test_a_sweep_with_array_parallelism_one_runs_its_trials_one_after_the_other(tmp_path):
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    from tests.integration.local_sweeps import all_ended, status_rows, vitolaunch, wait_until, write_spec
+
+    home = tmp_path / "home"
+    spec_path = write_spec(tmp_path, "serial", {"loss.temperature": [0.1, 0.2]}, tasks_per_node=1,
+                           train={"steps": 30, "log_every": 2})
+    spec = yaml.safe_load(spec_path.read_text())
+    spec["resources"]["array_parallelism"] = 1
+    spec_path.write_text(yaml.safe_dump(spec))
+
+    out = vitolaunch(home, "sweep", str(spec_path)).stdout
+    assert "at most 1 trials run at once" in out
+    rows = status_rows(home, "serial")
+    assert sorted(r["state"] for r in rows) in (["QUEUED", "RUNNING"], ["QUEUED", "QUEUED"]), rows
+
+    rows = wait_until(home, "serial", all_ended, timeout=300, what="both trials to end")
+    assert [r["state"] for r in rows] == ["COMPLETED", "COMPLETED"], rows
+    client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
+    first, second = (client.get_run(r["run_id"]) for r in sorted(rows, key=lambda r: r["index"]))
+    # In submission order, and the second started only once the first had ended.
+    assert float(second.data.tags["vitolaunch.job_started_at"]) * 1000 >= first.info.end_time

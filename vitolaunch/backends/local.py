@@ -54,11 +54,11 @@ class _DetachedLocalExecutor(submitit.LocalExecutor):
         folder = Path(str(self.folder))
         folder.parent.mkdir(parents=True, exist_ok=True)
         controller = [sys.executable, "-m", _CONTROLLER_MODULE, str(self.folder)]
-        # Nanoseconds since the epoch, zero-padded: tickets sort in submission order across sweeps and resumes.
-        ticket = f"{time.time_ns():020d}"
         with open(folder.parent / "controllers.log", "ab") as controller_log:
-            process = subprocess.Popen(
-                local_slots.slot_command(str(self.slots_dir), self.parallelism, ticket, controller),
+            process = local_slots.start(
+                str(self.slots_dir),
+                self.parallelism,
+                controller,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=controller_log,
@@ -150,6 +150,8 @@ class LocalBackend(Backend):
             time.sleep(0.2)
         for pid in pids:
             _signal_group(pid, signal.SIGKILL)
+        for handle in handles:
+            local_slots.forget(str(Path(handle.log_dir).parent / _SLOTS_DIR), int(handle.job_id))
 
     def log_files(self, handle: JobHandle, rank: int) -> tuple[Path, Path]:
         paths = JobPaths(handle.log_dir, handle.job_id, rank)

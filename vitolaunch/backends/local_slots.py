@@ -4,8 +4,9 @@
 
 A slot is an flock on `SLOTS_DIR/slot-<k>.lock`, held through a file descriptor that survives `exec`: the job
 holds its slot for exactly as long as it runs, and the kernel releases it however the job ends (exit, crash,
-SIGKILL), so no slot leaks and no bookkeeping can go stale. Waiters take slots in submission order: each
-leaves `waiting/<TICKET>.<pid>` and does not compete while an older ticket's process is still alive.
+SIGKILL), so no slot leaks and no bookkeeping can go stale. Waiters take slots in submission order: `start`
+registers `waiting/<TICKET>.<pid>` before it returns (so a job started later always sees it), and a waiter does
+not compete while an older ticket's process is still alive.
 
 Standard library only: this runs once per queued trial and must start fast.
 """
@@ -15,15 +16,46 @@ from __future__ import annotations
 import fcntl
 import os
 import signal
+import subprocess
 import sys
 import time
 
 POLL_S = 0.25
 WAITING = "waiting"
+# A waiter whose starter died before registering it registers itself after this long.
+REGISTER_TIMEOUT_S = 10.0
 
 
-def slot_command(slots_dir: str, parallelism: int, ticket: str, command: list[str]) -> list[str]:
-    return [sys.executable, "-m", __name__, slots_dir, str(parallelism), ticket, "--", *command]
+def start(slots_dir: str, parallelism: int, command: list[str], ticket: str | None = None, **popen) -> subprocess.Popen:
+    """Start COMMAND once one of the `parallelism` slots in `slots_dir` is free; returns at once.
+
+    Tickets default to the time in nanoseconds, zero-padded, so they sort in submission order across sweeps
+    and resumes.
+    """
+    ticket = ticket or f"{time.time_ns():020d}"
+    waiting_dir = os.path.join(slots_dir, WAITING)
+    os.makedirs(waiting_dir, exist_ok=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", __name__, slots_dir, str(parallelism), ticket, "--", *command], **popen
+    )
+    open(_ticket_path(waiting_dir, ticket, process.pid), "w").close()
+    return process
+
+
+def forget(slots_dir: str, pid: int) -> None:
+    """Drop the ticket of a waiter that was killed (harmless if left: tickets of dead processes are skipped)."""
+    waiting_dir = os.path.join(slots_dir, WAITING)
+    suffix = f".{pid}"
+    for name in os.listdir(waiting_dir) if os.path.isdir(waiting_dir) else []:
+        if name.endswith(suffix):
+            try:
+                os.unlink(os.path.join(waiting_dir, name))
+            except FileNotFoundError:
+                pass
+
+
+def _ticket_path(waiting_dir: str, ticket: str, pid: int) -> str:
+    return os.path.join(waiting_dir, f"{ticket}.{pid}")
 
 
 def main(argv: list[str]) -> None:
@@ -31,11 +63,17 @@ def main(argv: list[str]) -> None:
     slots_dir, parallelism, ticket = argv[0], int(argv[1]), argv[2]
     command = argv[split + 1 :]
     waiting_dir = os.path.join(slots_dir, WAITING)
-    os.makedirs(waiting_dir, exist_ok=True)
     # `vitolaunch cancel` sends SIGTERM: leave through `finally` so the ticket goes with the waiter.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-    ticket_path = os.path.join(waiting_dir, f"{ticket}.{os.getpid()}")
-    open(ticket_path, "w").close()
+    ticket_path = _ticket_path(waiting_dir, ticket, os.getpid())
+    # Compete only once registered: a slot taken (and the ticket removed) before `start` wrote the ticket
+    # would leave a ticket behind for a live job, and younger waiters would wait for that job to end.
+    deadline = time.monotonic() + REGISTER_TIMEOUT_S
+    while not os.path.exists(ticket_path):
+        if time.monotonic() > deadline:
+            open(ticket_path, "w").close()
+            break
+        time.sleep(0.01)
     try:
         slot = wait_for_slot(slots_dir, parallelism, ticket)
     finally:

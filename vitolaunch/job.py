@@ -19,6 +19,8 @@ from typing import Any
 
 from vitolaunch.backends import slurm_retry
 
+TERMINATED_TAG = "vitolaunch.terminated_at_step"  # saved on SIGTERM (cancel, preemption) at this step
+
 log = logging.getLogger("vitolaunch.job")
 
 
@@ -99,13 +101,18 @@ class TrialJob:
             raise
         if result.completed:
             tracking.set_status("FINISHED")
-        elif slurm_retry.in_slurm_job() and not self._terminated:
+        elif self._terminated:
+            # Cancelled, or preempted by a scheduler that requeues by itself: the canceller and the scheduler's
+            # view say which, so on SLURM the run's status is left to them (it reads CANCELLED or QUEUED).
+            log.warning("terminated: saved step %d; `vitolaunch resume %s` continues it (a scheduler that "
+                        "requeues preempted jobs restarts it from there)", result.step, self.run_id)
+            tracking.set_tags({TERMINATED_TAG: str(result.step)})
+            if not slurm_retry.in_slurm_job():
+                tracking.set_status("KILLED")
+        elif slurm_retry.in_slurm_job():
             if rank == 0:
                 self._requeue_or_stop(tracking, result.step)
         else:
-            if self._terminated:
-                log.warning("terminated: saved step %d; `vitolaunch resume %s` continues it (a scheduler that "
-                            "requeues preempted jobs restarts it from there)", result.step, self.run_id)
             tracking.set_tags({"vitolaunch.stopped_at_step": str(result.step)})
             tracking.set_status("KILLED")
         return {"step": result.step, "completed": result.completed, **result.evaluation}

@@ -137,7 +137,8 @@ def test_cancelled_trial_saves_the_step_it_stopped_at_and_resumes_from_it(tmp_pa
     assert 6 <= stopped_at < 160
     (trial,) = _runs(home, "trial")
     assert trial.info.status == "KILLED"
-    assert trial.data.tags["vitolaunch.stopped_at_step"] == str(stopped_at)
+    assert trial.data.tags["vitolaunch.terminated_at_step"] == str(stopped_at)
+    assert status_rows(home, "term")[0]["state"] == "CANCELLED"
     rank0_log = next((home / "logs" / "term").rglob("*_0_log.out")).read_text()
     assert f"terminated: saved step {stopped_at}" in rank0_log
 

@@ -463,3 +463,8 @@ def test_cancel_logs_and_unknown_when_sacct_is_unreachable(tmp_path, cancel_on_e
     while _rank_pid(job, 0) or _rank_pid(job, 1):
         assert time.monotonic() < deadline, "ranks still alive after cancel"
         time.sleep(0.5)
+    # The ranks saved where they stopped on scancel's SIGTERM (within KillWait), and that step is committed.
+    run = _wait_run(home, run_id, lambda r: "vitolaunch.terminated_at_step" in r.data.tags, 30, "the SIGTERM save")
+    stopped_at = int(run.data.tags["vitolaunch.terminated_at_step"])
+    assert stopped_at >= 5 and _committed(trial.data.tags["vitolaunch.checkpoint_uri"])[-1] == stopped_at
+    assert _rows(home, "it-cancel")[0]["state"] == "CANCELLED"

@@ -71,6 +71,7 @@ def main(argv: list[str]) -> None:
     deadline = time.monotonic() + REGISTER_TIMEOUT_S
     while not os.path.exists(ticket_path):
         if time.monotonic() > deadline:
+            os.makedirs(waiting_dir, exist_ok=True)
             open(ticket_path, "w").close()
             break
         time.sleep(0.01)

@@ -149,3 +149,41 @@ def test_cancelled_trial_saves_the_step_it_stopped_at_and_resumes_from_it(tmp_pa
     assert trial.data.tags["vito.resumed_from_step"] == str(stopped_at)
     history = _client(home).get_metric_history(trial.info.run_id, "train/loss")
     assert {m.step for m in history} == set(range(2, 161, 2))
+
+
+def _rank_process(controller_pid: int, rank: int):
+    import psutil
+
+    for child in psutil.Process(controller_pid).children():
+        if child.environ().get("SUBMITIT_LOCAL_GLOBALID") == str(rank):
+            return child
+    return None
+
+
+@pytest.mark.timeout(600)
+def test_a_dead_rank_fails_the_trial_fast_and_resume_finishes_it(tmp_path):
+    home = tmp_path / "home"
+    spec = write_spec(tmp_path, "dead", {"loss.temperature": [0.2]}, train={"steps": 120, "log_every": 2},
+                      checkpoint={"every_steps": 10, "keep_last": 2})
+    vitolaunch(home, "sweep", str(spec))
+    (row,) = status_rows(home, "dead")
+    uri = _checkpoint_uri(home)
+    deadline = time.monotonic() + 300
+    while not [s for s in _committed_steps(uri) if s >= 10]:
+        assert time.monotonic() < deadline, "no checkpoint committed in time"
+        time.sleep(0.2)
+    _rank_process(int(row["job_id"]), 1).kill()
+    killed_at = _committed_steps(uri)[-1]
+
+    # Rank 0 must notice its peer is gone (gloo), not wait out the 10-minute collective timeout.
+    (row,) = wait_until(home, "dead", all_ended, timeout=120, what="the trial to fail")
+    assert row["state"] == "FAILED", row
+    assert _committed_steps(uri)[-1] >= killed_at  # nothing committed was lost
+
+    vitolaunch(home, "resume", row["run_id"])
+    (done,) = wait_until(home, "dead", all_ended, timeout=400, what="the resumed trial to end")
+    assert done["state"] == "COMPLETED", done
+    (trial,) = _runs(home, "trial")
+    assert int(trial.data.tags["vito.resumed_from_step"]) >= killed_at
+    history = _client(home).get_metric_history(trial.info.run_id, "train/loss")
+    assert {m.step for m in history} == set(range(2, 121, 2))

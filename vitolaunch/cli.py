@@ -3,6 +3,7 @@ need them, so `vitolaunch --help` and `--dry-run` answer instantly."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -32,6 +33,17 @@ def _launcher(tracking_uri: str | None):
     from vitolaunch.workspace import Workspace
 
     return Launcher(Workspace.from_env(), tracking_uri)
+
+
+def _existing_launcher(tracking_uri: str | None):
+    """For commands about runs that must already exist: a missing sqlite store is an error, not created."""
+    from vitolaunch.workspace import Workspace
+
+    uri = Workspace.from_env().tracking_uri_or_default(tracking_uri)
+    if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///"):]):
+        raise VitolaunchError(f"no sweeps here yet: {uri} does not exist (start one with `vitolaunch sweep SPEC`, "
+                              "or point --tracking-uri / VITOLAUNCH_HOME at the store that has them)")
+    return _launcher(tracking_uri)
 
 
 class _Group(click.Group):
@@ -188,7 +200,7 @@ def _rows(collect_rows, reader, sweep_id):
 @TRACKING_OPTION
 def resume(run_id: str, tracking_uri: str | None) -> None:
     """Continue a trial (RUN_ID) or every unfinished trial of a sweep from the last committed checkpoint."""
-    launcher = _launcher(tracking_uri)
+    launcher = _existing_launcher(tracking_uri)
     resumed = launcher.resume(run_id)
     console = _console()
     if not resumed:
@@ -202,7 +214,7 @@ def resume(run_id: str, tracking_uri: str | None) -> None:
 @TRACKING_OPTION
 def cancel(run_id: str, tracking_uri: str | None) -> None:
     """Cancel a trial (RUN_ID) or every active trial of a sweep. Checkpoints are kept: resume continues."""
-    launcher = _launcher(tracking_uri)
+    launcher = _existing_launcher(tracking_uri)
     cancelled = launcher.cancel(run_id)
     _console().print(f"cancelled {len(cancelled)} trial(s): {' '.join(r.run_id for r in cancelled) or '-'}")
 
@@ -215,7 +227,7 @@ def cancel(run_id: str, tracking_uri: str | None) -> None:
 @TRACKING_OPTION
 def logs(run_id: str, rank: int, show_stderr: bool, follow: bool, tracking_uri: str | None) -> None:
     """Print the log of one rank of a trial, found from its run id alone."""
-    launcher = _launcher(tracking_uri)
+    launcher = _existing_launcher(tracking_uri)
     path = launcher.log_file(run_id, rank, show_stderr)
     if not path.exists():
         raise VitolaunchError(f"{path} does not exist yet: the trial may still be queued")

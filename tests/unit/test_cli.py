@@ -85,3 +85,17 @@ def test_local_backend_refuses_multi_node_before_submission(tmp_path):
         client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
         experiments = [e.experiment_id for e in client.search_experiments()]
         assert not client.search_runs(experiments)
+
+
+@pytest.mark.parametrize("command", [["resume", "abc123"], ["cancel", "abc123"], ["logs", "abc123"]])
+def test_commands_about_existing_runs_say_there_are_none_in_an_empty_workspace(command, tmp_path):
+    env_uri = os.environ.pop("MLFLOW_TRACKING_URI", None)
+    try:
+        result = _cli(*command, home=tmp_path / "home")
+    finally:
+        if env_uri is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = env_uri
+    assert result.returncode == 2
+    assert "no sweeps here yet" in result.stderr and "mlflow.db does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "home").exists(), "asking about runs must not create a tracking store"

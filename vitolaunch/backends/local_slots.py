@@ -21,6 +21,7 @@ import sys
 import time
 
 POLL_S = 0.25
+MAX_BACKOFF = 20  # polls of a waiter far back in the queue: at most every POLL_S * MAX_BACKOFF seconds
 WAITING = "waiting"
 # A waiter whose starter died before registering it registers itself after this long.
 REGISTER_TIMEOUT_S = 10.0
@@ -86,8 +87,10 @@ def main(argv: list[str]) -> None:
 
 def wait_for_slot(slots_dir: str, parallelism: int, ticket: str) -> int:
     """An open descriptor holding an exclusive flock on a free slot (blocks until one is free)."""
+    waiting_dir = os.path.join(slots_dir, WAITING)
     while True:
-        if not _older_waiter_alive(os.path.join(slots_dir, WAITING), ticket):
+        ahead = _waiters_ahead(waiting_dir, ticket)
+        if not ahead:
             for index in range(parallelism):
                 descriptor = os.open(os.path.join(slots_dir, f"slot-{index}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
                 try:
@@ -95,21 +98,21 @@ def wait_for_slot(slots_dir: str, parallelism: int, ticket: str) -> int:
                     return descriptor
                 except BlockingIOError:
                     os.close(descriptor)
-        time.sleep(POLL_S)
+        # Far back in a long queue, look less often: hundreds of waiters must not keep a core busy.
+        time.sleep(POLL_S * min(MAX_BACKOFF, 1 + ahead // parallelism))
 
 
-def _older_waiter_alive(waiting_dir: str, ticket: str) -> bool:
-    for name in os.listdir(waiting_dir):
-        other_ticket, _, pid = name.partition(".")
-        if other_ticket >= ticket:
-            continue
-        if _alive(int(pid)):
-            return True
+def _waiters_ahead(waiting_dir: str, ticket: str) -> int:
+    """How many tickets are older than ours, or 0 when none of their waiters is alive any more."""
+    older = sorted(name for name in os.listdir(waiting_dir) if name.partition(".")[0] < ticket)
+    for name in older:  # the oldest is almost always alive: one check, then the count
+        if _alive(int(name.partition(".")[2])):
+            return len(older)
         try:  # a waiter killed with SIGKILL left its ticket behind
             os.unlink(os.path.join(waiting_dir, name))
         except FileNotFoundError:
             pass
-    return False
+    return 0
 
 
 def _alive(pid: int) -> bool:

@@ -92,7 +92,7 @@ IMPORTS = "import vitolaunch.cli, vitolaunch.launch, vitolaunch.spec, vitolaunch
 RECORDS = """
 import sys, time
 from pathlib import Path
-from vitolaunch.registry import Registry
+from vitolaunch.registry import NewTrialRun, Registry
 root, n_one, n_many = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 registry = Registry(f"sqlite:///{root / 'mlflow.db'}", root / "artifacts")
 sweep = registry.create_sweep(registry.experiment_id("bench"), "records", {})
@@ -101,10 +101,10 @@ tags = {f"vitolaunch.tag{k}": "x" * 40 for k in range(12)}
 params = {f"p{k}": 0.1 for k in range(8)}
 s = time.perf_counter()
 for k in range(n_one):
-    registry.create_trial(sweep, f"one-{k}", params, tags, config)
+    registry.create_trial(sweep, NewTrialRun(f"one-{k}", params, tags, config))
 one = (time.perf_counter() - s) / n_one
 s = time.perf_counter()
-registry.create_trials(sweep, [(f"many-{k}", params, tags, config) for k in range(n_many)])
+registry.create_trials(sweep, [NewTrialRun(f"many-{k}", params, tags, config) for k in range(n_many)])
 many = (time.perf_counter() - s) / n_many
 print(one * 1000, many * 1000)
 """

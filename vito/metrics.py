@@ -13,12 +13,18 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
 
 _BATCH = 1000  # MLflow's cap on metrics per log_batch
+
+# The facts vito itself records on its run as tags (the launcher's own tags are not vito's business).
+TAG_RESUMED_FROM_STEP = "vito.resumed_from_step"
+TAG_CHECKPOINT_FAILED_STEP = "vito.checkpoint_failed_step"
+TAG_LAST_TRACKING_OUTAGE_S = "vito.last_tracking_outage_s"
 
 
 class MetricsLogger:
@@ -54,10 +60,14 @@ class MetricsLogger:
         if self.enabled and tags:
             self._put("tags", dict(tags))
 
-    def set_status(self, status: str) -> None:
-        """RUNNING, FINISHED, FAILED or KILLED, as MLflow knows them."""
+    def call(self, description: str, action: Callable[[Any, str], None]) -> None:
+        """Queue `action(client, run_id)` in order with the metrics, retried like them during an outage.
+
+        For updates whose meaning belongs to the caller (e.g. a run's status): the sender does not need to
+        know them. `description` names the action in logs and in the spool file if it is never sent.
+        """
         if self.enabled:
-            self._put("status", status)
+            self._put("call", (description, action))
 
     def log_dict_artifact(self, payload: dict[str, Any], artifact_file: str) -> None:
         if self.enabled:
@@ -146,11 +156,8 @@ class MetricsLogger:
             from mlflow.entities import RunTag
 
             client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in payload.items()], synchronous=True)
-        elif kind == "status":
-            if payload == "RUNNING":
-                client.update_run(self.run_id, status="RUNNING")
-            else:
-                client.set_terminated(self.run_id, status=payload)
+        elif kind == "call":
+            payload[1](client, self.run_id)
         elif kind == "dict":
             client.log_dict(self.run_id, payload[0], payload[1])
         elif kind == "file":
@@ -171,7 +178,7 @@ class MetricsLogger:
             log.warning("MLflow reachable again after %.0f s; queued metrics sent", seconds)
             self.outage_started = None
             with self._lock:
-                self._queue.append(("tags", {"vito.last_tracking_outage_s": f"{seconds:.0f}"}))
+                self._queue.append(("tags", {TAG_LAST_TRACKING_OUTAGE_S: f"{seconds:.0f}"}))
 
     def _spool_unsent(self) -> None:
         with self._lock:
@@ -185,6 +192,8 @@ class MetricsLogger:
                 if kind == "metrics":
                     for m in payload:
                         handle.write(json.dumps({"key": m.key, "value": m.value, "timestamp": m.timestamp, "step": m.step}) + "\n")
+                elif kind == "call":  # a callable cannot be spooled: record what it was meant to do
+                    handle.write(json.dumps({"kind": kind, "payload": payload[0]}) + "\n")
                 else:
                     handle.write(json.dumps({"kind": kind, "payload": payload}, default=str) + "\n")
         log.error("MLflow still unreachable: %d queued items written to %s", len(unsent), target)

@@ -26,7 +26,7 @@ from vito.data.manifest import VideoRecord, read_manifest
 from vito.data.pairs import build_pair_loader
 from vito.data.synthetic import ensure_synthetic_videos
 from vito.distributed import DistInfo, all_agree, init_distributed, mean_across_ranks
-from vito.metrics import MetricsLogger
+from vito.metrics import TAG_CHECKPOINT_FAILED_STEP, TAG_RESUMED_FROM_STEP, MetricsLogger
 from vito.model import VitoModel, ema_momentum
 from vito.optim import build_optimizer, learning_rate
 
@@ -180,7 +180,7 @@ class Trainer:
         start = restored.step if restored else 0
         resumed_from = start if restored else None
         if restored and self.dist.is_main:
-            self.metrics.set_tags({"vito.resumed_from_step": str(start)})
+            self.metrics.set_tags({TAG_RESUMED_FROM_STEP: str(start)})
         batches = self.batches(start)
         window, total = _LoopClock(), _LoopClock()
         step = start
@@ -237,7 +237,7 @@ class Trainer:
                                                "checkpoint/upload_s": details["seconds"]})
         elif kind == "checkpoint_failed":
             self.metrics.log(details["step"], {"checkpoint/failed_saves": len(self.checkpoints.failed_steps)})
-            self.metrics.set_tags({"vito.checkpoint_failed_step": str(details["step"])})
+            self.metrics.set_tags({TAG_CHECKPOINT_FAILED_STEP: str(details["step"])})
 
     def _log_progress(self, step: int, out: dict[str, Any], clock: "_LoopClock") -> None:
         losses = {

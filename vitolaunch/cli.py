@@ -95,7 +95,7 @@ def sweep(spec_file: str, overrides: tuple[str, ...], dry_run: bool, retry_faile
     report = launcher.submit_sweep(spec, trials, retry_failed=retry_failed)
     counts: dict[str, int] = {}
     for outcome in report.outcomes:
-        counts[outcome.action] = counts.get(outcome.action, 0) + 1
+        counts[outcome.action.value] = counts.get(outcome.action.value, 0) + 1
     summary = ", ".join(f"{n} {action}" for action, n in counts.items())
     console.print(f"sweep [bold]{report.sweep_name}[/] id [bold]{report.sweep_run_id}[/] on {report.backend}: {summary}")
     notes = {
@@ -108,7 +108,7 @@ def sweep(spec_file: str, overrides: tuple[str, ...], dry_run: bool, retry_faile
     for outcome in report.outcomes:
         params = " ".join(f"{k}={v}" for k, v in outcome.trial.params.items())
         job = f" job {outcome.job_id}" if outcome.job_id else ""
-        console.print(f"  {outcome.trial.index:03d} {outcome.trial.key[:8]}  run {outcome.run_id}  {params}  {notes[outcome.action]}{job}")
+        console.print(f"  {outcome.trial.index:03d} {outcome.trial.key[:8]}  run {outcome.run_id}  {params}  {notes[outcome.action.value]}{job}")
     queued = counts.get("submitted", 0) + counts.get("resubmitted", 0)
     if queued > spec.resources.array_parallelism:
         console.print(f"at most {spec.resources.array_parallelism} trials run at once (resources.array_parallelism): "
@@ -121,11 +121,12 @@ def _slurm_dry_run(console, spec, trials) -> None:
     """The sbatch script, then (where SLURM answers) the partition checks and `sbatch --test-only`."""
     from vitolaunch.backends.slurm import SlurmBackend, render_script
     from vitolaunch.launch import job_resources
+    from vitolaunch.records import trial_job_name
     from vitolaunch.workspace import Workspace
 
     resources = job_resources(spec)
     log_root = Workspace.from_env().log_dir(spec.name)
-    names = [f"{spec.name}.{t.index:03d}.{t.key[:8]}" for t in trials]
+    names = [trial_job_name(spec.name, t.index, t.key) for t in trials]
     backend = SlurmBackend()
     reachable = backend.reachable()
     first = names[: backend.max_array_size()] if reachable else names
@@ -200,13 +201,15 @@ def _rows(collect_rows, reader, sweep_id):
 @TRACKING_OPTION
 def resume(run_id: str, tracking_uri: str | None) -> None:
     """Continue a trial (RUN_ID) or every unfinished trial of a sweep from the last committed checkpoint."""
+    from vitolaunch.records import TAG_JOB_ID
+
     launcher = _existing_launcher(tracking_uri)
     resumed = launcher.resume(run_id)
     console = _console()
     if not resumed:
         console.print("nothing to resume: every trial is running or finished")
     for record in resumed:
-        console.print(f"resumed run {record.run_id} ({record.name}) as job {record.tags.get('vitolaunch.job_id')}")
+        console.print(f"resumed run {record.run_id} ({record.name}) as job {record.tags.get(TAG_JOB_ID)}")
 
 
 @main.command()

@@ -27,7 +27,8 @@ import yaml
 
 from vito.config import VitoConfig, set_dotted
 from vitolaunch.errors import SpecError, VitolaunchError
-from vitolaunch.registry import TAG_CHECKPOINT, TAG_KIND, TAG_STORAGE_OPTIONS, Registry, RunRecord
+from vitolaunch.records import KIND_SWEEP, KIND_TRIAL, TAG_CHECKPOINT, TAG_STORAGE_OPTIONS
+from vitolaunch.registry import Registry, RunRecord
 from vitolaunch.spec import SweepSpec, Trial
 
 CHECKPOINT_KEY = "eval.checkpoint"
@@ -92,7 +93,7 @@ class TargetResolver:
 
     def _from_run(self, run: RunRecord, state: str | None) -> Target:
         what = f"run {run.run_id} ({run.name})"
-        if run.kind != "trial":
+        if run.kind != KIND_TRIAL:
             raise VitolaunchError(f"{what} is not a vitolaunch trial")
         config = self.registry.config_of(run)
         if (config.get("eval") or {}).get("checkpoint"):
@@ -114,7 +115,7 @@ class TargetResolver:
         from vitolaunch.states import trial_states
 
         record = self.registry.resolve(reference)
-        trials = self.registry.trials(record) if record.kind == "sweep" else [record]
+        trials = self.registry.trials(record) if record.kind == KIND_SWEEP else [record]
         if not trials:
             raise VitolaunchError(f"sweep {reference} has no trials")
         states = trial_states(trials)
@@ -122,12 +123,10 @@ class TargetResolver:
 
     def _runs_by_checkpoint(self) -> dict[str, RunRecord]:
         if self._by_checkpoint is None:
-            experiments = [e.experiment_id for e in self.registry.client.search_experiments()]
             found: dict[str, RunRecord] = {}
-            if experiments:
-                for record in self.registry._search(experiments, f"tags.`{TAG_KIND}` = 'trial'"):
-                    if record.tags.get(TAG_CHECKPOINT):
-                        found.setdefault(record.tags[TAG_CHECKPOINT].rstrip("/"), record)
+            for record in self.registry.all_trials():
+                if record.tags.get(TAG_CHECKPOINT):
+                    found.setdefault(record.tags[TAG_CHECKPOINT].rstrip("/"), record)
             self._by_checkpoint = found
         return self._by_checkpoint
 
@@ -204,6 +203,6 @@ def expand_evaluate(spec: SweepSpec, grid: list[Trial], registry: Registry) -> l
     if "experiment" not in spec.tracking.model_fields_set:
         experiments = {t.run.experiment_id for t in shared if t.run is not None}
         if len(experiments) == 1:
-            name = registry.client.get_experiment(experiments.pop()).name
+            name = registry.experiment_name(experiments.pop())
             spec.tracking = spec.tracking.model_copy(update={"experiment": name})
     return trials

@@ -18,10 +18,22 @@ from pathlib import Path
 from typing import Any
 
 from vitolaunch.backends import slurm_retry
+from vitolaunch.records import (
+    TAG_HOST,
+    TAG_JOB_STARTED_AT,
+    TAG_LAST_ERROR,
+    TAG_LAST_REQUEUE,
+    TAG_NOT_REQUEUED,
+    TAG_RETRIES,
+    TAG_SLURM_JOB_ID,
+    TAG_SLURM_RESTART_COUNT,
+    TAG_STOPPED_AT_STEP,
+    TAG_TERMINATED_AT_STEP,
+    RunStatus,
+    set_run_status,
+)
 
-TERMINATED_TAG = "vitolaunch.terminated_at_step"  # saved on SIGTERM (cancel, preemption) at this step
-
-log = logging.getLogger("vitolaunch.job")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -66,7 +78,7 @@ class TrialJob:
 
         cfg = VitoConfig.model_validate(self.config)
         tracking = MetricsLogger(self.tracking_uri, self.run_id, enabled=rank == 0)
-        tracking.set_status("RUNNING")
+        _queue_status(tracking, RunStatus.RUNNING)
         tracking.set_tags(_job_tags())
         context = RunContext(
             checkpoint_uri=self.checkpoint_uri,
@@ -95,26 +107,26 @@ class TrialJob:
         except BaseException as problem:
             if rank == 0 and slurm_retry.in_slurm_job() and slurm_retry.crash_retries_left(_task_folder(), self.max_crashes):
                 # The batch script requeues this task once srun has returned (see slurm_retry.after_step).
-                tracking.set_tags({slurm_retry.TAG_LAST_ERROR: f"{type(problem).__name__}: {problem}"[:500]})
+                tracking.set_tags({TAG_LAST_ERROR: f"{type(problem).__name__}: {problem}"[:500]})
             else:
-                tracking.set_status("FAILED")
+                _queue_status(tracking, RunStatus.FAILED)
             raise
         if result.completed:
-            tracking.set_status("FINISHED")
+            _queue_status(tracking, RunStatus.FINISHED)
         elif self._terminated:
             # Cancelled, or preempted by a scheduler that requeues by itself: the canceller and the scheduler's
             # view say which, so on SLURM the run's status is left to them (it reads CANCELLED or QUEUED).
             log.warning("terminated: saved step %d; `vitolaunch resume %s` continues it (a scheduler that "
                         "requeues preempted jobs restarts it from there)", result.step, self.run_id)
-            tracking.set_tags({TERMINATED_TAG: str(result.step)})
+            tracking.set_tags({TAG_TERMINATED_AT_STEP: str(result.step)})
             if not slurm_retry.in_slurm_job():
-                tracking.set_status("KILLED")
+                _queue_status(tracking, RunStatus.KILLED)
         elif slurm_retry.in_slurm_job():
             if rank == 0:
                 self._requeue_or_stop(tracking, result.step)
         else:
-            tracking.set_tags({"vitolaunch.stopped_at_step": str(result.step)})
-            tracking.set_status("KILLED")
+            tracking.set_tags({TAG_STOPPED_AT_STEP: str(result.step)})
+            _queue_status(tracking, RunStatus.KILLED)
         return {"step": result.step, "completed": result.completed, **result.evaluation}
 
     def _requeue_or_stop(self, tracking, step: int) -> None:
@@ -124,8 +136,8 @@ class TrialJob:
         if decision.requeue:
             # The record first: once requeued, this process may be killed at any moment.
             tracking.set_tags({
-                slurm_retry.TAG_RETRIES: json.dumps(decision.state.counts()),
-                slurm_retry.TAG_LAST_REQUEUE: f"{decision.cause} at step {step}",
+                TAG_RETRIES: json.dumps(decision.state.counts()),
+                TAG_LAST_REQUEUE: f"{decision.cause} at step {step}",
             })
             # Metrics and tags go out from a background thread: all of them must reach MLflow before the
             # requeue may kill this process (the resumed run continues the step axis without a gap).
@@ -138,8 +150,8 @@ class TrialJob:
             decision.reason = f"scontrol requeue failed: {message}"
         log.warning("%s at step %d, not requeued (%s): `vitolaunch resume %s` continues it",
                     decision.cause, step, decision.reason, self.run_id)
-        tracking.set_tags({"vitolaunch.stopped_at_step": str(step), "vitolaunch.not_requeued": decision.reason[:500]})
-        tracking.set_status("KILLED")
+        tracking.set_tags({TAG_STOPPED_AT_STEP: str(step), TAG_NOT_REQUEUED: decision.reason[:500]})
+        _queue_status(tracking, RunStatus.KILLED)
 
     def _request_stop(self, signum: int, frame: Any) -> None:
         log.warning("received signal %d: will save and stop at the next step boundary", signum)
@@ -167,10 +179,10 @@ class TrialJob:
 
 
 def _job_tags() -> dict[str, str]:
-    tags = {"vitolaunch.host": socket.gethostname(), "vitolaunch.job_started_at": f"{time.time():.3f}"}
+    tags = {TAG_HOST: socket.gethostname(), TAG_JOB_STARTED_AT: f"{time.time():.3f}"}
     if "SLURM_JOB_ID" in os.environ:
-        tags["vitolaunch.slurm_job_id"] = os.environ["SLURM_JOB_ID"]
-        tags["vitolaunch.slurm_restart_count"] = str(slurm_retry.restart_count())
+        tags[TAG_SLURM_JOB_ID] = os.environ["SLURM_JOB_ID"]
+        tags[TAG_SLURM_RESTART_COUNT] = str(slurm_retry.restart_count())
     return tags
 
 
@@ -181,13 +193,18 @@ def _task_folder() -> Path:
     return Path(submitit.JobEnvironment().paths.folder)
 
 
+def _queue_status(tracking, status: RunStatus) -> None:
+    """The run's status, sent in order after everything queued before it (metrics first, then FINISHED)."""
+    tracking.call(f"status {status.value}", lambda client, run_id: set_run_status(client, run_id, status))
+
+
 def _set_scheduled(tracking_uri: str, run_id: str) -> None:
     """Back to queued in MLflow (requeued: resumable, and not FINISHED); best effort."""
     try:
         from mlflow.tracking import MlflowClient
 
-        MlflowClient(tracking_uri=tracking_uri).update_run(run_id, status="SCHEDULED")
-    except Exception as problem:  # noqa: BLE001
+        set_run_status(MlflowClient(tracking_uri=tracking_uri), run_id, RunStatus.SCHEDULED)
+    except Exception as problem:
         log.warning("could not mark run %s as requeued in MLflow: %s", run_id, problem)
 
 

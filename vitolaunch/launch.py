@@ -7,33 +7,41 @@ alone, so sweeping the same spec twice submits only what is missing.
 
 from __future__ import annotations
 
+import enum
 import json
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from vitolaunch.backends import JobHandle, JobResources, make_backend
+from vitolaunch.backends import Backend, JobHandle, JobResources, make_backend
 from vitolaunch.errors import VitolaunchError
 from vitolaunch.job import TrialJob
-from vitolaunch.registry import (
+from vitolaunch.records import (
+    KIND_SWEEP,
+    KIND_TRIAL,
     TAG_BACKEND,
     TAG_CHECKPOINT,
     TAG_GIT_COMMIT,
     TAG_JOB_ID,
     TAG_LOG_DIR,
+    TAG_NOTE,
+    TAG_PRETRAIN_RUN,
     TAG_RESOURCES,
     TAG_SPEC_HASH,
     TAG_STORAGE_OPTIONS,
+    TAG_SUBMIT_ERROR,
     TAG_SWEEP,
     TAG_SWEPT,
     TAG_TASK,
     TAG_TOTAL_STEPS,
     TAG_TRIAL_INDEX,
     TAG_TRIAL_KEY,
-    Registry,
-    RunRecord,
+    RunStatus,
+    trial_job_name,
+    trial_run_name,
 )
+from vitolaunch.registry import NewTrialRun, Registry, RunRecord
 from vitolaunch.spec import SweepSpec, Trial, resolve_cluster
 from vitolaunch.states import TrialState, trial_states
 from vitolaunch.workspace import Workspace, quiet_mlflow_environment
@@ -43,11 +51,26 @@ from vitolaunch.workspace import Workspace, quiet_mlflow_environment
 KEY_PARAMS = ("model.arch", "model.pooling", "data.batch_size", "train.steps", "optim.name", "optim.lr", "loss.temperature")
 
 
+class Action(str, enum.Enum):
+    """What a sweep does with one of its trials."""
+
+    SUBMITTED = "submitted"  # new: a run is created and a job queued
+    RESUBMITTED = "resubmitted"  # failed or stopped earlier, retried: resumes from its checkpoint
+    RUNNING = "running"  # already queued or running: skipped
+    FINISHED = "finished"  # already finished: skipped
+    FAILED = "failed"  # failed earlier, not retried: skipped
+
+    @property
+    def queues_a_job(self) -> bool:
+        return self in (Action.SUBMITTED, Action.RESUBMITTED)
+
+
 @dataclass
 class TrialOutcome:
     trial: Trial
-    run_id: str
-    action: str  # submitted | resubmitted | running | finished | failed (skipped)
+    action: Action
+    run_id: str  # empty for a new trial until its run is created
+    checkpoint_uri: str
     job_id: str | None = None
 
 
@@ -58,6 +81,23 @@ class SweepReport:
     tracking_uri: str
     backend: str
     outcomes: list[TrialOutcome]
+
+
+@dataclass(frozen=True)
+class _QueuedJob:
+    run_id: str
+    name: str  # records.trial_job_name
+    job: TrialJob
+
+
+@dataclass(frozen=True)
+class _SweepTarget:
+    """Where a sweep's trials run and keep their checkpoints: checked before anything is recorded."""
+
+    backend: Backend
+    resources: JobResources
+    checkpoint_root: str
+    storage_options: dict[str, str]
 
 
 def job_resources(spec: SweepSpec) -> JobResources:
@@ -108,26 +148,13 @@ def _check_data(trials: Sequence[Trial]) -> None:
             raise VitolaunchError(f"data.source {source} (trial {trial.index}) does not exist: give a manifest path")
 
 
-def _action_for_existing(state: TrialState, retry_failed: bool) -> str:
+def _action_for_existing(state: TrialState, retry_failed: bool) -> Action:
     """What a re-sweep does with a trial that already has a run: skip it, or resubmit it (resumes)."""
     if state.is_active or state is TrialState.UNKNOWN:  # could not ask: assume it still runs
-        return "running"
+        return Action.RUNNING
     if state is TrialState.COMPLETED:
-        return "finished"
-    return "resubmitted" if retry_failed else "failed"
-
-
-def _trial_tags(trial: Trial, checkpoint_uri: str) -> dict[str, str]:
-    tags = {
-        TAG_TRIAL_KEY: trial.key,
-        TAG_TRIAL_INDEX: str(trial.index),
-        TAG_CHECKPOINT: checkpoint_uri,
-        TAG_SWEPT: json.dumps(trial.params),
-        TAG_TOTAL_STEPS: str(trial.config.train.steps),
-    }
-    if trial.config.eval.pretrain_run_id:  # an evaluation trial: link it to what it evaluates
-        tags["vitolaunch.pretrain_run_id"] = trial.config.eval.pretrain_run_id
-    return tags
+        return Action.FINISHED
+    return Action.RESUBMITTED if retry_failed else Action.FAILED
 
 
 class Launcher:
@@ -140,77 +167,111 @@ class Launcher:
 
     # -- sweep -----------------------------------------------------------------------------------
     def submit_sweep(self, spec: SweepSpec, trials: Sequence[Trial], retry_failed: bool = False) -> SweepReport:
+        """Record every trial of the sweep in MLflow, then queue the ones that need a job; returns at once."""
+        target = self._preflight(spec, trials)
+        sweep = self._find_or_create_sweep(spec, target)
+        outcomes = self._classify(spec, sweep, trials, target, retry_failed)
+        self._create_runs(spec, sweep, target, [o for o in outcomes if o.action is Action.SUBMITTED])
+        self._queue(spec, target, [o for o in outcomes if o.action.queues_a_job])
+        return SweepReport(spec.name, sweep.run_id, self.tracking_uri, target.backend.name, outcomes)
+
+    def _preflight(self, spec: SweepSpec, trials: Sequence[Trial]) -> _SweepTarget:
+        """The scheduler can run these resources, the checkpoints can be written, the data exists."""
         backend = make_backend(resolve_cluster(spec.resources))
         resources = job_resources(spec)
         backend.check(resources)
-        checkpoint_root = spec.resolved_checkpoint_root(self.workspace.root)
-        storage_options = spec.storage.storage_options()
-        _check_storage(checkpoint_root, storage_options)
+        target = _SweepTarget(
+            backend=backend,
+            resources=resources,
+            checkpoint_root=spec.resolved_checkpoint_root(self.workspace.root),
+            storage_options=spec.storage.storage_options(),
+        )
+        _check_storage(target.checkpoint_root, target.storage_options)
         _check_data(trials)
+        return target
 
+    def _find_or_create_sweep(self, spec: SweepSpec, target: _SweepTarget) -> RunRecord:
         experiment = self.registry.experiment_id(spec.tracking.experiment)
         sweep = self.registry.find_sweep(experiment, spec.name)
-        spec_dir = Path(spec.source_file).parent if spec.source_file else Path.cwd()
-        sweep_tags = {TAG_SPEC_HASH: spec.spec_hash(), TAG_TASK: spec.task, TAG_BACKEND: backend.name}
+        tags = {TAG_SPEC_HASH: spec.spec_hash(), TAG_TASK: spec.task, TAG_BACKEND: target.backend.name}
         if spec.description:
-            sweep_tags["mlflow.note.content"] = spec.description
+            tags[TAG_NOTE] = spec.description
         if sweep is None:
-            sweep = self.registry.create_sweep(experiment, spec.name, sweep_tags)
+            sweep = self.registry.create_sweep(experiment, spec.name, tags)
         else:
-            self.registry.set_tags(sweep.run_id, sweep_tags)
+            self.registry.set_tags(sweep.run_id, tags)
+            sweep.tags.update(tags)
         if spec.source_file:
-            self.registry.client.log_artifact(sweep.run_id, spec.source_file)
+            self.registry.log_artifact(sweep.run_id, spec.source_file)
+        return sweep
 
+    def _classify(
+        self, spec: SweepSpec, sweep: RunRecord, trials: Sequence[Trial], target: _SweepTarget, retry_failed: bool
+    ) -> list[TrialOutcome]:
+        """New trials, and what becomes of those the sweep already has (running, finished, failed)."""
         known = {record.trial_key: record for record in self.registry.trials(sweep)}
         states = trial_states(list(known.values()))
-        outcomes: list[TrialOutcome] = []
-        to_run: list[tuple[TrialOutcome, str]] = []  # (outcome, checkpoint uri)
-        new_runs: list[tuple[TrialOutcome, tuple]] = []  # created below in one batch (see tracking_bulk)
-        configs: dict[str, dict] = {}
-        common_tags = {
-            TAG_SWEEP: spec.name,
-            TAG_SPEC_HASH: sweep_tags[TAG_SPEC_HASH],  # hashing the spec costs ~0.2 ms: once, not per trial
-            TAG_TASK: spec.task,
-            TAG_BACKEND: backend.name,
-            TAG_RESOURCES: json.dumps(resources.__dict__),
-            TAG_STORAGE_OPTIONS: json.dumps(storage_options),
-        }
-        commit = _git_commit(spec_dir)
-        if commit:
-            common_tags[TAG_GIT_COMMIT] = commit
+        outcomes = []
         for trial in trials:
             prior = known.get(trial.key)
-            if prior is not None:
+            if prior is None:
+                uri = f"{target.checkpoint_root.rstrip('/')}/{spec.name}/{trial.key}"
+                outcomes.append(TrialOutcome(trial, Action.SUBMITTED, run_id="", checkpoint_uri=uri))
+            else:
                 action = _action_for_existing(states[prior.run_id], retry_failed)
-                outcome = TrialOutcome(trial, prior.run_id, action)
-                outcomes.append(outcome)
-                if action == "resubmitted":
-                    to_run.append((outcome, prior.tags[TAG_CHECKPOINT]))
-                continue
-            checkpoint_uri = f"{checkpoint_root.rstrip('/')}/{spec.name}/{trial.key}"
-            config = configs[trial.key] = trial.config.to_dict()
-            params = {**{k: _get(config, k) for k in KEY_PARAMS}, **trial.params}
-            tags = {**common_tags, **_trial_tags(trial, checkpoint_uri)}
-            name = f"{spec.name}-{trial.index:03d}-{trial.key[:6]}"
-            outcome = TrialOutcome(trial, "", "submitted")  # run id filled in by the batch below
-            new_runs.append((outcome, (name, params, tags, config)))
-            to_run.append((outcome, checkpoint_uri))
-            outcomes.append(outcome)
+                outcomes.append(TrialOutcome(trial, action, prior.run_id, prior.tags[TAG_CHECKPOINT]))
+        return outcomes
 
-        if new_runs:
-            run_ids = self.registry.create_trials(sweep, [item for _, item in new_runs])
-            for (outcome, _), run_id in zip(new_runs, run_ids):
-                outcome.run_id = run_id
-        if to_run:
-            jobs = [
-                self._job(o.run_id, configs.get(o.trial.key) or o.trial.config.to_dict(), uri, resources, storage_options)
-                for o, uri in to_run
-            ]
-            names = [f"{spec.name}.{o.trial.index:03d}.{o.trial.key[:8]}" for o, _ in to_run]
-            handles = self._submit(backend, jobs, names, resources, spec.name, [o.run_id for o, _ in to_run])
-            for (outcome, _), handle in zip(to_run, handles):
-                outcome.job_id = handle.job_id
-        return SweepReport(spec.name, sweep.run_id, self.tracking_uri, backend.name, outcomes)
+    def _create_runs(self, spec: SweepSpec, sweep: RunRecord, target: _SweepTarget, new: list[TrialOutcome]) -> None:
+        """One MLflow run per new trial, created in one batch (see tracking_bulk); fills in their run ids."""
+        if not new:
+            return
+        common_tags = {
+            TAG_SWEEP: spec.name,
+            TAG_SPEC_HASH: sweep.tags[TAG_SPEC_HASH],  # hashing the spec costs ~0.2 ms: once, not per trial
+            TAG_TASK: spec.task,
+            TAG_BACKEND: target.backend.name,
+            TAG_RESOURCES: json.dumps(target.resources.__dict__),
+            TAG_STORAGE_OPTIONS: json.dumps(target.storage_options),
+        }
+        commit = _git_commit(Path(spec.source_file).parent if spec.source_file else Path.cwd())
+        if commit:
+            common_tags[TAG_GIT_COMMIT] = commit
+        runs = [self._new_trial_run(spec, outcome, common_tags) for outcome in new]
+        for outcome, run_id in zip(new, self.registry.create_trials(sweep, runs)):
+            outcome.run_id = run_id
+
+    @staticmethod
+    def _new_trial_run(spec: SweepSpec, outcome: TrialOutcome, common_tags: dict[str, str]) -> NewTrialRun:
+        trial = outcome.trial
+        config = trial.config.to_dict()
+        tags = {
+            **common_tags,
+            TAG_TRIAL_KEY: trial.key,
+            TAG_TRIAL_INDEX: str(trial.index),
+            TAG_CHECKPOINT: outcome.checkpoint_uri,
+            TAG_SWEPT: json.dumps(trial.params),
+            TAG_TOTAL_STEPS: str(trial.config.train.steps),
+        }
+        if trial.config.eval.pretrain_run_id:  # an evaluation trial: link it to what it evaluates
+            tags[TAG_PRETRAIN_RUN] = trial.config.eval.pretrain_run_id
+        params = {**{k: _get(config, k) for k in KEY_PARAMS}, **trial.params}
+        return NewTrialRun(trial_run_name(spec.name, trial.index, trial.key), params, tags, config)
+
+    def _queue(self, spec: SweepSpec, target: _SweepTarget, outcomes: list[TrialOutcome]) -> None:
+        if not outcomes:
+            return
+        queued = [
+            _QueuedJob(
+                run_id=o.run_id,
+                name=trial_job_name(spec.name, o.trial.index, o.trial.key),
+                job=self._job(o.run_id, o.trial.config.to_dict(), o.checkpoint_uri, target.resources, target.storage_options),
+            )
+            for o in outcomes
+        ]
+        handles = self._submit(target.backend, target.resources, spec.name, queued)
+        for outcome, handle in zip(outcomes, handles):
+            outcome.job_id = handle.job_id
 
     def _job(
         self, run_id: str, config: dict, checkpoint_uri: str, resources: JobResources, storage_options: dict
@@ -228,18 +289,23 @@ class Launcher:
             storage_options=storage_options,
         )
 
-    def _submit(self, backend, jobs, names, resources, sweep_name, run_ids) -> list[JobHandle]:
+    def _submit(
+        self, backend: Backend, resources: JobResources, sweep_name: str, queued: list[_QueuedJob]
+    ) -> list[JobHandle]:
+        """Queue the jobs with the scheduler and record their job ids on their runs."""
         try:
-            handles = backend.submit(jobs, names, resources, self.workspace.log_dir(sweep_name))
+            handles = backend.submit(
+                [q.job for q in queued], [q.name for q in queued], resources, self.workspace.log_dir(sweep_name)
+            )
         except Exception as problem:
             # Nothing half-submitted: runs we just queued are marked failed, with the reason.
-            for run_id in run_ids:
-                self.registry.set_tags(run_id, {"vitolaunch.submit_error": str(problem)[:500]})
-                self.registry.set_status(run_id, "FAILED")
+            for q in queued:
+                self.registry.set_tags(q.run_id, {TAG_SUBMIT_ERROR: str(problem)[:500]})
+                self.registry.set_status(q.run_id, RunStatus.FAILED)
             raise VitolaunchError(f"submission to {backend.name} failed: {problem}") from problem
         self.registry.set_tags_many(
-            {run_id: {TAG_JOB_ID: handle.job_id, TAG_LOG_DIR: handle.log_dir} for run_id, handle in zip(run_ids, handles)},
-            status="SCHEDULED",
+            {q.run_id: {TAG_JOB_ID: h.job_id, TAG_LOG_DIR: h.log_dir} for q, h in zip(queued, handles)},
+            status=RunStatus.SCHEDULED,
         )
         return handles
 
@@ -247,10 +313,10 @@ class Launcher:
     def resume(self, run_or_sweep: str) -> list[TrialOutcome | RunRecord]:
         """Continue a trial (or every unfinished trial of a sweep) from its newest committed checkpoint."""
         target = self.registry.resolve(run_or_sweep)
-        trials = self.registry.trials(target) if target.kind == "sweep" else [target]
+        trials = self.registry.trials(target) if target.kind == KIND_SWEEP else [target]
         states = trial_states(trials)
         runnable = [t for t in trials if not states[t.run_id].is_active and states[t.run_id] is not TrialState.COMPLETED]
-        if target.kind == "trial" and not runnable:
+        if target.kind == KIND_TRIAL and not runnable:
             state = states[target.run_id]
             raise VitolaunchError(
                 f"trial {target.run_id} is {state.value}: nothing to resume"
@@ -265,20 +331,23 @@ class Launcher:
             backend = make_backend(backend_name)
             resources = JobResources(**group[0].resources)
             backend.check(resources)
-            jobs = [
-                self._job(t.run_id, self.registry.config_of(t), t.tags[TAG_CHECKPOINT], resources,
-                          json.loads(t.tags.get(TAG_STORAGE_OPTIONS, "{}")))
+            queued = [
+                _QueuedJob(
+                    run_id=t.run_id,
+                    name=trial_job_name(t.sweep, t.trial_index, t.trial_key),
+                    job=self._job(t.run_id, self.registry.config_of(t), t.tags[TAG_CHECKPOINT], resources,
+                                  json.loads(t.tags.get(TAG_STORAGE_OPTIONS, "{}"))),
+                )
                 for t in group
             ]
-            names = [t.name for t in group]
-            self._submit(backend, jobs, names, resources, group[0].sweep, [t.run_id for t in group])
+            self._submit(backend, resources, group[0].sweep, queued)
             resubmitted.extend(self.registry.get(t.run_id) for t in group)
         return resubmitted
 
     # -- cancel and logs -------------------------------------------------------------------------
     def _trials_of(self, run_or_sweep: str) -> list[RunRecord]:
         target = self.registry.resolve(run_or_sweep)
-        return self.registry.trials(target) if target.kind == "sweep" else [target]
+        return self.registry.trials(target) if target.kind == KIND_SWEEP else [target]
 
     def cancel(self, run_or_sweep: str) -> list[RunRecord]:
         trials = self._trials_of(run_or_sweep)
@@ -289,12 +358,12 @@ class Launcher:
             by_backend.setdefault(trial.tags.get(TAG_BACKEND, "local"), []).append(trial)
         for backend_name, group in by_backend.items():  # one scancel for a whole sweep, not one per trial
             make_backend(backend_name).cancel([JobHandle(t.tags[TAG_JOB_ID], t.tags.get(TAG_LOG_DIR, "")) for t in group])
-            self.registry.set_tags_many({t.run_id: {} for t in group}, status="KILLED")
+            self.registry.set_tags_many({t.run_id: {} for t in group}, status=RunStatus.KILLED)
         return active
 
     def log_file(self, run_id: str, rank: int, stderr: bool = False) -> Path:
         trial = self.registry.resolve(run_id)
-        if trial.kind != "trial":
+        if trial.kind != KIND_TRIAL:
             raise VitolaunchError(f"{run_id} is a sweep: give one of its trials' run ids (see `vitolaunch status`)")
         if TAG_JOB_ID not in trial.tags:
             raise VitolaunchError(f"trial {trial.run_id} has no job yet")

@@ -12,34 +12,27 @@ from pathlib import Path
 from typing import Any
 
 from vitolaunch.errors import VitolaunchError
-
-TAG_KIND = "vitolaunch.kind"
-TAG_SWEEP = "vitolaunch.sweep"
-TAG_SPEC_HASH = "vitolaunch.spec_hash"
-TAG_TRIAL_KEY = "vitolaunch.trial_key"
-TAG_TRIAL_INDEX = "vitolaunch.trial_index"
-TAG_TASK = "vitolaunch.task"
-TAG_BACKEND = "vitolaunch.backend"
-TAG_JOB_ID = "vitolaunch.job_id"
-TAG_LOG_DIR = "vitolaunch.log_dir"
-TAG_CHECKPOINT = "vitolaunch.checkpoint_uri"
-TAG_RESOURCES = "vitolaunch.resources"
-TAG_STORAGE_OPTIONS = "vitolaunch.storage_options"  # non-secret fsspec options, e.g. an S3 endpoint
-TAG_SWEPT = "vitolaunch.swept_params"
-TAG_TOTAL_STEPS = "vitolaunch.total_steps"
-TAG_GIT_COMMIT = "mlflow.source.git.commit"
-TAG_PARENT = "mlflow.parentRunId"
-TAG_RUN_NAME = "mlflow.runName"
-
-CONFIG_ARTIFACT = "config.json"
-SPEC_ARTIFACT = "sweep_spec.yaml"
+from vitolaunch.records import (
+    CONFIG_ARTIFACT,
+    KIND_SWEEP,
+    KIND_TRIAL,
+    TAG_KIND,
+    TAG_PARENT,
+    TAG_RESOURCES,
+    TAG_SWEEP,
+    TAG_SWEPT,
+    TAG_TRIAL_INDEX,
+    TAG_TRIAL_KEY,
+    RunStatus,
+    set_run_status,
+)
 
 
 @dataclass
 class RunRecord:
     run_id: str
     name: str
-    status: str  # MLflow's: SCHEDULED, RUNNING, FINISHED, FAILED, KILLED
+    status: str  # a RunStatus value: SCHEDULED, RUNNING, FINISHED, FAILED, KILLED
     start_time: float | None  # seconds since epoch
     end_time: float | None
     tags: dict[str, str]
@@ -55,6 +48,10 @@ class RunRecord:
     @property
     def sweep(self) -> str:
         return self.tags.get(TAG_SWEEP, "")
+
+    @property
+    def parent_run_id(self) -> str | None:
+        return self.tags.get(TAG_PARENT)
 
     @property
     def trial_key(self) -> str:
@@ -73,7 +70,19 @@ class RunRecord:
         return json.loads(self.tags.get(TAG_RESOURCES, "{}"))
 
 
+@dataclass
+class NewTrialRun:
+    """A trial run to create: its name, its params (shown as MLflow columns), its tags and full config."""
+
+    name: str
+    params: dict[str, Any]
+    tags: dict[str, str]
+    config: dict[str, Any]
+
+
 def _record(run) -> RunRecord:
+    from vitolaunch.mlflow_compat import newest_metric_time_s
+
     info, data = run.info, run.data
     return RunRecord(
         run_id=info.run_id,
@@ -85,7 +94,7 @@ def _record(run) -> RunRecord:
         params=dict(data.params),
         metrics=dict(data.metrics),
         experiment_id=info.experiment_id,
-        last_metric_time=max((m.timestamp for m in getattr(data, "_metric_objs", []) or []), default=0) / 1000 or None,
+        last_metric_time=newest_metric_time_s(run),
     )
 
 
@@ -94,37 +103,52 @@ class TrackingUnreachable(VitolaunchError):
 
 
 class RunQueries:
-    """The read side of the registry, built on two primitives a store implements: `get` and `_find`."""
+    """The read side of the registry, built on two primitives a store implements: `find_run` and `find_runs`."""
 
     tracking_uri: str
 
-    def get(self, run_id: str) -> RunRecord:
+    def find_run(self, run_id: str) -> RunRecord | None:
+        """The run with this exact id, or None if the store has none (a store that cannot be read raises)."""
         raise NotImplementedError
 
-    def _find(self, tags: dict[str, str], experiment_ids: list[str] | None = None) -> list[RunRecord]:
+    def find_runs(self, tags: dict[str, str], experiment_ids: list[str] | None = None) -> list[RunRecord]:
         """Active runs carrying all these tag values (in the given experiments, or all)."""
         raise NotImplementedError
 
+    def get(self, run_id: str) -> RunRecord:
+        record = self.find_run(run_id)
+        if record is None:
+            raise VitolaunchError(f"no run {run_id} in {self.tracking_uri}")
+        return record
+
     def find_sweep(self, experiment_id: str, sweep_name: str) -> RunRecord | None:
-        runs = self._find({TAG_KIND: "sweep", TAG_SWEEP: sweep_name}, [experiment_id])
+        runs = self.find_runs({TAG_KIND: KIND_SWEEP, TAG_SWEEP: sweep_name}, [experiment_id])
         return runs[0] if runs else None
 
     def sweeps(self) -> list[RunRecord]:
-        return self._find({TAG_KIND: "sweep"})
+        return self.find_runs({TAG_KIND: KIND_SWEEP})
+
+    def all_trials(self) -> list[RunRecord]:
+        return self.find_runs({TAG_KIND: KIND_TRIAL})
 
     def trials(self, sweep: RunRecord) -> list[RunRecord]:
-        runs = self._find({TAG_PARENT: sweep.run_id}, [sweep.experiment_id])
+        runs = self.find_runs({TAG_PARENT: sweep.run_id}, [sweep.experiment_id])
         return sorted(runs, key=lambda r: (r.trial_index, r.start_time or 0))
+
+    def sweep_of(self, record: RunRecord) -> RunRecord:
+        """A sweep itself, or the sweep a trial belongs to."""
+        if record.kind == KIND_SWEEP or not record.parent_run_id:
+            return record
+        return self.get(record.parent_run_id)
 
     def resolve(self, run_or_sweep: str) -> RunRecord:
         """A run by full id, by unique id prefix, or a sweep by name."""
-        try:
-            return self.get(run_or_sweep)
-        except Exception:
-            pass
+        exact = self.find_run(run_or_sweep)
+        if exact is not None:
+            return exact
         candidates = [s for s in self.sweeps() if s.sweep == run_or_sweep or s.run_id.startswith(run_or_sweep)]
         if not candidates:
-            candidates = [r for r in self._find({TAG_KIND: "trial"}) if r.run_id.startswith(run_or_sweep)]
+            candidates = [r for r in self.all_trials() if r.run_id.startswith(run_or_sweep)]
         if len(candidates) == 1:
             return candidates[0]
         if not candidates:
@@ -133,107 +157,112 @@ class RunQueries:
 
 
 class Registry(RunQueries):
+    """The read and write side, through MLflow's client: works against any tracking store."""
+
     def __init__(self, tracking_uri: str, artifact_root: Path | None = None):
         from mlflow.tracking import MlflowClient
 
         self.tracking_uri = tracking_uri
-        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self._client = MlflowClient(tracking_uri=tracking_uri)
         # With a sqlite store MLflow would put artifacts under ./mlartifacts of whatever folder the
         # command runs in: pin them next to the database instead.
         self.artifact_root = artifact_root
 
     # -- experiments and sweeps ------------------------------------------------------------------
     def experiment_id(self, name: str) -> str:
+        """The id of the experiment with this name, created if it does not exist yet."""
         try:
-            experiment = self.client.get_experiment_by_name(name)
+            experiment = self._client.get_experiment_by_name(name)
             if experiment is not None:
                 return experiment.experiment_id
             location = None
             if self.artifact_root is not None and self.tracking_uri.startswith("sqlite:"):
                 location = (self.artifact_root / name).as_uri()
-            return self.client.create_experiment(name, artifact_location=location)
+            return self._client.create_experiment(name, artifact_location=location)
         except Exception as problem:
             raise TrackingUnreachable(f"MLflow at {self.tracking_uri} failed: {_first_line(problem)}") from problem
 
+    def experiment_name(self, experiment_id: str) -> str:
+        return self._client.get_experiment(experiment_id).name
+
     def create_sweep(self, experiment_id: str, sweep_name: str, tags: dict[str, str]) -> RunRecord:
-        run = self.client.create_run(
-            experiment_id, run_name=sweep_name, tags={TAG_KIND: "sweep", TAG_SWEEP: sweep_name, **tags}
+        run = self._client.create_run(
+            experiment_id, run_name=sweep_name, tags={TAG_KIND: KIND_SWEEP, TAG_SWEEP: sweep_name, **tags}
         )
         return _record(run)
 
-    def create_trial(
-        self, sweep: RunRecord, name: str, params: dict[str, Any], tags: dict[str, str], config: dict[str, Any]
-    ) -> str:
-        from mlflow.entities import Param
+    def create_trials(self, sweep: RunRecord, trials: list[NewTrialRun]) -> list[str]:
+        """The trials' runs (SCHEDULED until a job picks them up), in order; one transaction on a SQL store."""
+        from vitolaunch.tracking_bulk import create_runs
 
-        run = self.client.create_run(
-            sweep.experiment_id, run_name=name, tags={TAG_KIND: "trial", TAG_PARENT: sweep.run_id, **tags}
-        )
-        run_id = run.info.run_id
-        self.client.log_batch(run_id, params=[Param(k, _param_value(v)) for k, v in params.items()])
-        self.client.log_dict(run_id, config, CONFIG_ARTIFACT)
-        # Queued until a job picks it up; the job moves it to RUNNING.
-        self.client.update_run(run_id, status="SCHEDULED")
-        return run_id
+        runs = [_new_run(sweep, trial) for trial in trials]
+        return create_runs(self._client, sweep.experiment_id, runs, status=RunStatus.SCHEDULED)
 
-    def create_trials(self, sweep: RunRecord, trials: list[tuple[str, dict[str, Any], dict[str, str], dict[str, Any]]]) -> list[str]:
-        """Many `create_trial`s (name, params, tags, config) at once: one transaction on a SQL store."""
-        from vitolaunch.tracking_bulk import NewRun, create_runs
+    def create_trial(self, sweep: RunRecord, trial: NewTrialRun) -> str:
+        """One trial's run through MLflow's public API alone (what `create_trials` must be equivalent to)."""
+        from vitolaunch.tracking_bulk import create_run_one_by_one
 
-        runs = [
-            NewRun(
-                name=name,
-                tags={TAG_KIND: "trial", TAG_PARENT: sweep.run_id, **tags},
-                params={k: _param_value(v) for k, v in params.items()},
-                artifacts={CONFIG_ARTIFACT: config},
-            )
-            for name, params, tags, config in trials
-        ]
-        return create_runs(self.client, sweep.experiment_id, runs, status="SCHEDULED")
+        return create_run_one_by_one(self._client, sweep.experiment_id, _new_run(sweep, trial), RunStatus.SCHEDULED)
 
-    def set_tags_many(self, tags_by_run: dict[str, dict[str, str]], status: str | None = None) -> None:
-        """Tags (and optionally SCHEDULED/RUNNING status) on many runs at once."""
+    def log_artifact(self, run_id: str, local_path: str) -> None:
+        self._client.log_artifact(run_id, local_path)
+
+    def set_tags_many(self, tags_by_run: dict[str, dict[str, str]], status: RunStatus | None = None) -> None:
+        """Tags (and optionally a status) on many runs at once."""
         from vitolaunch.tracking_bulk import tag_runs
 
-        tag_runs(self.client, tags_by_run, status)
+        tag_runs(self._client, tags_by_run, status)
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
 
-        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        self._client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
-    def set_status(self, run_id: str, status: str) -> None:
-        if status in ("SCHEDULED", "RUNNING"):
-            self.client.update_run(run_id, status=status)
-        else:
-            self.client.set_terminated(run_id, status=status)
+    def set_status(self, run_id: str, status: RunStatus | str) -> None:
+        set_run_status(self._client, run_id, status)
 
-    def get(self, run_id: str) -> RunRecord:
-        return _record(self.client.get_run(run_id))
+    def find_run(self, run_id: str) -> RunRecord | None:
+        from vitolaunch.mlflow_compat import is_missing_run
+
+        try:
+            return _record(self._client.get_run(run_id))
+        except Exception as problem:
+            if is_missing_run(problem):
+                return None
+            raise
 
     def config_of(self, trial: RunRecord) -> dict[str, Any]:
         """The full resolved vito config a trial was submitted with."""
         import tempfile
 
         with tempfile.TemporaryDirectory() as tmp:
-            path = self.client.download_artifacts(trial.run_id, CONFIG_ARTIFACT, tmp)
+            path = self._client.download_artifacts(trial.run_id, CONFIG_ARTIFACT, tmp)
             return json.loads(Path(path).read_text())
 
-    def _find(self, tags: dict[str, str], experiment_ids: list[str] | None = None) -> list[RunRecord]:
+    def find_runs(self, tags: dict[str, str], experiment_ids: list[str] | None = None) -> list[RunRecord]:
         if experiment_ids is None:
-            experiment_ids = [e.experiment_id for e in self.client.search_experiments()]
+            experiment_ids = [e.experiment_id for e in self._client.search_experiments()]
         if not experiment_ids:
             return []
-        return self._search(experiment_ids, " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items()))
-
-    def _search(self, experiment_ids: list[str], filter_string: str) -> list[RunRecord]:
+        filter_string = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
         runs, token = [], None
         while True:
-            page = self.client.search_runs(experiment_ids, filter_string, max_results=1000, page_token=token)
+            page = self._client.search_runs(experiment_ids, filter_string, max_results=1000, page_token=token)
             runs.extend(_record(r) for r in page)
             token = page.token
             if not token:
                 return runs
+
+
+def _new_run(sweep: RunRecord, trial: NewTrialRun):
+    from vitolaunch.tracking_bulk import NewRun
+
+    return NewRun(
+        name=trial.name,
+        tags={TAG_KIND: KIND_TRIAL, TAG_PARENT: sweep.run_id, **trial.tags},
+        params={k: _param_value(v) for k, v in trial.params.items()},
+        artifacts={CONFIG_ARTIFACT: trial.config},
+    )
 
 
 def _param_value(value: Any) -> str:
@@ -243,4 +272,3 @@ def _param_value(value: Any) -> str:
 def _first_line(problem: Exception) -> str:
     lines = str(problem).strip().splitlines()
     return lines[0][:300] if lines else type(problem).__name__
-

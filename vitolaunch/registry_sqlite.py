@@ -28,13 +28,11 @@ class SqliteRunReader(RunQueries):
             raise FileNotFoundError(path)
         self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
 
-    def get(self, run_id: str) -> RunRecord:
+    def find_run(self, run_id: str) -> RunRecord | None:
         records = self._records("runs.run_uuid = ?", [run_id])
-        if not records:
-            raise KeyError(run_id)
-        return records[0]
+        return records[0] if records else None
 
-    def _find(self, tags: dict[str, str], experiment_ids: list[str] | None = None) -> list[RunRecord]:
+    def find_runs(self, tags: dict[str, str], experiment_ids: list[str] | None = None) -> list[RunRecord]:
         conditions, args = [], []
         for key, value in tags.items():
             conditions.append("runs.run_uuid IN (SELECT run_uuid FROM tags WHERE key = ? AND value = ?)")

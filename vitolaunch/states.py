@@ -15,10 +15,16 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from vitolaunch.backends import JobHandle, SchedulerState, make_backend
-from vitolaunch.registry import TAG_BACKEND, TAG_JOB_ID, TAG_LOG_DIR, RunRecord
+from vitolaunch.records import (
+    TAG_BACKEND,
+    TAG_JOB_ID,
+    TAG_JOB_STARTED_AT,
+    TAG_LOG_DIR,
+    TAG_STOPPED_AT_STEP,
+    RunStatus,
+)
+from vitolaunch.registry import RunRecord
 
-STOPPED_TAG = "vitolaunch.stopped_at_step"
-STARTED_TAG = "vitolaunch.job_started_at"  # set by the job at every (re)start
 STALLED_AFTER_ENV = "VITOLAUNCH_STALLED_AFTER_S"
 DEFAULT_STALLED_AFTER_S = 600.0
 
@@ -62,15 +68,16 @@ _FROM_SCHEDULER = {
 
 
 def merge_state(record: RunRecord, scheduler: SchedulerState | None) -> TrialState:
-    if record.status == "FINISHED":
+    status = RunStatus(record.status)
+    if status is RunStatus.FINISHED:
         return TrialState.COMPLETED
-    if record.status == "FAILED":
+    if status is RunStatus.FAILED:
         return TrialState.FAILED
-    if record.status == "KILLED":
-        return TrialState.INTERRUPTED if STOPPED_TAG in record.tags else TrialState.CANCELLED
+    if status is RunStatus.KILLED:
+        return TrialState.INTERRUPTED if TAG_STOPPED_AT_STEP in record.tags else TrialState.CANCELLED
     if scheduler is None:  # queued in MLflow, no job id yet: submission in flight
         return TrialState.QUEUED
-    if scheduler is SchedulerState.RUNNING and record.status == "SCHEDULED":
+    if scheduler is SchedulerState.RUNNING and status is RunStatus.SCHEDULED:
         return TrialState.RUNNING
     return _FROM_SCHEDULER[scheduler]
 
@@ -78,7 +85,7 @@ def merge_state(record: RunRecord, scheduler: SchedulerState | None) -> TrialSta
 def last_activity(record: RunRecord, job_started: float | None = None) -> float | None:
     """Newest sign of life of a trial (epoch s): a logged metric, the job's (re)start, or None if unknown."""
     try:
-        tagged = float(record.tags.get(STARTED_TAG, "0"))
+        tagged = float(record.tags.get(TAG_JOB_STARTED_AT, "0"))
     except ValueError:
         tagged = 0.0
     newest = max(record.last_metric_time or 0.0, tagged, job_started or 0.0)
@@ -99,7 +106,7 @@ def trial_states(
     states: dict[str, TrialState] = {}
     for record in records:
         job_id = record.tags.get(TAG_JOB_ID)
-        if record.status in ("FINISHED", "FAILED", "KILLED") or not job_id:
+        if RunStatus(record.status).is_terminal or not job_id:
             states[record.run_id] = merge_state(record, None)
         else:
             handle = JobHandle(job_id, record.tags.get(TAG_LOG_DIR, ""))

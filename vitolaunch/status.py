@@ -7,7 +7,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from vitolaunch.registry import TAG_JOB_ID, TAG_TOTAL_STEPS, RunQueries, RunRecord
+from vitolaunch.records import TAG_JOB_ID, TAG_TOTAL_STEPS
+from vitolaunch.registry import RunQueries, RunRecord
 from vitolaunch.states import TrialState, trial_states
 
 
@@ -39,7 +40,7 @@ def _elapsed(record: RunRecord, state: TrialState) -> float | None:
 def collect_rows(registry: RunQueries, sweep_filter: str | None = None, stalled_after: float | None = None) -> list[TrialRow]:
     if sweep_filter:
         target = registry.resolve(sweep_filter)
-        sweeps = [target] if target.kind == "sweep" else [registry.get(target.tags["mlflow.parentRunId"])]
+        sweeps = [registry.sweep_of(target)]
     else:
         sweeps = sorted(registry.sweeps(), key=lambda s: s.start_time or 0)
     rows = []

@@ -26,6 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vitolaunch.mlflow_compat import sql_models, sql_store
+from vitolaunch.records import RunStatus, set_run_status
+
 log = logging.getLogger(__name__)
 _THREADS = 8
 
@@ -36,16 +39,6 @@ class NewRun:
     tags: dict[str, str]  # complete: kind, parent and the trial's own
     params: dict[str, str]
     artifacts: dict[str, Any]  # artifact file name -> JSON-able payload
-
-
-def _sql_store(client):
-    try:
-        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-        store = client._tracking_client.store
-    except (ImportError, AttributeError):
-        return None
-    return store if isinstance(store, SqlAlchemyStore) else None
 
 
 def _local_artifact_dir(artifact_uri: str) -> Path | None:
@@ -68,21 +61,22 @@ def _write_artifacts(client, run_id: str, artifact_uri: str, artifacts: dict[str
             client.log_dict(run_id, payload, name)
 
 
-def create_runs(client, experiment_id: str, runs: Sequence[NewRun], status: str = "SCHEDULED") -> list[str]:
+def create_runs(client, experiment_id: str, runs: Sequence[NewRun], status: RunStatus = RunStatus.SCHEDULED) -> list[str]:
     """Create `runs` (in order) in one experiment, each with its tags, params and JSON artifacts."""
     if not runs:
         return []
-    store = _sql_store(client)
+    store = sql_store(client)
     if store is not None:
         try:
             return _create_sql(client, store, experiment_id, runs, status)
         except (ImportError, AttributeError, TypeError) as problem:
             log.warning("bulk run creation unavailable (%s): creating runs one by one", problem)
     with ThreadPoolExecutor(_THREADS) as pool:
-        return list(pool.map(lambda run: _create_one(client, experiment_id, run, status), runs))
+        return list(pool.map(lambda run: create_run_one_by_one(client, experiment_id, run, status), runs))
 
 
-def _create_one(client, experiment_id: str, run: NewRun, status: str) -> str:
+def create_run_one_by_one(client, experiment_id: str, run: NewRun, status: RunStatus) -> str:
+    """One run through MLflow's public API: four round trips, and what the bulk path must be equal to."""
     from mlflow.entities import Param
 
     created = client.create_run(experiment_id, run_name=run.name, tags=run.tags)
@@ -91,19 +85,19 @@ def _create_one(client, experiment_id: str, run: NewRun, status: str) -> str:
         client.log_batch(run_id, params=[Param(k, v) for k, v in run.params.items()])
     for name, payload in run.artifacts.items():
         client.log_dict(run_id, payload, name)
-    client.update_run(run_id, status=status)
+    set_run_status(client, run_id, status)
     return run_id
 
 
-def _create_sql(client, store, experiment_id: str, runs: Sequence[NewRun], status: str) -> list[str]:
+def _create_sql(client, store, experiment_id: str, runs: Sequence[NewRun], status: RunStatus) -> list[str]:
     from mlflow.entities import LifecycleStage, SourceType
-    from mlflow.store.tracking.dbmodels.models import SqlParam, SqlRun, SqlTag
     from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME, MLFLOW_USER
     from mlflow.utils.uri import append_to_uri_path
 
     experiment = store.get_experiment(experiment_id)
     if experiment.lifecycle_stage != LifecycleStage.ACTIVE:
         raise ValueError(f"experiment {experiment_id} is not active")
+    SqlRun, SqlTag, SqlParam = sql_models()
     now = int(time.time() * 1000)
     run_rows, tag_rows, param_rows = [], [], []
     created: list[tuple[str, str, NewRun]] = []
@@ -121,7 +115,7 @@ def _create_sql(client, store, experiment_id: str, runs: Sequence[NewRun], statu
             "source_name": "",
             "entry_point_name": "",
             "user_id": tags.get(MLFLOW_USER, "unknown"),
-            "status": status,
+            "status": RunStatus(status).value,
             "start_time": now,
             "end_time": None,
             "deleted_time": None,
@@ -147,15 +141,12 @@ def _create_sql(client, store, experiment_id: str, runs: Sequence[NewRun], statu
     return [run_id for run_id, _, _ in created]
 
 
-_ACTIVE = ("SCHEDULED", "RUNNING")
-
-
-def tag_runs(client, tags_by_run: dict[str, dict[str, str]], status: str | None = None) -> None:
+def tag_runs(client, tags_by_run: dict[str, dict[str, str]], status: RunStatus | None = None) -> None:
     """Set tags on many runs, and optionally their status, in one transaction. A terminal status (FINISHED,
     FAILED, KILLED) also sets the end time, as `set_terminated` does."""
     if not tags_by_run:
         return
-    store = _sql_store(client)
+    store = sql_store(client)
     if store is not None:
         try:
             _tag_sql(store, tags_by_run, status)
@@ -169,22 +160,16 @@ def tag_runs(client, tags_by_run: dict[str, dict[str, str]], status: str | None 
         run_id, tags = item
         if tags:
             client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
-        if status in _ACTIVE:
-            client.update_run(run_id, status=status)
-        elif status:
-            client.set_terminated(run_id, status=status)
+        if status:
+            set_run_status(client, run_id, status)
 
     with ThreadPoolExecutor(_THREADS) as pool:
         list(pool.map(one, tags_by_run.items()))
 
 
-def _tag_sql(store, tags_by_run: dict[str, dict[str, str]], status: str | None) -> None:
-    from mlflow.store.tracking.dbmodels.models import SqlRun, SqlTag
-
-    from mlflow.entities import RunStatus
-
-    if status:
-        RunStatus.from_string(status)  # the same validation as MlflowClient
+def _tag_sql(store, tags_by_run: dict[str, dict[str, str]], status: RunStatus | None) -> None:
+    SqlRun, SqlTag, _ = sql_models()
+    status = RunStatus(status) if status else None
     run_ids = list(tags_by_run)
     keys = sorted({k for tags in tags_by_run.values() for k in tags})
     batches = [run_ids[i : i + 500] for i in range(0, len(run_ids), 500)]  # SQL variable limits
@@ -202,8 +187,8 @@ def _tag_sql(store, tags_by_run: dict[str, dict[str, str]], status: str | None) 
                 else:
                     session.add(SqlTag(run_uuid=run_id, key=key, value=value))
         if status:
-            values = {SqlRun.status: status}
-            if status not in _ACTIVE:
+            values = {SqlRun.status: status.value}
+            if status.is_terminal:  # as set_run_status: a terminal status stamps the end time
                 values[SqlRun.end_time] = int(time.time() * 1000)
             for batch in batches:
                 session.query(SqlRun).filter(SqlRun.run_uuid.in_(batch)).update(values, synchronize_session=False)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from vitolaunch.registry import Registry
+from mlflow.tracking import MlflowClient
+
+from vitolaunch.registry import NewTrialRun, Registry
 from vitolaunch.registry_sqlite import SqliteRunReader, open_run_reader
 
 
@@ -21,11 +23,13 @@ def test_sqlite_reader_matches_the_mlflow_client(tmp_path):
     other = registry.create_sweep(registry.experiment_id("other"), "beta", {})
     run_ids = registry.create_trials(
         sweep,
-        [(f"alpha-{i}", {"loss.temperature": 0.1 * (i + 1)}, {"vitolaunch.trial_index": str(i), "vitolaunch.trial_key": f"k{i}"}, {"i": i})
+        [NewTrialRun(f"alpha-{i}", {"loss.temperature": 0.1 * (i + 1)},
+                     {"vitolaunch.trial_index": str(i), "vitolaunch.trial_key": f"k{i}"}, {"i": i})
          for i in range(3)],
     )
-    registry.client.log_metric(run_ids[1], "train/loss", 2.5, step=7)
-    registry.client.log_metric(run_ids[1], "train/loss", 1.5, step=8)
+    client = MlflowClient(uri)
+    client.log_metric(run_ids[1], "train/loss", 2.5, step=7)
+    client.log_metric(run_ids[1], "train/loss", 1.5, step=8)
     registry.set_status(run_ids[2], "FAILED")
 
     reader = open_run_reader(uri, tmp_path)

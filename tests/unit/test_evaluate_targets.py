@@ -12,7 +12,8 @@ from vito.checkpoint import CheckpointStore
 from vito.config import VitoConfig
 from vitolaunch.errors import SpecError, VitolaunchError
 from vitolaunch.evaluate_targets import expand_evaluate
-from vitolaunch.registry import TAG_CHECKPOINT, TAG_KIND, TAG_SWEEP, TAG_SWEPT, RunRecord
+from vitolaunch.records import TAG_CHECKPOINT, TAG_KIND, TAG_SWEEP, TAG_SWEPT
+from vitolaunch.registry import RunRecord
 from vitolaunch.spec import expand, load_spec
 
 PRETRAIN = VitoConfig.model_validate({"model": {"width": 8}, "train": {"steps": 7}, "eval": {"train_clips": 9}})
@@ -28,21 +29,12 @@ def committed_store(root: Path, steps: tuple[int, ...]) -> str:
     return str(root)
 
 
-class FakeClient:
-    def search_experiments(self):
-        return []
-
-    def get_experiment(self, experiment_id):
-        return type("Experiment", (), {"name": f"exp-{experiment_id}"})()
-
-
 class FakeRegistry:
     """resolve / trials / config_of over a fixed set of records, as vitolaunch.registry.Registry answers them."""
 
     def __init__(self, sweeps: dict[str, list[RunRecord]], configs: dict[str, dict]):
         self.sweeps = sweeps
         self.configs = configs
-        self.client = FakeClient()
 
     def resolve(self, reference: str) -> RunRecord:
         if reference in self.sweeps:
@@ -59,6 +51,12 @@ class FakeRegistry:
 
     def config_of(self, trial: RunRecord) -> dict:
         return self.configs[trial.run_id]
+
+    def all_trials(self) -> list[RunRecord]:
+        return []
+
+    def experiment_name(self, experiment_id: str) -> str:
+        return f"exp-{experiment_id}"
 
 
 def trial_record(run_id: str, checkpoint: str, status: str = "FINISHED", temperature: float = 0.1) -> RunRecord:

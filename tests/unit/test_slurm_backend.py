@@ -22,7 +22,8 @@ from vitolaunch.backends.slurm import (
     slurm_state,
 )
 from vitolaunch.registry import RunRecord
-from vitolaunch.states import STARTED_TAG, TrialState as T, trial_states
+from vitolaunch.records import TAG_JOB_STARTED_AT
+from vitolaunch.states import TrialState as T, trial_states
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -188,26 +189,30 @@ def test_a_running_trial_quiet_for_too_long_is_stalled(monkeypatch):
     assert trial_states([quiet], stalled_after=600, now=1700.0)["r"] is T.STALLED
     quiet.last_metric_time = 1650.0
     assert trial_states([quiet], stalled_after=600, now=1700.0)["r"] is T.RUNNING
-    restarted = _record("RUNNING", **{STARTED_TAG: "1690"})
+    restarted = _record("RUNNING", **{TAG_JOB_STARTED_AT: "1690"})
     assert trial_states([restarted], stalled_after=5, now=1700.0)["r"] is T.STALLED
     assert trial_states([restarted], stalled_after=60, now=1700.0)["r"] is T.RUNNING
     assert T.STALLED.is_active and not T.STALLED.is_terminal
 
 
 def test_bulk_trial_runs_match_runs_made_one_by_one(tmp_path):
-    from vitolaunch.registry import CONFIG_ARTIFACT, Registry
+    from mlflow.tracking import MlflowClient
 
-    registry = Registry(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "artifacts")
+    from vitolaunch.records import CONFIG_ARTIFACT
+    from vitolaunch.registry import NewTrialRun, Registry
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    registry = Registry(uri, tmp_path / "artifacts")
     experiment = registry.experiment_id("tests")
     sweep = registry.create_sweep(experiment, "bulk", {})
     params, tags, config = {"loss.temperature": 0.1, "model.scales": [4, 5]}, {"vitolaunch.sweep": "bulk"}, {"a": {"b": 1}}
-    one = registry.create_trial(sweep, "one", params, tags, config)
-    (many,) = registry.create_trials(sweep, [("many", params, tags, config)])
+    one = registry.create_trial(sweep, NewTrialRun("one", params, tags, config))
+    (many,) = registry.create_trials(sweep, [NewTrialRun("many", params, tags, config)])
     a, b = registry.get(one), registry.get(many)
     assert (a.status, a.params, a.kind, a.experiment_id) == (b.status, b.params, b.kind, b.experiment_id)
     assert {k: v for k, v in a.tags.items() if k != "mlflow.runName"} == {k: v for k, v in b.tags.items() if k != "mlflow.runName"}
     assert registry.config_of(b) == config == registry.config_of(a)
-    assert CONFIG_ARTIFACT in {f.path for f in registry.client.list_artifacts(many)}
+    assert CONFIG_ARTIFACT in {f.path for f in MlflowClient(uri).list_artifacts(many)}
     assert {r.run_id for r in registry.trials(sweep)} == {one, many}
 
     registry.set_tags_many({one: {"vitolaunch.job_id": "7_0"}, many: {"vitolaunch.job_id": "7_1", "x": "y"}}, status="RUNNING")

@@ -6,7 +6,8 @@ import pytest
 
 from vitolaunch.backends import SchedulerState as S
 from vitolaunch.registry import RunRecord
-from vitolaunch.states import STOPPED_TAG, TrialState as T, merge_state
+from vitolaunch.records import TAG_STOPPED_AT_STEP
+from vitolaunch.states import TrialState as T, merge_state
 
 
 def _run(status: str, **tags: str) -> RunRecord:
@@ -34,4 +35,4 @@ def test_merge(mlflow_status, scheduler, expected):
 
 
 def test_a_trial_stopped_on_request_is_resumable_not_cancelled():
-    assert merge_state(_run("KILLED", **{STOPPED_TAG: "40"}), None) is T.INTERRUPTED
+    assert merge_state(_run("KILLED", **{TAG_STOPPED_AT_STEP: "40"}), None) is T.INTERRUPTED

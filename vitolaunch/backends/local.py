@@ -22,9 +22,8 @@ from submitit.core.utils import JobPaths, pickle_load
 
 from vitolaunch.backends import local_slots
 from vitolaunch.backends.base import Backend, JobHandle, JobResources, SchedulerState
+from vitolaunch.backends.submitit_compat import LOCAL_CONTROLLER_MODULE
 from vitolaunch.errors import VitolaunchError
-
-_CONTROLLER_MODULE = "submitit.local._local"
 _SLOTS_DIR = ".slots"
 
 
@@ -36,7 +35,7 @@ class _DetachedLocalExecutor(submitit.LocalExecutor):
         self.slots_dir = slots_dir
         self.parallelism = parallelism
 
-    def _submit_command(self, command: str) -> submitit.LocalJob:
+    def _submit_command(self, command: str) -> submitit.LocalJob:  # submitit_compat.LOCAL_SUBMIT_HOOK
         tasks = self.parameters.get("tasks_per_node", 1)
         env = dict(os.environ)
         env.update(
@@ -53,7 +52,7 @@ class _DetachedLocalExecutor(submitit.LocalExecutor):
         )
         folder = Path(str(self.folder))
         folder.parent.mkdir(parents=True, exist_ok=True)
-        controller = [sys.executable, "-m", _CONTROLLER_MODULE, str(self.folder)]
+        controller = [sys.executable, "-m", LOCAL_CONTROLLER_MODULE, str(self.folder)]
         with open(folder.parent / "controllers.log", "ab") as controller_log:
             process = local_slots.start(
                 str(self.slots_dir),
@@ -82,7 +81,7 @@ def _job_process_state(pid: int) -> SchedulerState | None:
         return None
     if local_slots.__name__ in command:
         return SchedulerState.PENDING
-    if _CONTROLLER_MODULE in command:
+    if LOCAL_CONTROLLER_MODULE in command:
         return SchedulerState.RUNNING
     return None
 

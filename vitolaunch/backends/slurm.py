@@ -29,7 +29,9 @@ from pathlib import Path
 
 from vitolaunch.backends.base import Backend, JobHandle, JobResources, SchedulerState
 from vitolaunch.backends.slurm_retry import SIGNAL_DELAY_ENV, parse_duration_s
+from vitolaunch.backends.submitit_compat import sbatch_script
 from vitolaunch.errors import VitolaunchError
+from vitolaunch.records import sweep_of_job_name
 
 S = SchedulerState
 _STATE_MAP = {
@@ -166,8 +168,8 @@ def signal_delay_s(resources: JobResources) -> int:
 
 
 def _array_name(names: Sequence[str]) -> str:
-    """One name per array: the sweep (the launcher names trials `<sweep>.<index>.<key8>`)."""
-    prefix = os.path.commonprefix([n.split(".")[0] for n in names]) if names else ""
+    """One name per array: the sweep of its trials' job names (`records.trial_job_name`)."""
+    prefix = os.path.commonprefix([sweep_of_job_name(n) for n in names]) if names else ""
     return prefix or "vitolaunch"
 
 
@@ -216,12 +218,9 @@ def _mem(mem_gb: float) -> str:
 
 def render_script(resources: JobResources, names: Sequence[str], log_root: Path, python: str | None = None) -> str:
     """The sbatch script a submission of these trials uses (for the first array, if split)."""
-    from submitit.slurm.slurm import _make_sbatch_string
-
     python = python or shlex.quote(sys.executable)
     params = sbatch_parameters(resources, _array_name(names), log_root, len(names), python)
-    command = " ".join([python, "-u -m submitit.core._submit", shlex.quote(str(log_root / "%j"))])
-    return _make_sbatch_string(command=command, folder=log_root / "%j", **params)
+    return sbatch_script(python, log_root / "%j", **params)
 
 
 # ---------------------------------------------------------------- the backend
@@ -346,10 +345,7 @@ class SlurmBackend(Backend):
         return handles
 
     def _sbatch_held(self, params: dict, log_dir: Path, python: str) -> str:
-        from submitit.slurm.slurm import _make_sbatch_string
-
-        command = " ".join([python, "-u -m submitit.core._submit", shlex.quote(str(log_dir / "%j"))])
-        script = _make_sbatch_string(command=command, folder=log_dir / "%j", **params)
+        script = sbatch_script(python, log_dir / "%j", **params)
         path = log_dir / f".sbatch_{uuid.uuid4().hex}.sh"
         path.write_text(script)
         proc = _run(["sbatch", "--parsable", "--hold", str(path)], timeout=60)

@@ -27,11 +27,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from vitolaunch.records import TAG_LAST_ERROR, TAG_LAST_REQUEUE, TAG_RETRIES, RunStatus, set_run_status
+
 STATE_FILE = "vitolaunch_retries.json"
 SIGNAL_DELAY_ENV = "VITOLAUNCH_SIGNAL_DELAY_S"  # exported by the sbatch script: seconds of warning before the limit
-TAG_RETRIES = "vitolaunch.retries"
-TAG_LAST_REQUEUE = "vitolaunch.last_requeue"
-TAG_LAST_ERROR = "vitolaunch.last_error"
 # SLURM may send the warning up to 60 s earlier than asked, and the ranks act at the next step boundary.
 _TIMEOUT_SLACK_S = 90
 
@@ -159,12 +158,12 @@ def crash_retries_left(folder: Path, max_crashes: int) -> bool:
 
 
 def _trial_job(folder: Path, job: str):
-    from submitit.core.utils import DelayedSubmission, JobPaths
+    from vitolaunch.backends.submitit_compat import submitted_callable
 
-    return DelayedSubmission.load(JobPaths(folder.parent / "%j", job).submitted_pickle).function
+    return submitted_callable(folder.parent / "%j", job)
 
 
-def _update_run(trial, status: str | None, tags: dict[str, str], only_if_active: bool = False) -> None:
+def _update_run(trial, status: RunStatus | None, tags: dict[str, str], only_if_active: bool = False) -> None:
     """Best effort: a tracking outage must not stop the retry itself."""
     try:
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -173,13 +172,11 @@ def _update_run(trial, status: str | None, tags: dict[str, str], only_if_active:
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(tracking_uri=trial.tracking_uri)
-        if only_if_active and client.get_run(trial.run_id).info.status not in ("RUNNING", "SCHEDULED"):
+        if only_if_active and not RunStatus(client.get_run(trial.run_id).info.status).is_active:
             status = None
         client.log_batch(trial.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
-        if status == "SCHEDULED":
-            client.update_run(trial.run_id, status="SCHEDULED")
-        elif status:
-            client.set_terminated(trial.run_id, status=status)
+        if status:
+            set_run_status(client, trial.run_id, status)
     except Exception as problem:  # noqa: BLE001
         print(f"vitolaunch: could not update MLflow run {trial.run_id}: {problem}", file=sys.stderr)
 
@@ -204,7 +201,7 @@ def after_step(exit_code: int, log_root: str) -> int:
         state.crash += 1
         state.requeued_at_restart = restart_count()
         state.save(folder)
-        _update_run(trial, "SCHEDULED", {
+        _update_run(trial, RunStatus.SCHEDULED, {
             TAG_RETRIES: json.dumps(state.counts()),
             TAG_LAST_REQUEUE: f"crash (exit {exit_code}) at {stamp}",
         })
@@ -217,7 +214,7 @@ def after_step(exit_code: int, log_root: str) -> int:
     else:
         print(f"vitolaunch: step exited {exit_code}; no crash retries left ({state.crash}/{max_crashes}): "
               f"`vitolaunch resume {trial.run_id}` continues from the last checkpoint", file=sys.stderr)
-    _update_run(trial, "FAILED", {TAG_LAST_ERROR: f"exit {exit_code} at {stamp}", TAG_RETRIES: json.dumps(state.counts())},
+    _update_run(trial, RunStatus.FAILED, {TAG_LAST_ERROR: f"exit {exit_code} at {stamp}", TAG_RETRIES: json.dumps(state.counts())},
                 only_if_active=True)
     return exit_code
 

@@ -1,0 +1,111 @@
+"""The vocabulary of run records: every MLflow tag vitolaunch writes or reads, the run statuses, and names.
+
+A sweep is an MLflow parent run and each trial a child run; these tags are the whole contract between the
+launcher (which creates the runs), the job (which updates its own run while it trains) and the readers
+(`status`, `resume`, the SQLite reader). Keeping them in one leaf module, importable from every layer, is
+what lets a newcomer find every fact a run carries in one place. `vito/` never writes these: it logs its
+own metrics and `vito.*` facts (vito.metrics), and the launcher side links runs together.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+# -- identity: what a run is ------------------------------------------------------------------------
+TAG_KIND = "vitolaunch.kind"  # "sweep" or "trial"
+KIND_SWEEP = "sweep"
+KIND_TRIAL = "trial"
+TAG_SWEEP = "vitolaunch.sweep"  # the sweep's name, on the sweep and on each of its trials
+TAG_SPEC_HASH = "vitolaunch.spec_hash"
+TAG_TASK = "vitolaunch.task"  # "pretrain" or "evaluate"
+TAG_TRIAL_KEY = "vitolaunch.trial_key"  # hash of the resolved config: the trial's identity
+TAG_TRIAL_INDEX = "vitolaunch.trial_index"
+TAG_SWEPT = "vitolaunch.swept_params"  # JSON: the trial's swept values, in spec order
+TAG_TOTAL_STEPS = "vitolaunch.total_steps"
+
+# -- how it runs: set at submit time -----------------------------------------------------------------
+TAG_BACKEND = "vitolaunch.backend"  # "local" or "slurm"
+TAG_RESOURCES = "vitolaunch.resources"  # JSON: the resources the trial was submitted with
+TAG_CHECKPOINT = "vitolaunch.checkpoint_uri"
+TAG_STORAGE_OPTIONS = "vitolaunch.storage_options"  # JSON: non-secret fsspec options, e.g. an S3 endpoint
+TAG_JOB_ID = "vitolaunch.job_id"
+TAG_LOG_DIR = "vitolaunch.log_dir"
+TAG_SUBMIT_ERROR = "vitolaunch.submit_error"
+
+# -- what happened: set by the job and the retry hook ------------------------------------------------
+TAG_HOST = "vitolaunch.host"
+TAG_JOB_STARTED_AT = "vitolaunch.job_started_at"  # epoch seconds, at every (re)start: a sign of life
+TAG_SLURM_JOB_ID = "vitolaunch.slurm_job_id"
+TAG_SLURM_RESTART_COUNT = "vitolaunch.slurm_restart_count"
+TAG_STOPPED_AT_STEP = "vitolaunch.stopped_at_step"  # stopped resumably (not requeued): INTERRUPTED
+TAG_TERMINATED_AT_STEP = "vitolaunch.terminated_at_step"  # saved on SIGTERM (cancel, preemption)
+TAG_NOT_REQUEUED = "vitolaunch.not_requeued"  # why a stopped SLURM task was not requeued
+TAG_RETRIES = "vitolaunch.retries"  # JSON: requeues so far by cause
+TAG_LAST_REQUEUE = "vitolaunch.last_requeue"
+TAG_LAST_ERROR = "vitolaunch.last_error"
+
+# -- links between runs ------------------------------------------------------------------------------
+TAG_PRETRAIN_RUN = "vitolaunch.pretrain_run_id"  # on an evaluation trial: the trial it evaluates
+TAG_EVALUATED_STEP = "vitolaunch.evaluated_step"  # on an evaluation trial: the checkpoint step it evaluated
+TAG_EVALUATED_BY_PREFIX = "vitolaunch.evaluated_by."  # + evaluation run id, on the pretraining trial
+
+# -- MLflow's own tags, which vitolaunch sets or reads ------------------------------------------------
+TAG_PARENT = "mlflow.parentRunId"
+TAG_NOTE = "mlflow.note.content"  # the run's description in the MLflow UI
+TAG_GIT_COMMIT = "mlflow.source.git.commit"
+
+# -- artifacts -----------------------------------------------------------------------------------------
+CONFIG_ARTIFACT = "config.json"  # a trial's full resolved vito config
+
+
+class RunStatus(str, enum.Enum):
+    """MLflow's run statuses, as vitolaunch uses them.
+
+    SCHEDULED: submitted (or requeued), no rank has started. RUNNING: a job works on it. FINISHED: done.
+    FAILED: ended in an error with no retry left. KILLED: stopped before the end (cancelled, or stopped
+    resumably; the tags above say which).
+    """
+
+    SCHEDULED = "SCHEDULED"
+    RUNNING = "RUNNING"
+    FINISHED = "FINISHED"
+    FAILED = "FAILED"
+    KILLED = "KILLED"
+
+    @property
+    def is_active(self) -> bool:
+        return self in (RunStatus.SCHEDULED, RunStatus.RUNNING)
+
+    @property
+    def is_terminal(self) -> bool:
+        return not self.is_active
+
+
+def set_run_status(client: Any, run_id: str, status: RunStatus | str) -> None:
+    """The one place a run's status changes, through an MlflowClient.
+
+    Active statuses keep the run open (`update_run`); terminal ones also stamp its end time
+    (`set_terminated`), which is what the MLflow UI and `status` show as the run's duration.
+    """
+    status = RunStatus(status)
+    if status.is_active:
+        client.update_run(run_id, status=status.value)
+    else:
+        client.set_terminated(run_id, status=status.value)
+
+
+# -- names ---------------------------------------------------------------------------------------------
+def trial_job_name(sweep: str, index: int, key: str) -> str:
+    """The scheduler's name for a trial's job: `<sweep>.<index>.<key8>` (dots: sweep names cannot hold one)."""
+    return f"{sweep}.{index:03d}.{key[:8]}"
+
+
+def sweep_of_job_name(job_name: str) -> str:
+    """The sweep part of a `trial_job_name`."""
+    return job_name.split(".", 1)[0]
+
+
+def trial_run_name(sweep: str, index: int, key: str) -> str:
+    """The MLflow run name of a trial, as the UI lists it."""
+    return f"{sweep}-{index:03d}-{key[:6]}"

@@ -11,6 +11,12 @@ from vitolaunch.errors import SpecError
 
 Path_ = tuple[Any, ...]  # keys and list indices from the document root, e.g. ("parameters", "optim.lr", 1)
 
+# A sweep spec, base config or profile is a page of settings. The bounds are far above any real file and far
+# below what hurts: a "billion laughs" file of nested aliases is a few hundred bytes that would expand to
+# billions of values (and gigabytes) if loaded naively.
+MAX_FILE_BYTES = 1024 * 1024
+MAX_EXPANDED_VALUES = 100_000
+
 
 class _Loader(yaml.SafeLoader):
     """SafeLoader that also reads `1e-4` as a float (YAML 1.1 insists on `1.0e-4`, a classic sweep typo)."""
@@ -31,13 +37,20 @@ def parse_value(text: str) -> Any:
 def load_with_lines(text: str, filename: str) -> tuple[Any, dict[Path_, int]]:
     """Return the document's data and a map from each key's (or list item's) path to its 1-based line.
 
-    Keys containing dots stay single keys. Duplicate keys are an error naming both lines.
+    Keys containing dots stay single keys. Duplicate keys are an error naming both lines. A file larger than
+    MAX_FILE_BYTES, or whose aliases expand to more than MAX_EXPANDED_VALUES values, is refused before anything
+    is expanded.
     """
+    size = len(text.encode())
+    if size > MAX_FILE_BYTES:
+        raise SpecError(f"the file is {size / 1024:.0f} KiB, over the {MAX_FILE_BYTES // 1024} KiB a spec may have",
+                        file=filename, hint="Is this the right file? Sweep specs and profiles are short YAML files.")
     loader = _Loader(text)
     try:
         root = loader.get_single_node()
         if root is None:  # an empty document
             return None, {}
+        _check_expansion(root, filename)
         lines: dict[Path_, int] = {}
         return _build(loader, root, (), lines, filename), lines
     except yaml.MarkedYAMLError as exc:
@@ -85,6 +98,46 @@ def _build(loader: _Loader, node: yaml.Node, path: Path_, lines: dict[Path_, int
             items.append(_build(loader, item, path + (index,), lines, filename))
         return items
     return loader.construct_object(node, deep=True)
+
+
+def _check_expansion(root: yaml.Node, filename: str) -> None:
+    """Refuse a document whose aliases would expand it past MAX_EXPANDED_VALUES, naming the culprit's line.
+
+    The composed document is a graph in which an alias is the same node object used again, so the expanded
+    size is computed per distinct node (memoised): linear in the file, however deep the nesting.
+    """
+    sizes: dict[int, int] = {}
+    in_progress: set[int] = set()
+
+    def expanded(node: yaml.Node) -> int:
+        known = sizes.get(id(node))
+        if known is not None:
+            return known
+        if id(node) in in_progress:
+            raise SpecError("an alias refers to the value that contains it (a recursive alias)",
+                            file=filename, line=node.start_mark.line + 1, hint="Replace the alias with the values.")
+        in_progress.add(id(node))
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        total = 1
+        for child in children:
+            total += expanded(child)
+            if total > MAX_EXPANDED_VALUES:
+                # Each child alone is within the bound (it would have raised), so this is the innermost node
+                # over it: its line is where the aliases multiply.
+                raise SpecError(
+                    f"aliases here expand to more than {MAX_EXPANDED_VALUES:,} values",
+                    file=filename, line=node.start_mark.line + 1,
+                    hint="Is this a YAML bomb? Write the values out, or use fewer nested aliases.",
+                )
+        in_progress.discard(id(node))
+        sizes[id(node)] = total
+        return total
+
+    expanded(root)
 
 
 def _dotted(path: Path_) -> str:

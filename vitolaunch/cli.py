@@ -113,8 +113,21 @@ def sweep(spec_file: str, overrides: tuple[str, ...], dry_run: bool, retry_faile
     if queued > spec.resources.array_parallelism:
         console.print(f"at most {spec.resources.array_parallelism} trials run at once (resources.array_parallelism): "
                       "the others are QUEUED until a slot frees")
-    console.print(f"watch:   vitolaunch status {report.sweep_name} --watch")
-    console.print(f"compare: mlflow ui --backend-store-uri {report.tracking_uri}")
+    for line in _next_steps(report):
+        console.print(line, soft_wrap=True)
+
+
+def _next_steps(report) -> list[str]:
+    """What to run next, verbatim: the commands carry the tracking store when it is not the default one."""
+    from vitolaunch.workspace import Workspace
+
+    store = "" if report.tracking_uri == Workspace.from_env().tracking_uri_or_default(None) else f" --tracking-uri {report.tracking_uri}"
+    experiment_page = f"#/experiments/{report.experiment_id}"
+    if report.tracking_uri.startswith(("http://", "https://")):  # a tracking server serves its own UI
+        ui = f"open {report.tracking_uri.rstrip('/')}/{experiment_page}"
+    else:
+        ui = f"mlflow ui --backend-store-uri {report.tracking_uri}, then open http://127.0.0.1:5000/{experiment_page}"
+    return [f"watch:   vitolaunch status {report.sweep_name} --watch{store}", f"compare: {ui}"]
 
 
 def _slurm_dry_run(console, spec, trials) -> None:
@@ -219,7 +232,16 @@ def cancel(run_id: str, tracking_uri: str | None) -> None:
     """Cancel a trial (RUN_ID) or every active trial of a sweep. Checkpoints are kept: resume continues."""
     launcher = _existing_launcher(tracking_uri)
     cancelled = launcher.cancel(run_id)
-    _console().print(f"cancelled {len(cancelled)} trial(s): {' '.join(r.run_id for r in cancelled) or '-'}")
+    console = _console()
+    if not cancelled:
+        console.print("nothing to cancel: no trial is queued or running")
+        return
+    sweeps = sorted({r.sweep for r in cancelled})
+    console.print(f"cancelled {len(cancelled)} trial(s) of {', '.join(sweeps)}; checkpoints kept: "
+                  f"`vitolaunch resume {sweeps[0] if len(sweeps) == 1 else 'RUN_ID'}` continues them")
+    if len(cancelled) <= 20:  # a handful of run ids helps; thousands on one line do not
+        for record in cancelled:
+            console.print(f"  {record.run_id}  {record.name}")
 
 
 @main.command()

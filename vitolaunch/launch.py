@@ -7,6 +7,7 @@ alone, so sweeping the same spec twice submits only what is missing.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 import subprocess
@@ -79,6 +80,7 @@ class SweepReport:
     sweep_name: str
     sweep_run_id: str
     tracking_uri: str
+    experiment_id: str
     backend: str
     outcomes: list[TrialOutcome]
 
@@ -173,7 +175,7 @@ class Launcher:
         outcomes = self._classify(spec, sweep, trials, target, retry_failed)
         self._create_runs(spec, sweep, target, [o for o in outcomes if o.action is Action.SUBMITTED])
         self._queue(spec, target, [o for o in outcomes if o.action.queues_a_job])
-        return SweepReport(spec.name, sweep.run_id, self.tracking_uri, target.backend.name, outcomes)
+        return SweepReport(spec.name, sweep.run_id, self.tracking_uri, sweep.experiment_id, target.backend.name, outcomes)
 
     def _preflight(self, spec: SweepSpec, trials: Sequence[Trial]) -> _SweepTarget:
         """The scheduler can run these resources, the checkpoints can be written, the data exists."""
@@ -211,10 +213,15 @@ class Launcher:
         """New trials, and what becomes of those the sweep already has (running, finished, failed)."""
         known = {record.trial_key: record for record in self.registry.trials(sweep)}
         states = trial_states(list(known.values()))
+        taken = {record.trial_index for record in known.values()}
+        next_free = max(taken, default=-1) + 1
         outcomes = []
         for trial in trials:
             prior = known.get(trial.key)
             if prior is None:
+                if trial.index in taken:  # an edited spec: its position belongs to a trial of an earlier sweep
+                    trial, next_free = dataclasses.replace(trial, index=next_free), next_free + 1
+                taken.add(trial.index)
                 uri = f"{target.checkpoint_root.rstrip('/')}/{spec.name}/{trial.key}"
                 outcomes.append(TrialOutcome(trial, Action.SUBMITTED, run_id="", checkpoint_uri=uri))
             else:

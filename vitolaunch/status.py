@@ -31,7 +31,7 @@ class TrialRow:
 
 
 def _elapsed(record: RunRecord, state: TrialState) -> float | None:
-    if record.start_time is None:
+    if record.start_time is None or state is TrialState.QUEUED:  # nothing has run yet: no time to show
         return None
     end = record.end_time if state.is_terminal and record.end_time else time.time()
     return max(0.0, end - record.start_time)

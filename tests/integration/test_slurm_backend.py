@@ -267,6 +267,7 @@ def test_three_two_node_trials_run_as_one_array_with_status_logs_and_idempotent_
     states = [r["state"] for r in rows]
     assert set(states) <= {"QUEUED", "RUNNING", "STALLED", "COMPLETED"}, states
     assert "STALLED" in states and "QUEUED" in states, states  # 2 at a time: the third waits
+    assert all(r["elapsed_s"] is None for r in rows if r["state"] == "QUEUED"), rows  # nothing ran yet
     rows = _rows(home, "it-array")
     assert set(r["state"] for r in rows) <= {"QUEUED", "RUNNING", "COMPLETED"}, rows
     assert [r["job_id"] for r in rows] == jobs
@@ -306,6 +307,16 @@ def test_three_two_node_trials_run_as_one_array_with_status_logs_and_idempotent_
 
     final = vitolaunch(home, "sweep", str(spec)).stdout
     assert "3 finished" in final and "already finished: skipped" in final, final
+
+    # One grid value edited: only the new trial is submitted, and it does not take the display index of the
+    # trial it replaced in the spec (which stays in the sweep's record).
+    edited = vitolaunch(home, "sweep", str(spec), "-o", "parameters.loss.temperature=[0.1,0.2,0.4]").stdout
+    assert "2 finished, 1 submitted" in edited or ("1 submitted" in edited and "2 finished" in edited), edited
+    rows = _rows(home, "it-array")
+    assert sorted(r["index"] for r in rows) == [0, 1, 2, 3], rows
+    assert next(r for r in rows if r["params"] == {"loss.temperature": 0.4})["index"] == 3
+    cancelled = vitolaunch(home, "cancel", "it-array").stdout
+    assert "cancelled 1 trial(s) of it-array" in cancelled, cancelled
 
 
 # ---------------------------------------------------------------- preemption and crashes

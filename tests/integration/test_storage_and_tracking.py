@@ -6,6 +6,7 @@ Started by scripts/services-up.sh; skipped with a reason when absent, failed und
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import time
@@ -189,7 +190,7 @@ def server_sweep(tmp_path_factory):
     home = tmp_path / "home"
     spec = write_spec(tmp_path, sweep, {"loss.temperature": [0.1, 0.2]}, storage={"checkpoint_root": prefix},
                       tracking={"uri": uri, "experiment": experiment}, train={"steps": 40, "log_every": 2})
-    vitolaunch(home, "sweep", str(spec), env=job_env)
+    submitted = vitolaunch(home, "sweep", str(spec), env=job_env)
 
     from mlflow.tracking import MlflowClient
 
@@ -210,7 +211,7 @@ def server_sweep(tmp_path_factory):
         _services_script("services-up.sh", "mlflow")
     rows = wait_until(home, sweep, all_ended, 600, "both trials to end", env=job_env)
     yield {"env": env, "client": client, "experiment_id": exp_id, "rows": rows, "home": home,
-           "outage_status": outage, "tmp": tmp_path}
+           "outage_status": outage, "tmp": tmp_path, "sweep_output": submitted.stdout, "sweep": sweep, "uri": uri}
     remove_tree(env, prefix)
 
 
@@ -250,3 +251,16 @@ def test_no_secret_reaches_mlflow_logs_or_job_files(server_sweep):
             scanned += 1
             assert not leaks(path.read_bytes()), f"secret in {path}"
     assert scanned > 4
+
+
+@pytest.mark.timeout(300)
+def test_commands_printed_after_a_sweep_on_a_server_work_verbatim(server_sweep):
+    """The spec named the server (tracking.uri); the shell that runs the printed lines knows nothing of it."""
+    lines = server_sweep["sweep_output"].splitlines()
+    watch = next(line for line in lines if line.startswith("watch:")).removeprefix("watch:").strip()
+    compare = next(line for line in lines if line.startswith("compare:")).removeprefix("compare:").strip()
+    assert compare == f"open {server_sweep['uri'].rstrip('/')}/#/experiments/{server_sweep['experiment_id']}"
+    assert watch.startswith("vitolaunch status ") and f"--tracking-uri {server_sweep['uri']}" in watch
+    # Verbatim, in a shell without MLFLOW_TRACKING_URI (the trials have ended, so --watch draws once and returns).
+    result = vitolaunch(server_sweep["home"], *shlex.split(watch)[1:], timeout=60)
+    assert server_sweep["sweep"] in result.stdout and result.stdout.count("COMPLETED") == 2

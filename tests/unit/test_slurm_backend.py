@@ -223,3 +223,16 @@ def test_bulk_trial_runs_match_runs_made_one_by_one(tmp_path):
     registry.set_tags_many({one: {}, many: {}}, status="KILLED")  # what cancel does
     assert {registry.get(r).status for r in (one, many)} == {"KILLED"}
     assert all(registry.get(r).end_time for r in (one, many))
+
+
+def test_cancel_takes_whole_arrays_by_id_and_lone_tasks_by_task_id(tmp_path):
+    from vitolaunch.backends.base import JobHandle
+    from vitolaunch.backends.slurm import cancel_targets
+
+    (tmp_path / "array_7.tsv").write_text("0\ts.000.aaaa\n1\ts.001.bbbb\n2\ts.002.cccc\n")
+    (tmp_path / "array_8.tsv").write_text("0\ts.003.dddd\n1\ts.004.eeee\n")
+    handles = {j: JobHandle(j, str(tmp_path / j)) for j in ("7_0", "7_1", "7_2", "8_0", "8_1")}
+    assert cancel_targets(list(handles.values())) == ["7", "8"]
+    assert cancel_targets([handles["7_0"], handles["7_2"], handles["8_0"], handles["8_1"]]) == ["7_0", "7_2", "8"]
+    # No record of what the array held (submitted by an older version): never cancel more than asked.
+    assert cancel_targets([JobHandle("9_0", str(tmp_path / "9_0"))]) == ["9_0"]

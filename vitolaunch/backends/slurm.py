@@ -401,14 +401,34 @@ class SlurmBackend(Backend):
         return dict(self._start_times)
 
     def cancel(self, handles: Sequence[JobHandle]) -> None:
-        if handles:
-            _run(["scancel", *[h.job_id for h in handles]])
+        targets = cancel_targets(handles)
+        if targets:
+            _run(["scancel", *targets])
 
     def log_files(self, handle: JobHandle, rank: int) -> tuple[Path, Path]:
         from submitit.core.utils import JobPaths
 
         paths = JobPaths(handle.log_dir, handle.job_id, rank)
         return paths.stdout, paths.stderr
+
+
+def cancel_targets(handles: Sequence[JobHandle]) -> list[str]:
+    """What to scancel: a whole array by its id where every task it was submitted with goes (one controller
+    operation instead of thousands), the tasks one by one elsewhere. An array's tasks are listed in the
+    `array_<id>.tsv` that `submit` wrote next to their folders."""
+    by_array: dict[str, list[JobHandle]] = {}
+    for handle in handles:
+        by_array.setdefault(handle.job_id.split("_")[0], []).append(handle)
+    targets: list[str] = []
+    for array_id, group in by_array.items():
+        mapping = Path(group[0].log_dir).parent / f"array_{array_id}.tsv"
+        try:
+            submitted = {f"{array_id}_{line.split(chr(9))[0]}" for line in mapping.read_text().splitlines() if line}
+        except OSError:
+            submitted = set()
+        asked = {h.job_id for h in group}
+        targets.extend([array_id] if submitted and submitted <= asked else sorted(asked))
+    return targets
 
 
 def _share_parallelism(resources: JobResources, arrays: int) -> JobResources:

@@ -219,7 +219,7 @@ def test_more_trials_than_max_array_size_split_into_arrays_and_one_sacct_call_re
     arrays = [h.job_id.split("_")[0] for h in handles]
     assert len(set(arrays)) == 3 and [h.job_id.split("_")[1] for h in handles] == ["0", "1", "0", "1", "0"]
     script = (tmp_path / f"array_{arrays[0]}.sbatch.sh").read_text()
-    assert "#SBATCH --array=0-1%1" in script, script  # parallelism 4 shared by 3 arrays
+    assert "#SBATCH --array=0-1%2" in script, script  # parallelism 4 shared by 3 arrays: 2 + 1 + 1
     deadline = time.monotonic() + 90
     while True:
         backend.queries.clear()
@@ -234,6 +234,35 @@ def test_more_trials_than_max_array_size_split_into_arrays_and_one_sacct_call_re
 
     results = [pickle_load(JobPaths(h.log_dir, h.job_id, 0).result_pickle) for h in handles]
     assert [r[1] for r in results] == [0, 3, 6, 9, 12]
+
+
+def _running_tasks(name: str) -> int:
+    out = subprocess.run(["squeue", "-h", "-r", "-t", "R", "-n", name, "-o", "%i"], capture_output=True, text=True,
+                         timeout=30).stdout
+    return len(out.split())
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("parallelism", [1, 2])
+def test_split_arrays_never_run_more_than_array_parallelism_at_once(tmp_path, cancel_on_exit, parallelism):
+    """3 arrays of 2 one-CPU tasks: the cluster could run all 6 at once, the sweep asked for at most 1 or 2."""
+    from vitolaunch.backends import JobResources, SchedulerState
+    from vitolaunch.backends.slurm import SlurmBackend
+
+    name = f"it-lanes{parallelism}"
+    cancel_on_exit(name)
+    backend = SlurmBackend(max_array_size=2)
+    jobs = [functools.partial(time.sleep, 4) for _ in range(6)]
+    names = [f"{name}.{k:03d}.abcdef12" for k in range(6)]
+    handles = backend.submit(jobs, names, JobResources(mem_gb=1, timeout_min=5, array_parallelism=parallelism), tmp_path)
+    assert len({h.job_id.split("_")[0] for h in handles}) == 3
+    most, deadline = 0, time.monotonic() + 200
+    while not all(s is SchedulerState.COMPLETED for s in backend.states(handles).values()):
+        most = max(most, _running_tasks(name))
+        assert most <= parallelism, f"{most} tasks ran at once with array_parallelism {parallelism}"
+        assert time.monotonic() < deadline, backend.states(handles)
+        time.sleep(0.3)
+    assert most == parallelism, f"at most {most} ran at once: the limit of {parallelism} was never used"
 
 
 # ---------------------------------------------------------------- a sweep, end to end

@@ -236,3 +236,18 @@ def test_cancel_takes_whole_arrays_by_id_and_lone_tasks_by_task_id(tmp_path):
     assert cancel_targets([handles["7_0"], handles["7_2"], handles["8_0"], handles["8_1"]]) == ["7_0", "7_2", "8"]
     # No record of what the array held (submitted by an older version): never cancel more than asked.
     assert cancel_targets([JobHandle("9_0", str(tmp_path / "9_0"))]) == ["9_0"]
+
+
+@pytest.mark.parametrize("arrays", [1, 2, 3, 5, 8])
+@pytest.mark.parametrize("parallelism", [1, 2, 3, 4, 7, 16])
+def test_split_arrays_share_the_parallelism_exactly(arrays, parallelism):
+    from vitolaunch.backends.slurm import array_lanes
+
+    lanes = array_lanes(arrays, parallelism)
+    assert len(lanes) == arrays and all(lane.limit >= 1 for lane in lanes)
+    heads = [lane for lane in lanes if lane.after is None]  # what can run at the same time
+    assert sum(lane.limit for lane in heads) == parallelism
+    assert len(heads) == min(arrays, parallelism)
+    for k, lane in enumerate(lanes):  # an array that waits waits for an earlier one with the same limit
+        if lane.after is not None:
+            assert lane.after < k and lanes[lane.after].limit == lane.limit

@@ -314,9 +314,12 @@ class SlurmBackend(Backend):
         staging = log_dir / ".submitting"
         staging.mkdir(exist_ok=True)
         try:
-            for chunk in chunks:
-                resources_k = _share_parallelism(resources, len(chunks))
-                params = sbatch_parameters(resources_k, name, log_dir, len(chunk), python)
+            for chunk, lane in zip(chunks, array_lanes(len(chunks), resources.array_parallelism)):
+                params = sbatch_parameters(resources, name, log_dir, len(chunk), python)
+                params["array_parallelism"] = lane.limit
+                if lane.after is not None:
+                    params["additional_parameters"] = {**params["additional_parameters"],
+                                                       "dependency": f"afterany:{submitted[lane.after]}"}
                 # Pickles first (the slow part), then sbatch --hold, then move them into place, then release.
                 pickles = []
                 for index in chunk:
@@ -431,10 +434,19 @@ def cancel_targets(handles: Sequence[JobHandle]) -> list[str]:
     return targets
 
 
-def _share_parallelism(resources: JobResources, arrays: int) -> JobResources:
-    """Split arrays together run at most array_parallelism trials (each at least one)."""
-    if arrays <= 1:
-        return resources
-    from dataclasses import replace
+@dataclass(frozen=True)
+class ArrayLane:
+    limit: int  # the array's %N
+    after: int | None  # index of the array it waits for (afterany), if any
 
-    return replace(resources, array_parallelism=max(1, resources.array_parallelism // arrays))
+
+def array_lanes(arrays: int, parallelism: int) -> list[ArrayLane]:
+    """How the arrays of one split sweep share `parallelism`, so that never more trials run at once.
+
+    SLURM limits concurrency per array only. The arrays are dealt round-robin into `min(arrays, parallelism)`
+    lanes whose %N limits add up to exactly `parallelism`; within a lane each array waits for the previous one
+    (`--dependency=afterany`). A lane may idle while another still works; it never overshoots.
+    """
+    lanes = min(arrays, parallelism)
+    shares = [parallelism // lanes + (1 if lane < parallelism % lanes else 0) for lane in range(lanes)]
+    return [ArrayLane(shares[k % lanes], k - lanes if k >= lanes else None) for k in range(arrays)]

@@ -178,28 +178,31 @@ def status(sweep_id: str | None, watch: bool, interval: float, as_json: bool, st
     collect_rows = partial(_collect, stalled_after=stalled_after)
     reader = open_run_reader(workspace.tracking_uri_or_default(tracking_uri), workspace.root)
     console = _console()
-    rows = _rows(collect_rows, reader, sweep_id)
+    rows, problems = _rows(collect_rows, reader, sweep_id)
     if as_json:
         click.echo(rows_as_json(rows))
+        for problem in problems:  # stdout stays valid JSON
+            click.secho(f"warning: {problem}", fg="yellow", err=True)
         return
     if not rows:
         console.print(f"no sweeps in {reader.tracking_uri}")
         return
     if not watch:
-        console.print(render_table(rows))
+        console.print(render_table(rows, problems=problems))
         return
     from rich.live import Live
 
-    with Live(render_table(rows), console=console, auto_refresh=False) as live:
+    with Live(render_table(rows, problems=problems), console=console, auto_refresh=False) as live:
         while not all_terminal(rows):
             time.sleep(interval)
-            rows = _rows(collect_rows, reader, sweep_id)
-            live.update(render_table(rows, title=time.strftime("%H:%M:%S")), refresh=True)
+            rows, problems = _rows(collect_rows, reader, sweep_id)
+            live.update(render_table(rows, title=time.strftime("%H:%M:%S"), problems=problems), refresh=True)
 
 
-def _rows(collect_rows, reader, sweep_id):
+def _rows(collect_rows, reader, sweep_id) -> tuple[list, list[str]]:
+    problems: list[str] = []
     try:
-        return collect_rows(reader, sweep_id)
+        return collect_rows(reader, sweep_id, problems=problems), problems
     except VitolaunchError:
         raise
     except Exception as problem:

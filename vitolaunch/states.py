@@ -13,6 +13,7 @@ import os
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from vitolaunch.backends import JobHandle, SchedulerState, make_backend
 from vitolaunch.records import (
@@ -92,9 +93,23 @@ def last_activity(record: RunRecord, job_started: float | None = None) -> float 
     return newest or None
 
 
+@dataclass
+class Observation:
+    """Trial states, and what kept the scheduler from vouching for all of them (empty when nothing did)."""
+
+    states: dict[str, TrialState]
+    problems: list[str] = field(default_factory=list)
+
+
 def trial_states(
     records: Sequence[RunRecord], stalled_after: float | None = None, now: float | None = None
 ) -> dict[str, TrialState]:
+    return observe_trials(records, stalled_after, now).states
+
+
+def observe_trials(
+    records: Sequence[RunRecord], stalled_after: float | None = None, now: float | None = None
+) -> Observation:
     """One scheduler query per backend for all the given trials.
 
     `stalled_after` (seconds; default $VITOLAUNCH_STALLED_AFTER_S or 600): a RUNNING trial with no sign of
@@ -103,11 +118,11 @@ def trial_states(
     stalled_after = default_stalled_after() if stalled_after is None else stalled_after
     now = time.time() if now is None else now
     pending: dict[str, list[tuple[RunRecord, JobHandle]]] = defaultdict(list)
-    states: dict[str, TrialState] = {}
+    observed = Observation({})
     for record in records:
         job_id = record.tags.get(TAG_JOB_ID)
         if RunStatus(record.status).is_terminal or not job_id:
-            states[record.run_id] = merge_state(record, None)
+            observed.states[record.run_id] = merge_state(record, None)
         else:
             handle = JobHandle(job_id, record.tags.get(TAG_LOG_DIR, ""))
             pending[record.tags.get(TAG_BACKEND, "local")].append((record, handle))
@@ -117,13 +132,15 @@ def trial_states(
             backend = make_backend(backend_name)
             scheduler = backend.states([h for _, h in items])
             started = backend.start_times()
-        except Exception:
+            observed.problems.extend(backend.problems())
+        except Exception as problem:  # whatever went wrong, a scheduler we cannot ask means UNKNOWN
             scheduler = {}
+            observed.problems.append(f"could not ask the {backend_name} scheduler: {problem}")
         for record, handle in items:
             state = merge_state(record, scheduler.get(handle.job_id, SchedulerState.UNKNOWN))
             if state is TrialState.RUNNING:
                 seen = last_activity(record, started.get(handle.job_id))
                 if seen is not None and now - seen > stalled_after:
                     state = TrialState.STALLED
-            states[record.run_id] = state
-    return states
+            observed.states[record.run_id] = state
+    return observed

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from vitolaunch.records import TAG_JOB_ID, TAG_TOTAL_STEPS
 from vitolaunch.registry import RunQueries, RunRecord
-from vitolaunch.states import TrialState, trial_states
+from vitolaunch.states import TrialState, observe_trials
 
 
 @dataclass
@@ -37,7 +38,12 @@ def _elapsed(record: RunRecord, state: TrialState) -> float | None:
     return max(0.0, end - record.start_time)
 
 
-def collect_rows(registry: RunQueries, sweep_filter: str | None = None, stalled_after: float | None = None) -> list[TrialRow]:
+def collect_rows(
+    registry: RunQueries, sweep_filter: str | None = None, stalled_after: float | None = None,
+    problems: list[str] | None = None,
+) -> list[TrialRow]:
+    """One row per trial (of every sweep, or of the one named); what kept the scheduler from vouching for a
+    state is appended to `problems`."""
     if sweep_filter:
         target = registry.resolve(sweep_filter)
         sweeps = [registry.sweep_of(target)]
@@ -46,7 +52,10 @@ def collect_rows(registry: RunQueries, sweep_filter: str | None = None, stalled_
     rows = []
     trials_of = {sweep.run_id: registry.trials(sweep) for sweep in sweeps}
     # One scheduler query for every trial shown (sacct takes many arrays in one call).
-    states = trial_states([t for trials in trials_of.values() for t in trials], stalled_after=stalled_after)
+    observed = observe_trials([t for trials in trials_of.values() for t in trials], stalled_after=stalled_after)
+    states = observed.states
+    if problems is not None:
+        problems.extend(observed.problems)
     for sweep in sweeps:
         trials = trials_of[sweep.run_id]
         for trial in trials:
@@ -105,10 +114,12 @@ def _fmt_params(params: dict[str, Any]) -> str:
     return " ".join(f"{key.split('.')[-1]}={value}" for key, value in params.items()) or "-"
 
 
-def render_table(rows: list[TrialRow], title: str | None = None):
+def render_table(rows: list[TrialRow], title: str | None = None, problems: Sequence[str] = ()):
     from rich.table import Table
 
-    table = Table(title=title, header_style="bold", expand=False)
+    # What the scheduler could not tell goes right under the table, where UNKNOWN rows send the eye.
+    caption = "\n".join(f"[yellow]{problem}: states it cannot vouch for show as UNKNOWN[/]" for problem in problems)
+    table = Table(title=title, caption=caption or None, caption_justify="left", header_style="bold", expand=False)
     for column in ("sweep", "trial", "run id", "params", "state", "step", "loss", "probe acc (rand)", "elapsed"):
         table.add_column(column, no_wrap=column != "params")
     previous_sweep = None

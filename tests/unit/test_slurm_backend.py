@@ -183,6 +183,9 @@ def test_a_running_trial_quiet_for_too_long_is_stalled(monkeypatch):
         def start_times(self):
             return {"1_0": 1000.0}
 
+        def problems(self):
+            return []
+
     monkeypatch.setattr(states, "make_backend", lambda name: Fake())
     quiet = _record("RUNNING")
     assert trial_states([quiet], stalled_after=600, now=1500.0)["r"] is T.RUNNING
@@ -251,3 +254,39 @@ def test_split_arrays_share_the_parallelism_exactly(arrays, parallelism):
     for k, lane in enumerate(lanes):  # an array that waits waits for an earlier one with the same limit
         if lane.after is not None:
             assert lane.after < k and lanes[lane.after].limit == lane.limit
+
+
+def _fake_slurm_commands(folder: Path, sacct: str, squeue: str) -> None:
+    for name, body in (("sacct", sacct), ("squeue", squeue)):
+        path = folder / name
+        path.write_text(f"#!/bin/sh\n{body}\n")
+        path.chmod(0o755)
+
+
+@pytest.mark.timeout(10)  # squeue below hangs for a minute: the query must give up on it by itself
+def test_a_hung_controller_leaves_final_states_and_marks_the_rest_unknown(monkeypatch, tmp_path):
+    from vitolaunch.backends import JobHandle
+    from vitolaunch.backends.slurm import SlurmBackend
+
+    _fake_slurm_commands(tmp_path, sacct="printf '12_0|RUNNING|2026-11-29T01:00:00\\n12_1|COMPLETED|\\n'",
+                         squeue="sleep 60")
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    backend = SlurmBackend()
+    states = backend.states([JobHandle("12_0", ""), JobHandle("12_1", "")])
+    assert states == {"12_0": S.UNKNOWN, "12_1": S.COMPLETED}  # sacct's RUNNING is only its last word
+    (problem,) = backend.problems()
+    assert "controller did not answer" in problem
+
+
+@pytest.mark.timeout(10)
+def test_hung_accounting_keeps_what_the_controller_knows(monkeypatch, tmp_path):
+    from vitolaunch.backends import JobHandle
+    from vitolaunch.backends.slurm import SlurmBackend
+
+    _fake_slurm_commands(tmp_path, sacct="sleep 60", squeue="printf '12_0|RUNNING|2026-11-29T01:00:00\\n'")
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    backend = SlurmBackend()
+    states = backend.states([JobHandle("12_0", ""), JobHandle("12_1", "")])
+    assert states == {"12_0": S.RUNNING, "12_1": S.UNKNOWN}
+    (problem,) = backend.problems()
+    assert "accounting" in problem

@@ -70,3 +70,7 @@ class Backend(ABC):
     def start_times(self) -> dict[str, float]:
         """When the jobs of the last states() query started running (epoch seconds), where known."""
         return {}
+
+    def problems(self) -> list[str]:
+        """What kept the last states() query from seeing everything (a service that did not answer)."""
+        return []

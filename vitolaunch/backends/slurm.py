@@ -58,6 +58,8 @@ _STATE_MAP = {
     "NODE_FAIL": S.INTERRUPTED,
 }
 CLI_TIMEOUT_S = 30
+STATUS_TIMEOUT_ENV = "VITOLAUNCH_SLURM_STATUS_TIMEOUT_S"
+DEFAULT_STATUS_TIMEOUT_S = 1.5  # an answering controller or slurmdbd replies in tens of milliseconds
 DEFAULT_SIGNAL_DELAY_S = 120
 
 
@@ -69,6 +71,13 @@ def slurm_state(text: str) -> SchedulerState:
 
 class SlurmUnavailable(VitolaunchError):
     pass
+
+
+def status_timeout_s() -> float:
+    try:
+        return float(os.environ.get(STATUS_TIMEOUT_ENV, DEFAULT_STATUS_TIMEOUT_S))
+    except ValueError:
+        return DEFAULT_STATUS_TIMEOUT_S
 
 
 def _run(args: Sequence[str], timeout: float = CLI_TIMEOUT_S, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -232,6 +241,7 @@ class SlurmBackend(Backend):
     def __init__(self, max_array_size: int | None = None):
         self._max_array_size = max_array_size
         self._start_times: dict[str, float] = {}
+        self._problems: list[str] = []
         self.queries: list[list[str]] = []  # the scheduler commands states() ran (benchmarks and tests read it)
 
     # -- facts from the controller ---------------------------------------------------------------
@@ -360,33 +370,42 @@ class SlurmBackend(Backend):
 
     # -- state -----------------------------------------------------------------------------------
     def states(self, handles: Sequence[JobHandle]) -> dict[str, SchedulerState]:
+        """sacct (accounting) and squeue (the controller) asked at once, each for every array in one call.
+
+        Each gets `status_timeout_s()`: a controller or slurmdbd that is down must cost a status call a second
+        or two, not the tens of seconds the commands wait by themselves. What neither can vouch for now is
+        UNKNOWN (never FAILED), and `problems()` says which service did not answer.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
         arrays = sorted({h.job_id.split("_")[0] for h in handles})
         self._start_times = {}
+        self._problems = []
         if not arrays:
             return {}
+        timeout = status_timeout_s()
+        with ThreadPoolExecutor(2) as pool:
+            accounting = pool.submit(self._query, ["sacct", "--parsable2", "-n", "-X", "-o", "JobID,State,Start",
+                                                   "-j", ",".join(arrays)], True, timeout)
+            controller = pool.submit(self._query, ["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T|%S",
+                                                   "-j", ",".join(arrays)], False, timeout)
         table: dict[str, tuple[SchedulerState, float | None]] = {}
-        try:  # one call for every array asked about
-            table = parse_job_table(self._query(
-                ["sacct", "--parsable2", "-n", "-X", "-o", "JobID,State,Start", "-j", ",".join(arrays)]
-            ))
-        except SlurmUnavailable:
-            pass
-        # sacct lags the controller by seconds (more on a busy slurmdbd): a task it shows as pending or
-        # running, or not at all, may have moved on. One squeue call asks the controller about those, and
-        # its live answer wins while it still knows the task.
-        unsettled = [h for h in handles if table.get(h.job_id, (S.UNKNOWN, None))[0] in (S.PENDING, S.RUNNING, S.UNKNOWN)]
-        if unsettled:
-            try:
-                proc = self._query(
-                    ["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T|%S", "-j",
-                     ",".join(sorted({h.job_id.split("_")[0] for h in unsettled}))],
-                    check=False,
-                )
-                if proc.returncode == 0 or "Invalid job id" in proc.stderr:
-                    live = parse_job_table(proc.stdout)
-                    table.update({h.job_id: live[h.job_id] for h in unsettled if h.job_id in live})
-            except SlurmUnavailable:
-                pass
+        try:
+            table = parse_job_table(accounting.result())
+        except SlurmUnavailable as problem:
+            self._problems.append(f"SLURM accounting (sacct/slurmdbd) did not answer: {problem}")
+        # sacct lags the controller by seconds (more on a busy slurmdbd): for a task the controller still
+        # knows, its live answer wins.
+        try:
+            proc = controller.result()
+            if proc.returncode != 0 and "Invalid job id" not in proc.stderr:  # all ended and purged: not a fault
+                raise SlurmUnavailable(f"`squeue` failed: {(proc.stderr or proc.stdout).strip()[:200]}")
+            table.update(parse_job_table(proc.stdout))
+        except SlurmUnavailable as problem:
+            self._problems.append(f"the SLURM controller did not answer: {problem}")
+            # Only accounting's word is left: a final state stands, a queued or running one is last known.
+            table = {job: (state, start) if not state.active else (S.UNKNOWN, start)
+                     for job, (state, start) in table.items()}
         result = {}
         for handle in handles:
             state, start = table.get(handle.job_id, (S.UNKNOWN, None))
@@ -395,9 +414,12 @@ class SlurmBackend(Backend):
                 self._start_times[handle.job_id] = start
         return result
 
-    def _query(self, args: list[str], check: bool = True):
+    def problems(self) -> list[str]:
+        return list(self._problems)
+
+    def _query(self, args: list[str], check: bool = True, timeout: float = CLI_TIMEOUT_S):
         self.queries.append(args)
-        proc = _run(args, check=check)
+        proc = _run(args, timeout=timeout, check=check)
         return proc.stdout if check else proc
 
     def start_times(self) -> dict[str, float]:

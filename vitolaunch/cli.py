@@ -120,10 +120,9 @@ def sweep(spec_file: str, overrides: tuple[str, ...], dry_run: bool, retry_faile
 def _slurm_dry_run(console, spec, trials) -> None:
     """The sbatch script, then (where SLURM answers) the partition checks and `sbatch --test-only`."""
     from vitolaunch.backends.slurm import SlurmBackend, render_script
-    from vitolaunch.launch import job_resources
     from vitolaunch.workspace import Workspace
 
-    resources = job_resources(spec)
+    resources = spec.resources
     log_root = Workspace.from_env().log_dir(spec.name)
     names = [f"{spec.name}.{t.index:03d}.{t.key[:8]}" for t in trials]
     backend = SlurmBackend()
@@ -162,7 +161,7 @@ def status(sweep_id: str | None, watch: bool, interval: float, as_json: bool, st
     quiet_mlflow_environment()
     workspace = Workspace.from_env()
     collect_rows = partial(_collect, stalled_after=stalled_after)
-    reader = open_run_reader(workspace.tracking_uri_or_default(tracking_uri), workspace.root)
+    reader = open_run_reader(workspace.tracking_uri_or_default(tracking_uri), workspace)
     console = _console()
     rows = _rows(collect_rows, reader, sweep_id)
     if as_json:

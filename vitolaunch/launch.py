@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from vitolaunch.backends import JobHandle, JobResources, make_backend
+from vitolaunch.backends import JobHandle, make_backend
 from vitolaunch.errors import VitolaunchError
 from vitolaunch.job import TrialJob
 from vitolaunch.registry import (
@@ -34,7 +34,8 @@ from vitolaunch.registry import (
     Registry,
     RunRecord,
 )
-from vitolaunch.spec import SweepSpec, Trial, resolve_cluster
+from vitolaunch.resources import Resources, resolve_cluster
+from vitolaunch.spec import SweepSpec, Trial
 from vitolaunch.states import TrialState, trial_states
 from vitolaunch.workspace import Workspace, quiet_mlflow_environment
 
@@ -58,22 +59,6 @@ class SweepReport:
     tracking_uri: str
     backend: str
     outcomes: list[TrialOutcome]
-
-
-def job_resources(spec: SweepSpec) -> JobResources:
-    r = spec.resources
-    return JobResources(
-        nodes=r.nodes,
-        tasks_per_node=r.tasks_per_node,
-        gpus_per_node=r.gpus_per_node,
-        cpus_per_task=r.cpus_per_task,
-        mem_gb=r.mem_gb,
-        timeout_min=r.timeout_min,
-        partition=r.partition,
-        array_parallelism=r.array_parallelism,
-        retries_timeout=r.retries.timeout,
-        retries_crash=r.retries.crash,
-    )
 
 
 def _get(config: dict, dotted: str):
@@ -141,16 +126,15 @@ class Launcher:
     # -- sweep -----------------------------------------------------------------------------------
     def submit_sweep(self, spec: SweepSpec, trials: Sequence[Trial], retry_failed: bool = False) -> SweepReport:
         backend = make_backend(resolve_cluster(spec.resources))
-        resources = job_resources(spec)
+        resources = spec.resources
         backend.check(resources)
-        checkpoint_root = spec.resolved_checkpoint_root(self.workspace.root)
+        checkpoint_root = spec.resolved_checkpoint_root(self.workspace)
         storage_options = spec.storage.storage_options()
         _check_storage(checkpoint_root, storage_options)
         _check_data(trials)
 
         experiment = self.registry.experiment_id(spec.tracking.experiment)
         sweep = self.registry.find_sweep(experiment, spec.name)
-        spec_dir = Path(spec.source_file).parent if spec.source_file else Path.cwd()
         sweep_tags = {TAG_SPEC_HASH: spec.spec_hash(), TAG_TASK: spec.task, TAG_BACKEND: backend.name}
         if spec.description:
             sweep_tags["mlflow.note.content"] = spec.description
@@ -172,10 +156,10 @@ class Launcher:
             TAG_SPEC_HASH: sweep_tags[TAG_SPEC_HASH],  # hashing the spec costs ~0.2 ms: once, not per trial
             TAG_TASK: spec.task,
             TAG_BACKEND: backend.name,
-            TAG_RESOURCES: json.dumps(resources.__dict__),
+            TAG_RESOURCES: json.dumps(resources.to_record()),
             TAG_STORAGE_OPTIONS: json.dumps(storage_options),
         }
-        commit = _git_commit(spec_dir)
+        commit = _git_commit(spec.folder)
         if commit:
             common_tags[TAG_GIT_COMMIT] = commit
         for trial in trials:
@@ -213,7 +197,7 @@ class Launcher:
         return SweepReport(spec.name, sweep.run_id, self.tracking_uri, backend.name, outcomes)
 
     def _job(
-        self, run_id: str, config: dict, checkpoint_uri: str, resources: JobResources, storage_options: dict
+        self, run_id: str, config: dict, checkpoint_uri: str, resources: Resources, storage_options: dict
     ) -> TrialJob:
         return TrialJob(
             run_id=run_id,
@@ -223,8 +207,8 @@ class Launcher:
             data_root=str(self.workspace.data_root),
             scratch_root=str(self.workspace.scratch_root),
             cpus_per_task=resources.cpus_per_task,
-            max_timeouts=resources.retries_timeout,
-            max_crashes=resources.retries_crash,
+            max_timeouts=resources.retries.timeout,
+            max_crashes=resources.retries.crash,
             storage_options=storage_options,
         )
 
@@ -263,7 +247,7 @@ class Launcher:
             groups.setdefault((trial.tags.get(TAG_BACKEND, "local"), trial.tags.get(TAG_RESOURCES, "{}")), []).append(trial)
         for (backend_name, _), group in groups.items():
             backend = make_backend(backend_name)
-            resources = JobResources(**group[0].resources)
+            resources = Resources.from_record(group[0].resources)
             backend.check(resources)
             jobs = [
                 self._job(t.run_id, self.registry.config_of(t), t.tags[TAG_CHECKPOINT], resources,
@@ -298,7 +282,7 @@ class Launcher:
             raise VitolaunchError(f"{run_id} is a sweep: give one of its trials' run ids (see `vitolaunch status`)")
         if TAG_JOB_ID not in trial.tags:
             raise VitolaunchError(f"trial {trial.run_id} has no job yet")
-        resources = JobResources(**trial.resources)
+        resources = Resources.from_record(trial.resources)
         ranks = resources.nodes * resources.tasks_per_node
         if not 0 <= rank < ranks:
             raise VitolaunchError(f"--rank {rank} is out of range: trial {trial.run_id} has ranks 0..{ranks - 1}")

@@ -208,14 +208,14 @@ def test_dry_run_prints_the_script_and_the_controller_refuses_bad_resources_befo
 
 @pytest.mark.timeout(120)
 def test_more_trials_than_max_array_size_split_into_arrays_and_one_sacct_call_reads_them(tmp_path, cancel_on_exit):
-    from vitolaunch.backends import JobResources, SchedulerState
+    from vitolaunch.backends import Resources, SchedulerState
     from vitolaunch.backends.slurm import SlurmBackend
 
     cancel_on_exit("it-split")
     backend = SlurmBackend(max_array_size=2)
     jobs = [functools.partial(operator.mul, 3, k) for k in range(5)]
     names = [f"it-split.{k:03d}.abcdef12" for k in range(5)]
-    handles = backend.submit(jobs, names, JobResources(mem_gb=1, timeout_min=5, array_parallelism=4), tmp_path)
+    handles = backend.submit(jobs, names, Resources(mem_gb=1, timeout_min=5, array_parallelism=4), tmp_path)
     arrays = [h.job_id.split("_")[0] for h in handles]
     assert len(set(arrays)) == 3 and [h.job_id.split("_")[1] for h in handles] == ["0", "1", "0", "1", "0"]
     script = (tmp_path / f"array_{arrays[0]}.sbatch.sh").read_text()

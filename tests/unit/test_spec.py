@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -12,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from vitolaunch.errors import SpecError, VitolaunchError
-from vitolaunch.spec import Resources, SweepSpec, expand, load_spec, resolve_cluster
+from vitolaunch.resources import Resources, resolve_cluster
+from vitolaunch.spec import SweepSpec, expand, load_spec
+from vitolaunch.workspace import Workspace
 from vitolaunch.yaml_lines import load_with_lines
 
 REPO = Path(__file__).resolve().parents[2]
@@ -276,6 +279,20 @@ def test_tasks_per_node_follows_gpus_unless_given() -> None:
     assert Resources().tasks_per_node == 1
 
 
+def test_resources_record_is_the_flat_tag_format_and_reads_back(tmp_path: Path) -> None:
+    spec = load_spec(REPO / "sweeps" / "temperature_ablation.yaml")
+    record = spec.resources.to_record()
+    # The `vitolaunch.resources` tag of existing runs: these keys, in this order, flat.
+    assert json.dumps(record) == (
+        '{"nodes": 4, "tasks_per_node": 8, "gpus_per_node": 8, "cpus_per_task": 10, "mem_gb": 480.0, '
+        '"timeout_min": 2880, "partition": "gpu", "array_parallelism": 2, "retries_timeout": 10, "retries_crash": 2}'
+    )
+    back = Resources.from_record(json.loads(json.dumps(record)))
+    assert back.to_record() == record and back.retries.timeout == 10 and back.ranks == 32
+    assert Resources.from_record({}) == Resources()  # a run without the tag: the defaults
+    assert Resources.from_record({"gpus_per_node": 2}).tasks_per_node == 2
+
+
 def test_resolve_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
     assert resolve_cluster(Resources()) == "local"
@@ -287,12 +304,16 @@ def test_resolve_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert resolve_cluster(Resources(cluster="local")) == "local"
 
 
-def test_storage_and_tracking_defaults_resolve_in_the_workspace(tmp_path: Path) -> None:
+def test_checkpoint_root_resolves_from_the_spec_folder_or_the_workspace(tmp_path: Path) -> None:
+    workspace = Workspace(tmp_path / "ws")
     spec = load_spec(write(tmp_path, "sweeps/s.yaml", "name: s\nstorage: {checkpoint_root: ../ckpt}\n"))
-    assert spec.resolved_checkpoint_root(tmp_path / "ws") == str((tmp_path / "ckpt").resolve())
-    assert spec.resolved_tracking_uri(tmp_path / "ws") == f"sqlite:///{(tmp_path / 'ws').resolve()}/mlflow.db"
+    assert spec.folder == tmp_path / "sweeps"
+    assert spec.resolved_checkpoint_root(workspace) == str((tmp_path / "ckpt").resolve())
     plain = SweepSpec(name="plain", storage={"checkpoint_root": "s3://bucket/ckpt"})
-    assert plain.resolved_checkpoint_root(tmp_path) == "s3://bucket/ckpt"
+    assert plain.resolved_checkpoint_root(workspace) == "s3://bucket/ckpt"
+    default = load_spec(write(tmp_path, "sweeps/d.yaml", "name: d\n"))
+    assert default.resolved_checkpoint_root(workspace) == str((tmp_path / "ws" / "checkpoints").resolve())
+    assert SweepSpec(name="inline").folder == Path.cwd()
 
 
 # ---------------------------------------------------------------- bad specs: one located message each

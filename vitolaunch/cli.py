@@ -133,11 +133,10 @@ def _next_steps(report) -> list[str]:
 def _slurm_dry_run(console, spec, trials) -> None:
     """The sbatch script, then (where SLURM answers) the partition checks and `sbatch --test-only`."""
     from vitolaunch.backends.slurm import SlurmBackend, render_script
-    from vitolaunch.launch import job_resources
     from vitolaunch.records import trial_job_name
     from vitolaunch.workspace import Workspace
 
-    resources = job_resources(spec)
+    resources = spec.resources
     log_root = Workspace.from_env().log_dir(spec.name)
     names = [trial_job_name(spec.name, t.index, t.key) for t in trials]
     backend = SlurmBackend()
@@ -176,7 +175,7 @@ def status(sweep_id: str | None, watch: bool, interval: float, as_json: bool, st
     quiet_mlflow_environment()
     workspace = Workspace.from_env()
     collect_rows = partial(_collect, stalled_after=stalled_after)
-    reader = open_run_reader(workspace.tracking_uri_or_default(tracking_uri), workspace.root)
+    reader = open_run_reader(workspace.tracking_uri_or_default(tracking_uri), workspace)
     console = _console()
     rows, problems = _rows(collect_rows, reader, sweep_id)
     if as_json:

@@ -20,7 +20,6 @@ import copy
 import json
 import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -53,7 +52,7 @@ class Target:
 def _raw_base(spec: SweepSpec) -> dict[str, Any]:
     if isinstance(spec.base, dict):
         return spec.base
-    path = (Path(spec.source_file).parent if spec.source_file else Path.cwd()) / spec.base
+    path = spec.folder / spec.base
     loaded = yaml.safe_load(path.read_text())
     return loaded if isinstance(loaded, dict) else {}
 
@@ -61,7 +60,7 @@ def _raw_base(spec: SweepSpec) -> dict[str, Any]:
 def _check_base(spec: SweepSpec) -> None:
     extra = sorted(key for key in _raw_base(spec) if key != "eval")
     if extra:
-        raise spec._locator.error(
+        raise spec.error_at(
             ("base", extra[0]), "an evaluate sweep takes the network and its data from the pretraining run",
             key=f"base.{extra[0]}",
             hint="Set only eval.* under base; to change another key for the evaluation, sweep it under parameters.",

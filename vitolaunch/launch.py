@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from vitolaunch.backends import Backend, JobHandle, JobResources, make_backend
+from vitolaunch.backends import Backend, JobHandle, make_backend
 from vitolaunch.errors import VitolaunchError
 from vitolaunch.job import TrialJob
 from vitolaunch.records import (
@@ -43,7 +43,8 @@ from vitolaunch.records import (
     trial_run_name,
 )
 from vitolaunch.registry import NewTrialRun, Registry, RunRecord
-from vitolaunch.spec import SweepSpec, Trial, resolve_cluster
+from vitolaunch.resources import Resources, resolve_cluster
+from vitolaunch.spec import SweepSpec, Trial
 from vitolaunch.states import TrialState, trial_states
 from vitolaunch.workspace import Workspace, quiet_mlflow_environment
 
@@ -97,25 +98,9 @@ class _SweepTarget:
     """Where a sweep's trials run and keep their checkpoints: checked before anything is recorded."""
 
     backend: Backend
-    resources: JobResources
+    resources: Resources
     checkpoint_root: str
     storage_options: dict[str, str]
-
-
-def job_resources(spec: SweepSpec) -> JobResources:
-    r = spec.resources
-    return JobResources(
-        nodes=r.nodes,
-        tasks_per_node=r.tasks_per_node,
-        gpus_per_node=r.gpus_per_node,
-        cpus_per_task=r.cpus_per_task,
-        mem_gb=r.mem_gb,
-        timeout_min=r.timeout_min,
-        partition=r.partition,
-        array_parallelism=r.array_parallelism,
-        retries_timeout=r.retries.timeout,
-        retries_crash=r.retries.crash,
-    )
 
 
 def _get(config: dict, dotted: str):
@@ -180,12 +165,12 @@ class Launcher:
     def _preflight(self, spec: SweepSpec, trials: Sequence[Trial]) -> _SweepTarget:
         """The scheduler can run these resources, the checkpoints can be written, the data exists."""
         backend = make_backend(resolve_cluster(spec.resources))
-        resources = job_resources(spec)
+        resources = spec.resources
         backend.check(resources)
         target = _SweepTarget(
             backend=backend,
             resources=resources,
-            checkpoint_root=spec.resolved_checkpoint_root(self.workspace.root),
+            checkpoint_root=spec.resolved_checkpoint_root(self.workspace),
             storage_options=spec.storage.storage_options(),
         )
         _check_storage(target.checkpoint_root, target.storage_options)
@@ -238,10 +223,10 @@ class Launcher:
             TAG_SPEC_HASH: sweep.tags[TAG_SPEC_HASH],  # hashing the spec costs ~0.2 ms: once, not per trial
             TAG_TASK: spec.task,
             TAG_BACKEND: target.backend.name,
-            TAG_RESOURCES: json.dumps(target.resources.__dict__),
+            TAG_RESOURCES: json.dumps(target.resources.to_record()),
             TAG_STORAGE_OPTIONS: json.dumps(target.storage_options),
         }
-        commit = _git_commit(Path(spec.source_file).parent if spec.source_file else Path.cwd())
+        commit = _git_commit(spec.folder)
         if commit:
             common_tags[TAG_GIT_COMMIT] = commit
         runs = [self._new_trial_run(spec, outcome, common_tags) for outcome in new]
@@ -281,7 +266,7 @@ class Launcher:
             outcome.job_id = handle.job_id
 
     def _job(
-        self, run_id: str, config: dict, checkpoint_uri: str, resources: JobResources, storage_options: dict
+        self, run_id: str, config: dict, checkpoint_uri: str, resources: Resources, storage_options: dict
     ) -> TrialJob:
         return TrialJob(
             run_id=run_id,
@@ -291,13 +276,13 @@ class Launcher:
             data_root=str(self.workspace.data_root),
             scratch_root=str(self.workspace.scratch_root),
             cpus_per_task=resources.cpus_per_task,
-            max_timeouts=resources.retries_timeout,
-            max_crashes=resources.retries_crash,
+            max_timeouts=resources.retries.timeout,
+            max_crashes=resources.retries.crash,
             storage_options=storage_options,
         )
 
     def _submit(
-        self, backend: Backend, resources: JobResources, sweep_name: str, queued: list[_QueuedJob]
+        self, backend: Backend, resources: Resources, sweep_name: str, queued: list[_QueuedJob]
     ) -> list[JobHandle]:
         """Queue the jobs with the scheduler and record their job ids on their runs."""
         try:
@@ -336,7 +321,7 @@ class Launcher:
             groups.setdefault((trial.tags.get(TAG_BACKEND, "local"), trial.tags.get(TAG_RESOURCES, "{}")), []).append(trial)
         for (backend_name, _), group in groups.items():
             backend = make_backend(backend_name)
-            resources = JobResources(**group[0].resources)
+            resources = Resources.from_record(group[0].resources)
             backend.check(resources)
             queued = [
                 _QueuedJob(
@@ -374,7 +359,7 @@ class Launcher:
             raise VitolaunchError(f"{run_id} is a sweep: give one of its trials' run ids (see `vitolaunch status`)")
         if TAG_JOB_ID not in trial.tags:
             raise VitolaunchError(f"trial {trial.run_id} has no job yet")
-        resources = JobResources(**trial.resources)
+        resources = Resources.from_record(trial.resources)
         ranks = resources.nodes * resources.tasks_per_node
         if not 0 <= rank < ranks:
             raise VitolaunchError(f"--rank {rank} is out of range: trial {trial.run_id} has ranks 0..{ranks - 1}")

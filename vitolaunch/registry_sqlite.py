@@ -12,6 +12,7 @@ import sqlite3
 from pathlib import Path
 
 from vitolaunch.registry import RunQueries, RunRecord
+from vitolaunch.workspace import Workspace
 
 _SQLITE_PREFIX = "sqlite:///"
 
@@ -81,7 +82,7 @@ class SqliteRunReader(RunQueries):
             raise SchemaMismatch(str(problem)) from problem
 
 
-def open_run_reader(tracking_uri: str, workspace_root: Path):
+def open_run_reader(tracking_uri: str, workspace: Workspace):
     """The fastest reader for this tracking URI: sqlite read directly, anything else through MLflow."""
     if tracking_uri.startswith(_SQLITE_PREFIX):
         try:
@@ -92,4 +93,4 @@ def open_run_reader(tracking_uri: str, workspace_root: Path):
             pass
     from vitolaunch.registry import Registry
 
-    return Registry(tracking_uri, workspace_root / "mlartifacts")
+    return Registry(tracking_uri, workspace.artifact_root)

@@ -12,7 +12,7 @@ class Workspace:
     root: Path
 
     @classmethod
-    def from_env(cls) -> "Workspace":
+    def from_env(cls) -> Workspace:
         return cls(Path(os.environ.get("VITOLAUNCH_HOME", "~/.vitolaunch")).expanduser().resolve())
 
     @property

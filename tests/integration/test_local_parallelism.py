@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from vitolaunch.backends import local_slots
-from vitolaunch.backends.base import JobResources, SchedulerState
+from vitolaunch.backends.base import SchedulerState
 from vitolaunch.backends.local import LocalBackend
+from vitolaunch.resources import Resources
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -133,7 +134,7 @@ def _sleep_then_report(seconds: float) -> float:
 
 def test_local_backend_queues_trials_beyond_array_parallelism(tmp_path):
     backend = LocalBackend()
-    resources = JobResources(array_parallelism=1, timeout_min=5)
+    resources = Resources(array_parallelism=1, timeout_min=5)
     jobs = [lambda: _sleep_then_report(2.0), lambda: _sleep_then_report(0.1)]
     first, second = backend.submit(jobs, ["a", "b"], resources, tmp_path / "logs")
 
@@ -151,7 +152,7 @@ def test_local_backend_queues_trials_beyond_array_parallelism(tmp_path):
 
 def test_cancel_removes_a_waiting_trial(tmp_path):
     backend = LocalBackend()
-    resources = JobResources(array_parallelism=1, timeout_min=5)
+    resources = Resources(array_parallelism=1, timeout_min=5)
     running, waiting = backend.submit(
         [lambda: _sleep_then_report(60), lambda: _sleep_then_report(0.1)], ["a", "b"], resources, tmp_path / "logs"
     )

@@ -8,6 +8,7 @@ from mlflow.tracking import MlflowClient
 
 from vitolaunch.registry import NewTrialRun, Registry
 from vitolaunch.registry_sqlite import SqliteRunReader, open_run_reader
+from vitolaunch.workspace import Workspace
 
 
 def _key(record):
@@ -32,7 +33,7 @@ def test_sqlite_reader_matches_the_mlflow_client(tmp_path):
     client.log_metric(run_ids[1], "train/loss", 1.5, step=8)
     registry.set_status(run_ids[2], "FAILED")
 
-    reader = open_run_reader(uri, tmp_path)
+    reader = open_run_reader(uri, Workspace(tmp_path))
     assert isinstance(reader, SqliteRunReader)
     assert sorted(map(_key, reader.sweeps())) == sorted(map(_key, registry.sweeps()))
     assert [_key(t) for t in reader.trials(sweep)] == [_key(t) for t in registry.trials(sweep)]
@@ -47,5 +48,5 @@ def test_sqlite_reader_matches_the_mlflow_client(tmp_path):
 
 
 def test_a_missing_database_falls_back_to_mlflow(tmp_path):
-    reader = open_run_reader(f"sqlite:///{tmp_path / 'absent.db'}", tmp_path)
+    reader = open_run_reader(f"sqlite:///{tmp_path / 'absent.db'}", Workspace(tmp_path))
     assert isinstance(reader, Registry)

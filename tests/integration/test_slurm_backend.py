@@ -208,14 +208,14 @@ def test_dry_run_prints_the_script_and_the_controller_refuses_bad_resources_befo
 
 @pytest.mark.timeout(120)
 def test_more_trials_than_max_array_size_split_into_arrays_and_one_sacct_call_reads_them(tmp_path, cancel_on_exit):
-    from vitolaunch.backends import JobResources, SchedulerState
+    from vitolaunch.backends import Resources, SchedulerState
     from vitolaunch.backends.slurm import SlurmBackend
 
     cancel_on_exit("it-split")
     backend = SlurmBackend(max_array_size=2)
     jobs = [functools.partial(operator.mul, 3, k) for k in range(5)]
     names = [f"it-split.{k:03d}.abcdef12" for k in range(5)]
-    handles = backend.submit(jobs, names, JobResources(mem_gb=1, timeout_min=5, array_parallelism=4), tmp_path)
+    handles = backend.submit(jobs, names, Resources(mem_gb=1, timeout_min=5, array_parallelism=4), tmp_path)
     arrays = [h.job_id.split("_")[0] for h in handles]
     assert len(set(arrays)) == 3 and [h.job_id.split("_")[1] for h in handles] == ["0", "1", "0", "1", "0"]
     script = (tmp_path / f"array_{arrays[0]}.sbatch.sh").read_text()
@@ -246,7 +246,7 @@ def _running_tasks(name: str) -> int:
 @pytest.mark.parametrize("parallelism", [1, 2])
 def test_split_arrays_never_run_more_than_array_parallelism_at_once(tmp_path, cancel_on_exit, parallelism):
     """3 arrays of 2 one-CPU tasks: the cluster could run all 6 at once, the sweep asked for at most 1 or 2."""
-    from vitolaunch.backends import JobResources, SchedulerState
+    from vitolaunch.backends import Resources, SchedulerState
     from vitolaunch.backends.slurm import SlurmBackend
 
     name = f"it-lanes{parallelism}"
@@ -254,7 +254,7 @@ def test_split_arrays_never_run_more_than_array_parallelism_at_once(tmp_path, ca
     backend = SlurmBackend(max_array_size=2)
     jobs = [functools.partial(time.sleep, 4) for _ in range(6)]
     names = [f"{name}.{k:03d}.abcdef12" for k in range(6)]
-    handles = backend.submit(jobs, names, JobResources(mem_gb=1, timeout_min=5, array_parallelism=parallelism), tmp_path)
+    handles = backend.submit(jobs, names, Resources(mem_gb=1, timeout_min=5, array_parallelism=parallelism), tmp_path)
     assert len({h.job_id.split("_")[0] for h in handles}) == 3
     most, deadline = 0, time.monotonic() + 200
     while not all(s is SchedulerState.COMPLETED for s in backend.states(handles).values()):

@@ -14,7 +14,7 @@ import submitit
 
 from vitolaunch.backends import submitit_compat
 from vitolaunch.backends.slurm import sbatch_parameters
-from vitolaunch.backends.base import JobResources
+from vitolaunch.resources import Resources
 
 
 def test_entry_modules_exist():
@@ -29,7 +29,7 @@ def test_local_executor_still_starts_jobs_through_the_hook_we_override():
 
 
 def test_sbatch_template_takes_every_parameter_we_pass(tmp_path: Path):
-    params = sbatch_parameters(JobResources(nodes=2, tasks_per_node=2, partition="debug"), "sweep", tmp_path, 3, "python")
+    params = sbatch_parameters(Resources(nodes=2, tasks_per_node=2, partition="debug"), "sweep", tmp_path, 3, "python")
     script = submitit_compat.sbatch_script("python", tmp_path / "%j", **params)
     assert script.startswith("#!/bin/bash")
     for line in ("#SBATCH --array=0-2%", "#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=2", "#SBATCH --requeue",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from vitolaunch.backends import JobResources, SchedulerState as S
+from vitolaunch.backends import SchedulerState as S
 from vitolaunch.backends import slurm_retry
 from vitolaunch.backends.slurm import (
     parse_job_table,
@@ -23,6 +23,7 @@ from vitolaunch.backends.slurm import (
 )
 from vitolaunch.registry import RunRecord
 from vitolaunch.records import TAG_JOB_STARTED_AT
+from vitolaunch.resources import Resources
 from vitolaunch.states import TrialState as T, trial_states
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,7 +53,7 @@ def test_dry_run_of_the_cluster_spec_prints_the_sbatch_script(tmp_path):
 
 
 def test_script_for_a_cpu_trial_has_no_gpus_and_a_short_warning():
-    script = render_script(JobResources(nodes=2, timeout_min=5, mem_gb=1.5), ["s.000.a", "s.001.b"], Path("/logs/s"))
+    script = render_script(Resources(nodes=2, timeout_min=5, mem_gb=1.5), ["s.000.a", "s.001.b"], Path("/logs/s"))
     assert "--gpus-per-node" not in script
     assert "#SBATCH --signal=USR2@60" in script  # a fifth of 5 min
     assert "#SBATCH --mem=1536MB" in script and "#SBATCH --array=0-1%2" in script
@@ -61,7 +62,7 @@ def test_script_for_a_cpu_trial_has_no_gpus_and_a_short_warning():
 
 def test_signal_delay_can_be_set_from_the_environment(monkeypatch):
     monkeypatch.setenv(slurm_retry.SIGNAL_DELAY_ENV, "300")
-    assert signal_delay_s(JobResources(timeout_min=2880)) == 300
+    assert signal_delay_s(Resources(timeout_min=2880)) == 300
 
 
 PARTITIONS = (
@@ -83,10 +84,10 @@ def test_partitions_and_config_parse():
 @pytest.mark.parametrize(
     ("resources", "message"),
     [
-        (JobResources(partition="gpu"), "resources.partition 'gpu' does not exist"),
-        (JobResources(nodes=3), "resources.nodes is 3"),
-        (JobResources(partition="short", nodes=2, timeout_min=5), "MaxNodes=1"),
-        (JobResources(partition="short", timeout_min=20), "resources.timeout_min is 20"),
+        (Resources(partition="gpu"), "resources.partition 'gpu' does not exist"),
+        (Resources(nodes=3), "resources.nodes is 3"),
+        (Resources(partition="short", nodes=2, timeout_min=5), "MaxNodes=1"),
+        (Resources(partition="short", timeout_min=20), "resources.timeout_min is 20"),
     ],
 )
 def test_check_names_the_spec_key(monkeypatch, resources, message):
@@ -97,7 +98,7 @@ def test_check_names_the_spec_key(monkeypatch, resources, message):
     monkeypatch.setattr(backend, "partitions", lambda: parse_partitions(PARTITIONS))
     with pytest.raises(VitolaunchError, match=message.replace("(", r"\(")):
         backend.check(resources)
-    backend.check(JobResources(partition="short", timeout_min=10))  # at the limit is fine
+    backend.check(Resources(partition="short", timeout_min=10))  # at the limit is fine
 
 
 def test_sacct_and_squeue_lines_parse_with_array_ranges():

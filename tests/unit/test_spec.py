@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -12,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from vitolaunch.errors import SpecError, VitolaunchError
-from vitolaunch.spec import Resources, SweepSpec, expand, load_spec, resolve_cluster
+from vitolaunch.resources import Resources, resolve_cluster
+from vitolaunch.spec import SweepSpec, expand, load_spec
+from vitolaunch.workspace import Workspace
 from vitolaunch.yaml_lines import load_with_lines
 
 REPO = Path(__file__).resolve().parents[2]
@@ -276,6 +279,20 @@ def test_tasks_per_node_follows_gpus_unless_given() -> None:
     assert Resources().tasks_per_node == 1
 
 
+def test_resources_record_is_the_flat_tag_format_and_reads_back(tmp_path: Path) -> None:
+    spec = load_spec(REPO / "sweeps" / "temperature_ablation.yaml")
+    record = spec.resources.to_record()
+    # The `vitolaunch.resources` tag of existing runs: these keys, in this order, flat.
+    assert json.dumps(record) == (
+        '{"nodes": 4, "tasks_per_node": 8, "gpus_per_node": 8, "cpus_per_task": 10, "mem_gb": 480.0, '
+        '"timeout_min": 2880, "partition": "gpu", "array_parallelism": 2, "retries_timeout": 10, "retries_crash": 2}'
+    )
+    back = Resources.from_record(json.loads(json.dumps(record)))
+    assert back.to_record() == record and back.retries.timeout == 10 and back.ranks == 32
+    assert Resources.from_record({}) == Resources()  # a run without the tag: the defaults
+    assert Resources.from_record({"gpus_per_node": 2}).tasks_per_node == 2
+
+
 def test_resolve_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
     assert resolve_cluster(Resources()) == "local"
@@ -287,84 +304,102 @@ def test_resolve_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert resolve_cluster(Resources(cluster="local")) == "local"
 
 
-def test_storage_and_tracking_defaults_resolve_in_the_workspace(tmp_path: Path) -> None:
+def test_checkpoint_root_resolves_from_the_spec_folder_or_the_workspace(tmp_path: Path) -> None:
+    workspace = Workspace(tmp_path / "ws")
     spec = load_spec(write(tmp_path, "sweeps/s.yaml", "name: s\nstorage: {checkpoint_root: ../ckpt}\n"))
-    assert spec.resolved_checkpoint_root(tmp_path / "ws") == str((tmp_path / "ckpt").resolve())
-    assert spec.resolved_tracking_uri(tmp_path / "ws") == f"sqlite:///{(tmp_path / 'ws').resolve()}/mlflow.db"
+    assert spec.folder == tmp_path / "sweeps"
+    assert spec.resolved_checkpoint_root(workspace) == str((tmp_path / "ckpt").resolve())
     plain = SweepSpec(name="plain", storage={"checkpoint_root": "s3://bucket/ckpt"})
-    assert plain.resolved_checkpoint_root(tmp_path) == "s3://bucket/ckpt"
+    assert plain.resolved_checkpoint_root(workspace) == "s3://bucket/ckpt"
+    default = load_spec(write(tmp_path, "sweeps/d.yaml", "name: d\n"))
+    assert default.resolved_checkpoint_root(workspace) == str((tmp_path / "ws" / "checkpoints").resolve())
+    assert SweepSpec(name="inline").folder == Path.cwd()
 
 
 # ---------------------------------------------------------------- bad specs: one located message each
 
+ZIP_UNEQUAL = """\
+name: s
+parameters:
+  zip:
+    - optim.lr: [0.1, 0.3]
+      optim.warmup_steps: [5, 10, 20]
+"""
 
-def test_unknown_top_level_key(tmp_path: Path) -> None:
-    path = write(tmp_path, "bad.yaml", "name: s\n\nparamters:\n  loss.temperature: [0.1]\n")
-    text = assert_located(spec_error(path), path, 3, "paramters")
-    assert "Did you mean 'parameters'?" in text
+# (spec text, line, key, texts the message must contain); the spec is bad.yaml and the error names it.
+LOCATED_ERRORS = {
+    "unknown top-level key": (
+        "name: s\n\nparamters:\n  loss.temperature: [0.1]\n", 3, "paramters", ["Did you mean 'parameters'?"]
+    ),
+    "vito key at top level points to base": ("name: s\nloss:\n  temperature: 0.1\n", 2, "loss", ["under 'base:'"]),
+    "unknown nested spec key": (
+        "name: s\nresources:\n  nodes: 1\n  node: 2\n", 4, "resources.node", ["Did you mean 'resources.nodes'?"]
+    ),
+    "unknown parameter path": (
+        "name: s\nparameters:\n  optim.lr: [0.1]\n  loss.temprature: [0.1, 0.2]\n", 4, "loss.temprature",
+        ["unknown parameter", "Did you mean 'loss.temperature'?"],
+    ),
+    "unknown parameter without its section": (
+        "name: s\nparameters:\n  warmup_steps: [1]\n", 3, "warmup_steps", ["Did you mean 'optim.warmup_steps'?"]
+    ),
+    "wrong type": ("name: s\nresources:\n  nodes: two\n", 3, "resources.nodes", ["valid integer", "'two'"]),
+    "bad name": ("name: Temperature Ablation\n", 1, "name", ["lowercase"]),
+    "missing name": ("description: no name\n", None, "name", ["required key is missing"]),
+    "empty grid list": ("name: s\nparameters:\n  loss.temperature: []\n", 3, "loss.temperature", ["empty list"]),
+    "scalar instead of list": ("name: s\nparameters:\n  loss.temperature: 0.1\n", 3, "loss.temperature", ["[0.1]"]),
+    "unequal zip": (ZIP_UNEQUAL, 5, "optim.warmup_steps", ["3 values", "'optim.lr' has 2"]),
+    "duplicate key names both lines": (
+        "name: s\nparameters:\n  loss.temperature: [0.1]\n  loss.temperature: [0.2]\n", 4,
+        "parameters.loss.temperature", ["duplicate key", "line 3"],
+    ),
+    "distribution in a grid": (
+        "name: s\nparameters:\n  optim.lr: {distribution: log_uniform, low: 1.0e-4, high: 0.1}\n", 3, "optim.lr",
+        ["method: random"],
+    ),
+    "bad distribution": (
+        "name: s\nmethod: random\ncount: 2\nparameters:\n  optim.lr: {distribution: log_uniform, low: 0, high: 0.1}\n",
+        5, "optim.lr", ["low > 0"],
+    ),
+    "random needs count": ("name: s\nmethod: random\nparameters:\n  optim.lr: [0.1]\n", 2, "count", ["count"]),
+    "grid forbids count": ("name: s\ncount: 3\n", 2, "count", ["only to method: random"]),
+    "out-of-range value points at its item": (
+        "name: s\nparameters:\n  loss.temperature:\n    - 0.1\n    - -0.2\n", 5, "loss.temperature",
+        ["greater than 0", "-0.2"],
+    ),
+    "wrong type in a zip group": (
+        "name: s\nparameters:\n  zip:\n    - optim.lr: [0.1, 0.3]\n      optim.name: [lars, sgd]\n", 5, "optim.name",
+        ["'lars' or 'adamw'"],
+    ),
+    "list-valued key needs a list of lists": ("name: s\nparameters:\n  model.scales: [4, 5]\n", 3, "model.scales", ["[["]),
+    "duplicate trials": (
+        "name: s\nparameters:\n  optim.warmup_steps: [5, 10, 5.0]\n", 3, "optim.warmup_steps",
+        ["trials 0 and 2", "same config"],
+    ),
+    "wrong type in inline base": (
+        "name: s\nbase:\n  train:\n    steps: many\n", 4, "base.train.steps", ["valid integer"]
+    ),
+    "missing base file": ("name: s\n\nbase: configs/nope.yaml\n", 3, "base", ["nope.yaml"]),
+}
 
 
-def test_vito_key_at_top_level_points_to_base(tmp_path: Path) -> None:
-    path = write(tmp_path, "bad.yaml", "name: s\nloss:\n  temperature: 0.1\n")
-    assert "under 'base:'" in assert_located(spec_error(path), path, 2, "loss")
+@pytest.mark.parametrize(("text", "line", "key", "expected"), LOCATED_ERRORS.values(), ids=LOCATED_ERRORS.keys())
+def test_bad_spec_is_one_located_message(tmp_path: Path, text: str, line: int | None, key: str, expected: list[str]) -> None:
+    path = write(tmp_path, "bad.yaml", text)
+    message = assert_located(spec_error(path), path, line, key)
+    for part in expected:
+        assert part in message, message
 
 
-def test_unknown_nested_spec_key(tmp_path: Path) -> None:
-    path = write(tmp_path, "bad.yaml", "name: s\nresources:\n  nodes: 1\n  node: 2\n")
-    assert "Did you mean 'resources.nodes'?" in assert_located(spec_error(path), path, 4, "resources.node")
+def test_list_valued_key_takes_a_list_of_lists(tmp_path: Path) -> None:
+    good = write(tmp_path, "good.yaml", "name: s\nparameters:\n  model.scales: [[4], [4, 5]]\n")
+    assert [t.config.model.scales for t in expand(load_spec(good))] == [[4], [4, 5]]
 
 
-def test_unknown_parameter_path(tmp_path: Path) -> None:
-    path = write(tmp_path, "bad.yaml", "name: s\nparameters:\n  optim.lr: [0.1]\n  loss.temprature: [0.1, 0.2]\n")
-    text = assert_located(spec_error(path), path, 4, "loss.temprature")
-    assert "unknown parameter" in text and "Did you mean 'loss.temperature'?" in text
-
-
-def test_unknown_parameter_without_its_section(tmp_path: Path) -> None:
-    path = write(tmp_path, "bad.yaml", "name: s\nparameters:\n  warmup_steps: [1]\n")
-    assert "Did you mean 'optim.warmup_steps'?" in assert_located(spec_error(path), path, 3, "warmup_steps")
-
-
-def test_wrong_type(tmp_path: Path) -> None:
-    path = write(tmp_path, "bad.yaml", "name: s\nresources:\n  nodes: two\n")
-    text = assert_located(spec_error(path), path, 3, "resources.nodes")
-    assert "valid integer" in text and "'two'" in text
-
-
-def test_bad_name(tmp_path: Path) -> None:
-    path = write(tmp_path, "bad.yaml", "name: Temperature Ablation\n")
-    assert "lowercase" in assert_located(spec_error(path), path, 1, "name")
-
-
-def test_missing_name(tmp_path: Path) -> None:
-    path = write(tmp_path, "bad.yaml", "description: no name\n")
-    assert "required key is missing" in assert_located(spec_error(path), path, None, "name")
-
-
-def test_empty_grid_list(tmp_path: Path) -> None:
-    path = write(tmp_path, "bad.yaml", "name: s\nparameters:\n  loss.temperature: []\n")
-    assert "empty list" in assert_located(spec_error(path), path, 3, "loss.temperature")
-
-
-def test_scalar_instead_of_list(tmp_path: Path) -> None:
-    path = write(tmp_path, "bad.yaml", "name: s\nparameters:\n  loss.temperature: 0.1\n")
-    assert "[0.1]" in assert_located(spec_error(path), path, 3, "loss.temperature")
-
-
-def test_unequal_zip(tmp_path: Path) -> None:
-    path = write(
-        tmp_path,
-        "bad.yaml",
-        """\
-        name: s
-        parameters:
-          zip:
-            - optim.lr: [0.1, 0.3]
-              optim.warmup_steps: [5, 10, 20]
-        """,
-    )
-    text = assert_located(spec_error(path), path, 5, "optim.warmup_steps")
-    assert "3 values" in text and "'optim.lr' has 2" in text
+def test_unknown_key_in_base_file_names_that_file(tmp_path: Path) -> None:
+    base = write(tmp_path, "configs/tiny.yaml", "train:\n  steps: 5\nmodel:\n  widht: 8\n")
+    path = write(tmp_path, "bad.yaml", "name: s\nbase: configs/tiny.yaml\n")
+    text = assert_located(spec_error(path), base, 4, "model.widht")
+    assert "Did you mean 'model.width'?" in text
 
 
 def test_bad_yaml_syntax(tmp_path: Path) -> None:
@@ -375,93 +410,25 @@ def test_bad_yaml_syntax(tmp_path: Path) -> None:
     assert text.startswith(f"{path}:4:") and "invalid YAML" in text and "line 3" in text
 
 
-def test_duplicate_key_names_both_lines(tmp_path: Path) -> None:
-    path = write(tmp_path, "bad.yaml", "name: s\nparameters:\n  loss.temperature: [0.1]\n  loss.temperature: [0.2]\n")
-    text = assert_located(spec_error(path), path, 4, "parameters.loss.temperature")
-    assert "duplicate key" in text and "line 3" in text
+BAD_OVERRIDES = {
+    "resources.node=2": ("resources.node", "Did you mean 'resources.nodes'?"),
+    "resources.nodes=two": ("resources.nodes", "valid integer"),
+    "base.loss.temprature=1": ("base.loss.temprature", "Did you mean 'base.loss.temperature'?"),
+    "base.loss.temperature=-1": ("base.loss.temperature", "greater than 0"),
+    "parameters.loss.temp=[1]": ("loss.temp", "Did you mean 'loss.temperature'?"),
+    "parameters.loss.temperature=[-1]": ("loss.temperature", "greater than 0"),
+}
 
 
-def test_distribution_in_a_grid(tmp_path: Path) -> None:
-    path = write(
-        tmp_path, "bad.yaml", "name: s\nparameters:\n  optim.lr: {distribution: log_uniform, low: 1.0e-4, high: 0.1}\n"
-    )
-    assert "method: random" in assert_located(spec_error(path), path, 3, "optim.lr")
-
-
-def test_bad_distribution(tmp_path: Path) -> None:
-    path = write(
-        tmp_path,
-        "bad.yaml",
-        "name: s\nmethod: random\ncount: 2\nparameters:\n  optim.lr: {distribution: log_uniform, low: 0, high: 0.1}\n",
-    )
-    assert "low > 0" in assert_located(spec_error(path), path, 5, "optim.lr")
-
-
-def test_random_needs_count_and_grid_forbids_it(tmp_path: Path) -> None:
-    no_count = write(tmp_path, "a.yaml", "name: s\nmethod: random\nparameters:\n  optim.lr: [0.1]\n")
-    assert "count" in assert_located(spec_error(no_count), no_count, 2, "count")
-    grid_count = write(tmp_path, "b.yaml", "name: s\ncount: 3\n")
-    assert "only to method: random" in assert_located(spec_error(grid_count), grid_count, 2, "count")
-
-
-def test_out_of_range_value_points_at_its_item(tmp_path: Path) -> None:
-    path = write(tmp_path, "bad.yaml", "name: s\nparameters:\n  loss.temperature:\n    - 0.1\n    - -0.2\n")
-    text = assert_located(spec_error(path), path, 5, "loss.temperature")
-    assert "greater than 0" in text and "-0.2" in text
-
-
-def test_wrong_type_in_a_zip_group(tmp_path: Path) -> None:
-    path = write(
-        tmp_path,
-        "bad.yaml",
-        "name: s\nparameters:\n  zip:\n    - optim.lr: [0.1, 0.3]\n      optim.name: [lars, sgd]\n",
-    )
-    assert "'lars' or 'adamw'" in assert_located(spec_error(path), path, 5, "optim.name")
-
-
-def test_list_valued_key_needs_a_list_of_lists(tmp_path: Path) -> None:
-    path = write(tmp_path, "bad.yaml", "name: s\nparameters:\n  model.scales: [4, 5]\n")
-    assert "[[" in assert_located(spec_error(path), path, 3, "model.scales")
-    good = write(tmp_path, "good.yaml", "name: s\nparameters:\n  model.scales: [[4], [4, 5]]\n")
-    assert [t.config.model.scales for t in expand(load_spec(good))] == [[4], [4, 5]]
-
-
-def test_duplicate_trials(tmp_path: Path) -> None:
-    path = write(tmp_path, "bad.yaml", "name: s\nparameters:\n  optim.warmup_steps: [5, 10, 5.0]\n")
-    text = assert_located(spec_error(path), path, 3, "optim.warmup_steps")
-    assert "trials 0 and 2" in text and "same config" in text
-
-
-def test_unknown_key_in_base_file_names_that_file(tmp_path: Path) -> None:
-    base = write(tmp_path, "configs/tiny.yaml", "train:\n  steps: 5\nmodel:\n  widht: 8\n")
-    path = write(tmp_path, "bad.yaml", "name: s\nbase: configs/tiny.yaml\n")
-    text = assert_located(spec_error(path), base, 4, "model.widht")
-    assert "Did you mean 'model.width'?" in text
-
-
-def test_wrong_type_in_inline_base(tmp_path: Path) -> None:
-    path = write(tmp_path, "bad.yaml", "name: s\nbase:\n  train:\n    steps: many\n")
-    assert "valid integer" in assert_located(spec_error(path), path, 4, "base.train.steps")
-
-
-def test_missing_base_file(tmp_path: Path) -> None:
-    path = write(tmp_path, "bad.yaml", "name: s\n\nbase: configs/nope.yaml\n")
-    assert "nope.yaml" in assert_located(spec_error(path), path, 3, "base")
-
-
-def test_bad_overrides_name_the_option(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("override", "key", "expected"), [(o, *case) for o, case in BAD_OVERRIDES.items()], ids=BAD_OVERRIDES)
+def test_bad_override_names_the_option(tmp_path: Path, override: str, key: str, expected: str) -> None:
     path = write(tmp_path, "s.yaml", "name: s\nparameters:\n  loss.temperature: [0.1]\n")
-    cases = {
-        "resources.node=2": ("resources.node", "Did you mean 'resources.nodes'?"),
-        "resources.nodes=two": ("resources.nodes", "valid integer"),
-        "base.loss.temprature=1": ("base.loss.temprature", "Did you mean 'base.loss.temperature'?"),
-        "base.loss.temperature=-1": ("base.loss.temperature", "greater than 0"),
-        "parameters.loss.temp=[1]": ("loss.temp", "Did you mean 'loss.temperature'?"),
-        "parameters.loss.temperature=[-1]": ("loss.temperature", "greater than 0"),
-    }
-    for override, (key, expected) in cases.items():
-        text = assert_located(spec_error(path, (override,)), path, None, key)
-        assert f"(-o {override})" in text and expected in text, text
+    text = assert_located(spec_error(path, (override,)), path, None, key)
+    assert f"(-o {override})" in text and expected in text, text
+
+
+def test_override_without_a_value(tmp_path: Path) -> None:
+    path = write(tmp_path, "s.yaml", "name: s\nparameters:\n  loss.temperature: [0.1]\n")
     assert "key=value" in str(spec_error(path, ("resources.nodes",)))
 
 

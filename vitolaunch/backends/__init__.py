@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from vitolaunch.backends.base import Backend, JobHandle, JobResources, SchedulerState
+from vitolaunch.backends.base import Backend, JobHandle, SchedulerState
+from vitolaunch.resources import Resources
 
 
 def make_backend(cluster: str) -> Backend:
@@ -19,4 +20,4 @@ def make_backend(cluster: str) -> Backend:
     raise VitolaunchError(f"no backend for cluster '{cluster}': use resources.cluster: local or slurm")
 
 
-__all__ = ["Backend", "JobHandle", "JobResources", "SchedulerState", "make_backend"]
+__all__ = ["Backend", "JobHandle", "Resources", "SchedulerState", "make_backend"]

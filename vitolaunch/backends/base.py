@@ -8,19 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-
-@dataclass(frozen=True)
-class JobResources:
-    nodes: int = 1
-    tasks_per_node: int = 1
-    gpus_per_node: int = 0
-    cpus_per_task: int = 1
-    mem_gb: float = 4
-    timeout_min: int = 60
-    partition: str | None = None
-    array_parallelism: int = 8
-    retries_timeout: int = 3  # requeues after a time limit (SLURM); preemption always requeues
-    retries_crash: int = 1  # requeues after a non-zero exit (SLURM), resumed from the last checkpoint
+from vitolaunch.resources import Resources
 
 
 @dataclass(frozen=True)
@@ -47,12 +35,12 @@ class Backend(ABC):
     name: str
 
     @abstractmethod
-    def check(self, resources: JobResources) -> None:
+    def check(self, resources: Resources) -> None:
         """Raise VitolaunchError if these resources cannot run here, before anything is submitted."""
 
     @abstractmethod
     def submit(
-        self, jobs: Sequence[Callable[[], object]], names: Sequence[str], resources: JobResources, log_dir: Path
+        self, jobs: Sequence[Callable[[], object]], names: Sequence[str], resources: Resources, log_dir: Path
     ) -> list[JobHandle]:
         """Queue one job per callable; returns at once."""
 

@@ -21,9 +21,10 @@ import submitit
 from submitit.core.utils import JobPaths, pickle_load
 
 from vitolaunch.backends import local_slots
-from vitolaunch.backends.base import Backend, JobHandle, JobResources, SchedulerState
+from vitolaunch.backends.base import Backend, JobHandle, SchedulerState
 from vitolaunch.backends.submitit_compat import LOCAL_CONTROLLER_MODULE
 from vitolaunch.errors import VitolaunchError
+from vitolaunch.resources import Resources
 _SLOTS_DIR = ".slots"
 
 
@@ -93,7 +94,7 @@ def _controller_alive(pid: int) -> bool:
 class LocalBackend(Backend):
     name = "local"
 
-    def check(self, resources: JobResources) -> None:
+    def check(self, resources: Resources) -> None:
         if resources.nodes != 1:
             raise VitolaunchError(
                 f"resources.nodes is {resources.nodes}, but the local backend runs on this one machine: "
@@ -109,7 +110,7 @@ class LocalBackend(Backend):
                 )
 
     def submit(
-        self, jobs: Sequence[Callable[[], object]], names: Sequence[str], resources: JobResources, log_dir: Path
+        self, jobs: Sequence[Callable[[], object]], names: Sequence[str], resources: Resources, log_dir: Path
     ) -> list[JobHandle]:
         executor = _DetachedLocalExecutor(log_dir / "%j", log_dir / _SLOTS_DIR, resources.array_parallelism)
         executor.update_parameters(

@@ -27,11 +27,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from vitolaunch.backends.base import Backend, JobHandle, JobResources, SchedulerState
+from vitolaunch.backends.base import Backend, JobHandle, SchedulerState
 from vitolaunch.backends.slurm_retry import SIGNAL_DELAY_ENV, parse_duration_s
 from vitolaunch.backends.submitit_compat import sbatch_script
 from vitolaunch.errors import VitolaunchError
 from vitolaunch.records import sweep_of_job_name
+from vitolaunch.resources import Resources
 
 S = SchedulerState
 _STATE_MAP = {
@@ -169,7 +170,7 @@ def parse_job_table(text: str) -> dict[str, tuple[SchedulerState, float | None]]
     return table
 
 
-def signal_delay_s(resources: JobResources) -> int:
+def signal_delay_s(resources: Resources) -> int:
     """Seconds of warning (USR2) before the time limit: enough to reach a step boundary and save."""
     if os.environ.get(SIGNAL_DELAY_ENV):
         return int(os.environ[SIGNAL_DELAY_ENV])
@@ -182,7 +183,7 @@ def _array_name(names: Sequence[str]) -> str:
     return prefix or "vitolaunch"
 
 
-def sbatch_parameters(resources: JobResources, name: str, log_root: Path, count: int, python: str) -> dict:
+def sbatch_parameters(resources: Resources, name: str, log_root: Path, count: int, python: str) -> dict:
     """Parameters of submitit's sbatch template for one array of `count` trials."""
     delay = signal_delay_s(resources)
     params: dict = {
@@ -225,7 +226,7 @@ def _mem(mem_gb: float) -> str:
     return f"{int(mem_gb)}GB" if float(mem_gb).is_integer() else f"{int(mem_gb * 1024)}MB"
 
 
-def render_script(resources: JobResources, names: Sequence[str], log_root: Path, python: str | None = None) -> str:
+def render_script(resources: Resources, names: Sequence[str], log_root: Path, python: str | None = None) -> str:
     """The sbatch script a submission of these trials uses (for the first array, if split)."""
     python = python or shlex.quote(sys.executable)
     params = sbatch_parameters(resources, _array_name(names), log_root, len(names), python)
@@ -263,7 +264,7 @@ class SlurmBackend(Backend):
         return True
 
     # -- before anything is queued ---------------------------------------------------------------
-    def check(self, resources: JobResources) -> None:
+    def check(self, resources: Resources) -> None:
         try:
             partitions = self.partitions()
         except SlurmUnavailable as problem:
@@ -293,7 +294,7 @@ class SlurmBackend(Backend):
                 f"time limit (MaxTime) of {where}"
             )
 
-    def test_only(self, resources: JobResources, names: Sequence[str], log_root: Path) -> str:
+    def test_only(self, resources: Resources, names: Sequence[str], log_root: Path) -> str:
         """`sbatch --test-only` of the script: where and when it would start. Raises if SLURM refuses it."""
         script = render_script(resources, names[: self.max_array_size()], log_root)
         with tempfile.NamedTemporaryFile("w", suffix=".sh", delete=False) as handle:
@@ -309,7 +310,7 @@ class SlurmBackend(Backend):
 
     # -- submit ----------------------------------------------------------------------------------
     def submit(
-        self, jobs: Sequence[Callable[[], object]], names: Sequence[str], resources: JobResources, log_dir: Path
+        self, jobs: Sequence[Callable[[], object]], names: Sequence[str], resources: Resources, log_dir: Path
     ) -> list[JobHandle]:
         from submitit.core.utils import DelayedSubmission, JobPaths
 

@@ -22,25 +22,19 @@ import pytest
 import yaml
 
 from tests.integration.local_sweeps import TINY_BASE, vitolaunch
-from tests.integration.test_slurm_cluster import slurm_cluster  # noqa: F401  (the skip-or-fail fixture)
 
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("slurm_cluster", "job_environment")]
+# slurm_cluster (tests/integration/conftest.py) skips, or fails under CI, without a cluster.
+pytestmark = pytest.mark.usefixtures("slurm_cluster", "job_environment")
 
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
 
 
 @pytest.fixture(scope="module")
-def job_environment():
+def job_environment(module_monkeypatch):
     """What the jobs inherit through sbatch (--export=ALL): gloo over loopback, and a short collective
     timeout so that a rank left alone by a killed peer fails fast instead of waiting 10 minutes."""
-    saved = {k: os.environ.get(k) for k in ("GLOO_SOCKET_IFNAME", "VITO_DIST_TIMEOUT_S")}
-    os.environ.update(GLOO_SOCKET_IFNAME="lo", VITO_DIST_TIMEOUT_S="60")
-    yield
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    module_monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")
+    module_monkeypatch.setenv("VITO_DIST_TIMEOUT_S", "60")
 
 
 def _slurm_spec(folder: Path, name: str, parameters: dict, train: dict | None = None, **resources) -> Path:
@@ -77,14 +71,8 @@ def _trials(home: Path):
 
 
 def _rows(home: Path, sweep: str, *extra: str, env_path: str | None = None) -> list[dict]:
-    if env_path is None:
-        return json.loads(vitolaunch(home, "status", sweep, "--json", *extra).stdout)
-    saved = os.environ["PATH"]
-    os.environ["PATH"] = env_path
-    try:
-        return json.loads(vitolaunch(home, "status", sweep, "--json", *extra).stdout)
-    finally:
-        os.environ["PATH"] = saved
+    env = None if env_path is None else {"PATH": env_path}
+    return json.loads(vitolaunch(home, "status", sweep, "--json", *extra, env=env).stdout)
 
 
 def _wait_run(home: Path, run_id: str, until, timeout: float, what: str):
@@ -323,7 +311,7 @@ def _long_spec(folder: Path, name: str, **resources) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, slurm_cluster, job_environment):  # noqa: F811
+def reference(tmp_path_factory, slurm_cluster, job_environment):
     """An uninterrupted run of the long trial, submitted once and shared: compared against bitwise."""
     folder = tmp_path_factory.mktemp("reference")
     home = folder / "home"

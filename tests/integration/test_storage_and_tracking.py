@@ -1,6 +1,6 @@
 """Checkpoints in real S3 (SeaweedFS) and metrics on a real MLflow server, including their outages.
 
-Started by scripts/services-up.sh; skipped with a reason when absent, failed under CI=true.
+Started by scripts/services-up.sh; skipped with a reason when absent, failed under CI.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import pytest
 from tests.integration.local_sweeps import all_ended, status_rows, vitolaunch, wait_until, write_spec
 from tests.integration.services import remove_tree, s3_filesystem, services_env
 
-pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -26,19 +25,14 @@ def _services_script(name: str, which: str) -> None:
 
 
 @pytest.fixture
-def s3_env():
+def s3_env(monkeypatch):
     env = services_env(s3=True, mlflow=False)
     prefix = f"{env['VITOLAUNCH_TEST_S3_ROOT']}/tests-{uuid.uuid4().hex[:8]}"
     job_env = {k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL_S3")}
     # The processes of this test (and the jobs they start) see the same credentials.
-    saved = {k: os.environ.get(k) for k in job_env}
-    os.environ.update(job_env)
+    for key, value in job_env.items():
+        monkeypatch.setenv(key, value)
     yield env, prefix, job_env
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
     remove_tree(env, prefix)
 
 

@@ -1,7 +1,7 @@
 """Videos in real S3 (SeaweedFS): a manifest built from an s3:// prefix by the CLI, and frame pairs decoded
 from S3 by seeking, equal to the frames decoded the slow way from a local copy.
 
-Started by scripts/services-up.sh; skipped with a reason when absent, failed under CI=true.
+Started by scripts/services-up.sh; skipped with a reason when absent, failed under CI.
 """
 
 from __future__ import annotations
@@ -18,11 +18,8 @@ import torch
 from tests.integration.local_sweeps import vitolaunch
 from tests.integration.services import remove_tree, s3_filesystem, services_env
 
-pytestmark = pytest.mark.integration
-
-
 @pytest.fixture(scope="module")
-def s3_videos(tmp_path_factory: pytest.TempPathFactory):
+def s3_videos(tmp_path_factory: pytest.TempPathFactory, module_monkeypatch: pytest.MonkeyPatch):
     """A class-per-folder tree of tiny synthetic clips (and one corrupt file) under a fresh S3 prefix."""
     from vito.config import SyntheticConfig
     from vito.data.manifest import read_manifest
@@ -30,8 +27,8 @@ def s3_videos(tmp_path_factory: pytest.TempPathFactory):
 
     env = services_env(s3=True, mlflow=False)
     keys = {k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL_S3")}
-    saved = {k: os.environ.get(k) for k in keys}
-    os.environ.update(keys)  # fsspec in this process (decoding) reads the standard AWS environment
+    for key, value in keys.items():  # fsspec in this process (decoding) reads the standard AWS environment
+        module_monkeypatch.setenv(key, value)
     prefix = f"{env['VITOLAUNCH_TEST_S3_ROOT']}/videos-{uuid.uuid4().hex[:8]}"
     local = read_manifest(ensure_synthetic_videos(
         tmp_path_factory.mktemp("videos"), SyntheticConfig(num_videos=6, num_frames=16, fps=8, size=32, num_classes=3, seed=4)))
@@ -46,11 +43,6 @@ def s3_videos(tmp_path_factory: pytest.TempPathFactory):
     fs.pipe_file(f"{bucket_path}/notes.txt", b"not a video")
     yield env, keys, prefix, by_uri
     remove_tree(env, prefix)
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 @pytest.mark.timeout(180)

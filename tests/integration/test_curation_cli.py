@@ -13,7 +13,6 @@ import torch.nn.functional as F
 
 from tests.integration.local_sweeps import vitolaunch
 
-
 CLASSES = ["circle", "square", "triangle"]
 
 

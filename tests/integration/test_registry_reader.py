@@ -21,7 +21,8 @@ def test_sqlite_reader_matches_the_mlflow_client(tmp_path):
     other = registry.create_sweep(registry.experiment_id("other"), "beta", {})
     run_ids = registry.create_trials(
         sweep,
-        [(f"alpha-{i}", {"loss.temperature": 0.1 * (i + 1)}, {"vitolaunch.trial_index": str(i), "vitolaunch.trial_key": f"k{i}"}, {"i": i})
+        [(f"alpha-{i}", {"loss.temperature": 0.1 * (i + 1)},
+          {"vitolaunch.trial_index": str(i), "vitolaunch.trial_key": f"k{i}"}, {"i": i})
          for i in range(3)],
     )
     registry.client.log_metric(run_ids[1], "train/loss", 2.5, step=7)

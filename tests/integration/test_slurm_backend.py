@@ -133,7 +133,8 @@ def _rank_pid(job: str, rank: int) -> int | None:
             env = process.environ()
         except (psutil.Error, OSError):
             continue
-        if (env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID"), env.get("SLURM_PROCID")) == (array, task, str(rank)):
+        ids = (env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID"), env.get("SLURM_PROCID"))
+        if ids == (array, task, str(rank)):
             return process.pid
     return None
 
@@ -231,8 +232,8 @@ def test_more_trials_than_max_array_size_split_into_arrays_and_one_sacct_call_re
 def test_three_two_node_trials_run_as_one_array_with_status_logs_and_idempotent_sweeps(tmp_path, cancel_on_exit):
     home = tmp_path / "home"
     cancel_on_exit("it-array")
-    spec = _slurm_spec(tmp_path, "it-array", {"loss.temperature": [0.1, 0.2, 0.3]}, train={"steps": 100, "log_every": 10},
-                       array_parallelism=2)
+    spec = _slurm_spec(tmp_path, "it-array", {"loss.temperature": [0.1, 0.2, 0.3]},
+                       train={"steps": 100, "log_every": 10}, array_parallelism=2)
     out = vitolaunch(home, "sweep", str(spec)).stdout
     assert "3 submitted" in out, out
     trials = _trials(home)
@@ -386,8 +387,10 @@ def test_sigkilled_rank_is_retried_from_the_last_checkpoint_then_resume_continue
         return committed
 
     first = kill_rank_1_after(25)
-    retried = _wait_run(home, run_id, lambda r: "crash" in r.data.tags.get("vitolaunch.last_requeue", "") or _finished(r),
-                        120, "the crash retry")
+    retried = _wait_run(
+        home, run_id, lambda r: "crash" in r.data.tags.get("vitolaunch.last_requeue", "") or _finished(r),
+        120, "the crash retry",
+    )
     assert json.loads(retried.data.tags["vitolaunch.retries"])["crash"] == 1, retried.data.tags
     _wait_run(home, run_id, lambda r: r.data.tags.get("vito.resumed_from_step") == str(first) or _finished(r), 180,
               f"the retry to resume from step {first}")
@@ -404,7 +407,8 @@ def test_sigkilled_rank_is_retried_from_the_last_checkpoint_then_resume_continue
     out = vitolaunch(home, "resume", run_id).stdout
     assert run_id in out, out
     done = _wait_run(home, run_id, lambda r: r.info.status == "FINISHED" or (
-        r.info.status in TERMINAL and r.data.tags.get("vito.resumed_from_step") == str(second)), 400, "the resumed trial")
+        r.info.status in TERMINAL and r.data.tags.get("vito.resumed_from_step") == str(second)),
+        400, "the resumed trial")
     assert done.info.status == "FINISHED", done.data.tags
     assert done.data.tags["vito.resumed_from_step"] == str(second)
     assert done.data.tags["vitolaunch.job_id"] != job, "resume submits a new job"

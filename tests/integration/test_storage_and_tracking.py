@@ -103,8 +103,9 @@ def test_two_rank_trial_killed_and_resumed_from_s3_matches_an_uninterrupted_run(
     _, prefix, job_env = s3_env
     train = {"steps": 80, "log_every": 2}
     reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
-    vitolaunch(reference, "sweep", str(write_spec(tmp_path / "a", "s3resume", {"loss.temperature": [0.2]}, train=train)))
-    spec = write_spec(tmp_path / "b", "s3resume", {"loss.temperature": [0.2]}, train=train, storage={"checkpoint_root": prefix})
+    grid = {"loss.temperature": [0.2]}
+    vitolaunch(reference, "sweep", str(write_spec(tmp_path / "a", "s3resume", grid, train=train)))
+    spec = write_spec(tmp_path / "b", "s3resume", grid, train=train, storage={"checkpoint_root": prefix})
     vitolaunch(interrupted, "sweep", str(spec), env=job_env)
     (row,) = status_rows(interrupted, "s3resume")
     client, trial = _trial_tags(interrupted)

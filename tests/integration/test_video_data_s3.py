@@ -7,7 +7,6 @@ Started by scripts/services-up.sh; skipped with a reason when absent, failed und
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import torch
 
 from tests.integration.local_sweeps import vitolaunch
 from tests.integration.services import remove_tree, s3_filesystem, services_env
+
 
 @pytest.fixture(scope="module")
 def s3_videos(tmp_path_factory: pytest.TempPathFactory, module_monkeypatch: pytest.MonkeyPatch):
@@ -30,8 +30,8 @@ def s3_videos(tmp_path_factory: pytest.TempPathFactory, module_monkeypatch: pyte
     for key, value in keys.items():  # fsspec in this process (decoding) reads the standard AWS environment
         module_monkeypatch.setenv(key, value)
     prefix = f"{env['VITOLAUNCH_TEST_S3_ROOT']}/videos-{uuid.uuid4().hex[:8]}"
-    local = read_manifest(ensure_synthetic_videos(
-        tmp_path_factory.mktemp("videos"), SyntheticConfig(num_videos=6, num_frames=16, fps=8, size=32, num_classes=3, seed=4)))
+    synthetic = SyntheticConfig(num_videos=6, num_frames=16, fps=8, size=32, num_classes=3, seed=4)
+    local = read_manifest(ensure_synthetic_videos(tmp_path_factory.mktemp("videos"), synthetic))
     fs = s3_filesystem(env)
     bucket_path = prefix.removeprefix("s3://")
     by_uri = {}
@@ -57,7 +57,8 @@ def test_manifest_from_an_s3_prefix(s3_videos, tmp_path):
     assert sorted(r.uri for r in records) == sorted(by_uri)
     for record in records:
         original = by_uri[record.uri]
-        assert (record.duration_s, record.fps, record.num_frames) == (original.duration_s, original.fps, original.num_frames)
+        shape = (original.duration_s, original.fps, original.num_frames)
+        assert (record.duration_s, record.fps, record.num_frames) == shape
         assert record.label_name == record.uri.split("/")[-2]
     report = json.loads((tmp_path / "manifest.report.json").read_text())
     assert report["skipped"] == 1 and report["skipped_files"][0]["uri"].endswith("circle/corrupt.mp4")
@@ -73,7 +74,8 @@ def test_sampled_pairs_decoded_from_s3_equal_the_slow_local_decode(s3_videos):
 
     _, _, _, by_uri = s3_videos
     remote = sorted(by_uri)
-    records = [VideoRecord(uri, by_uri[uri].duration_s, by_uri[uri].fps, by_uri[uri].num_frames, by_uri[uri].label) for uri in remote]
+    records = [VideoRecord(uri, by_uri[uri].duration_s, by_uri[uri].fps, by_uri[uri].num_frames, by_uri[uri].label)
+               for uri in remote]
     local = [by_uri[uri] for uri in remote]
     cfg = DataConfig(max_gap_s=1.0, crop_size=16, batch_size=4)
     sampler = PairSampler(records, cfg, seed=0, clip_cache_bytes=0)  # every sample seeks in the remote file

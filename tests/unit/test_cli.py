@@ -17,7 +17,8 @@ def _cli(*args: str, home: Path, path: str | None = None) -> subprocess.Complete
     env = {**os.environ, "VITOLAUNCH_HOME": str(home), "COLUMNS": "200"}
     if path is not None:  # e.g. a folder without sbatch: no SLURM, whatever this machine has
         env["PATH"] = path
-    return subprocess.run([sys.executable, "-m", "vitolaunch.cli", *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=60)
+    return subprocess.run([sys.executable, "-m", "vitolaunch.cli", *args], capture_output=True, text=True, env=env,
+                          cwd=REPO, timeout=60)
 
 
 def _heavy_modules_after(argv: list[str]) -> list[str]:

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from vitolaunch.backends import JobResources, SchedulerState as S
-from vitolaunch.backends import slurm_retry
+from vitolaunch.backends import JobResources, SchedulerState as S, slurm_retry
 from vitolaunch.backends.slurm import (
     parse_job_table,
     parse_max_array_size,

@@ -2,7 +2,7 @@
 preemption and crash retries with exact resume, status/cancel/logs, dry runs checked by the controller.
 
 Each trial is the tiny CPU model of local_sweeps.TINY_BASE over gloo, 2 nodes x 1 rank. Without a cluster
-these tests skip, except with CI=true, where they fail.
+these tests skip, except under CI, where they fail.
 """
 
 from __future__ import annotations

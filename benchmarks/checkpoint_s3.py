@@ -62,8 +62,8 @@ def throughput(root: str, mb: int, rounds: int) -> None:
 
 def stall(root: str, rounds: int) -> None:
     import torch
-
     from trainer_overhead import quickstart_config
+
     from vito.train import RunContext, Trainer
 
     cfg = quickstart_config(steps=10).to_dict()
@@ -76,7 +76,8 @@ def stall(root: str, rounds: int) -> None:
     for background in (False, True):
         cfg.checkpoint.background_upload = background
         work = tempfile.mkdtemp(prefix="stall-")
-        ctx = RunContext(checkpoint_uri=f"{root}/stall-{background}", data_root=f"{work}/data", scratch_dir=f"{work}/scratch")
+        ctx = RunContext(checkpoint_uri=f"{root}/stall-{background}", data_root=f"{work}/data",
+                         scratch_dir=f"{work}/scratch")
         trainer = Trainer(cfg, ctx)
         stalls = []
         for index in range(rounds + 1):

@@ -27,7 +27,9 @@ def main() -> None:
     commands = {
         "python -c pass": [sys.executable, "-c", "pass"],
         "vitolaunch --help": [sys.executable, "-m", "vitolaunch.cli", "--help"],
-        "vitolaunch sweep --dry-run": [sys.executable, "-m", "vitolaunch.cli", "sweep", "sweeps/quickstart.yaml", "--dry-run"],
+        "vitolaunch sweep --dry-run": [
+            sys.executable, "-m", "vitolaunch.cli", "sweep", "sweeps/quickstart.yaml", "--dry-run"
+        ],
     }
     if args.status_home:  # status of an existing workspace (sqlite store), e.g. after the quickstart
         commands["vitolaunch status"] = [sys.executable, "-m", "vitolaunch.cli", "status"]

@@ -221,7 +221,8 @@ def main() -> None:
     if args.s3_prefix:
         s3 = s3_rates(records, cfg, args.s3_prefix, args.rounds, args.s3_samples)
         print("\n| arm (one process, S3) | pairs/s (median) | vs raw decode from S3 |\n|---|---|---|")
-        print(f"| FramePairDataset, seek path reading S3 (no clip cache) | {s3['s3_seek']:.0f} | {s3['s3_seek'] / s3['s3_raw']:.2f}x |")
+        print(f"| FramePairDataset, seek path reading S3 (no clip cache) | {s3['s3_seek']:.0f} | "
+              f"{s3['s3_seek'] / s3['s3_raw']:.2f}x |")
         print(f"| raw PyAV decode of the same 2 frames, object read whole from S3 | {s3['s3_raw']:.0f} | 1.00x |")
     if consumer:
         print(f"\ntrainer consumption (given): {consumer:.0f} pairs/s")

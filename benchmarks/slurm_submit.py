@@ -8,8 +8,9 @@ Usage (a cluster from `sudo scripts/slurm-up.sh`; every job it queues is cancell
 Both sides run as fresh processes (interpreter start and imports included), alternately, `--repeats`
 times; the table shows medians. The sweep side is the real command (`vitolaunch sweep SPEC`): spec
 expansion and validation, 1000 MLflow child runs (sqlite, the embedded default, in an existing workspace),
-1000 pickled trial jobs, one held array, release. `vitolaunch status` runs with `sacct`/`squeue` wrapped by a shim that counts
-calls. Jobs are submitted held where the benchmark controls it and cancelled at once, so nothing trains.
+1000 pickled trial jobs, one held array, release. `vitolaunch status` runs with `sacct`/`squeue` wrapped by a
+shim that counts calls. Jobs are submitted held where the benchmark controls it and cancelled at once, so
+nothing trains.
 """
 
 from __future__ import annotations
@@ -161,11 +162,14 @@ def main() -> None:
 
                 # The same, in process: what status costs beyond interpreter start and imports.
                 code = (
-                    "import time, sys; from vitolaunch.launch import Launcher; from vitolaunch.workspace import Workspace;"
+                    "import time, sys; from vitolaunch.launch import Launcher;"
+                    "from vitolaunch.workspace import Workspace;"
                     "from vitolaunch.status import collect_rows; l = Launcher(Workspace.from_env());"
-                    f"s = time.perf_counter(); rows = collect_rows(l.registry, {name!r}); print(time.perf_counter() - s)"
+                    f"s = time.perf_counter(); rows = collect_rows(l.registry, {name!r});"
+                    "print(time.perf_counter() - s)"
                 )
-                proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+                proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                                      timeout=300)
                 rows["status_inproc"].append(float(proc.stdout.strip().splitlines()[-1]))
         finally:
             _scancel("bench-bare", *[f"bench-{k}" for k in range(args.repeats)])
@@ -183,7 +187,8 @@ def main() -> None:
     print("| what | seconds | ratio | notes |")
     print("|---|---|---|---|")
     print(f"| submitit `map_array` of {args.trials} trivial tasks (bare) | {med['bare']:.2f} | 1.00 | fresh process |")
-    print(f"| `vitolaunch sweep` of a {args.trials}-trial spec | {med['sweep']:.2f} | {med['sweep'] / med['bare']:.2f} | "
+    print(f"| `vitolaunch sweep` of a {args.trials}-trial spec | {med['sweep']:.2f} | "
+          f"{med['sweep'] / med['bare']:.2f} | "
           f"fresh process; {args.trials} MLflow runs + array |")
     print(f"| `vitolaunch status SWEEP --json` | {med['status']:.2f} | - | fresh process; sacct calls: "
           f"{max(sacct_calls)} for {max(arrays_seen)} array(s), squeue calls: {max(squeue_calls)} |")

@@ -50,7 +50,8 @@ class InMemoryTrainer(Trainer):
 
 def trainer_steps_per_s(cfg: VitoConfig, work: Path, trainer_class=Trainer) -> dict[str, float]:
     with tempfile.TemporaryDirectory(dir=work) as run_dir:
-        ctx = RunContext(checkpoint_uri=f"{run_dir}/ckpt", data_root=str(work / "data"), scratch_dir=f"{run_dir}/scratch")
+        ctx = RunContext(checkpoint_uri=f"{run_dir}/ckpt", data_root=str(work / "data"),
+                         scratch_dir=f"{run_dir}/scratch")
         return trainer_class(cfg, ctx).run().timing
 
 
@@ -87,7 +88,7 @@ def main() -> None:
     ratio = statistics.median(framed) / statistics.median(bare)
     print(f"model: quickstart (resnet18 width {cfg.model.width}, {cfg.data.crop_size}px, batch {cfg.data.batch_size}), "
           f"1 process, 1 thread, {args.steps} steps x {args.rounds} rounds")
-    print(f"| loop | steps/s (median) |\n|---|---|")
+    print("| loop | steps/s (median) |\n|---|---|")
     print(f"| bare PyTorch | {statistics.median(bare):.2f} |")
     print(f"| vito Trainer (DeepSpeed ZeRO-{cfg.train.zero_stage}, in-memory data) | {statistics.median(framed):.2f} |")
     print(f"trainer / bare ratio: {ratio:.3f}")

@@ -88,7 +88,8 @@ def arm_config(base: dict, arm: str, seed: int) -> VitoConfig:
 
 def train(cfg: VitoConfig, work: Path) -> tuple[VitoModel, float]:
     with tempfile.TemporaryDirectory(dir=work) as run_dir:
-        ctx = RunContext(checkpoint_uri=f"{run_dir}/ckpt", data_root=str(work / "data"), scratch_dir=f"{run_dir}/scratch")
+        ctx = RunContext(checkpoint_uri=f"{run_dir}/ckpt", data_root=str(work / "data"),
+                         scratch_dir=f"{run_dir}/scratch")
         trainer = Trainer(cfg, ctx)
         started = time.perf_counter()
         trainer.run()
@@ -136,7 +137,8 @@ def fmt(values: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--arms", nargs="+", default=["vito", "same_frame", "average_pool", "random_init"], choices=list(ARMS))
+    parser.add_argument("--arms", nargs="+", default=["vito", "same_frame", "average_pool", "random_init"],
+                        choices=list(ARMS))
     parser.add_argument("-o", "--override", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--work", default=None, help="folder for data and checkpoints (default: a temp folder)")
     parser.add_argument("--out", default=None, help="append one JSON line per (arm, seed) here")
@@ -196,7 +198,8 @@ def print_table(results: dict[str, list[dict[str, float]]], train_s: dict[str, f
     """Mean ± sample std over seeds of each metric, one row per arm."""
     any_row = next(row for rows in results.values() for row in rows)
     scale = next((key.split("/")[1][1:].split("_")[0] for key in any_row if key.startswith("deform/m")), None)
-    columns = [(name.format(m=scale), key.format(m=scale)) for name, key in COLUMNS if scale is not None or "deform" not in key]
+    columns = [(name.format(m=scale), key.format(m=scale))
+               for name, key in COLUMNS if scale is not None or "deform" not in key]
     print("\n| arm | " + " | ".join(name for name, _ in columns) + " | seeds | train s/run |")
     print("|---|" + "---|" * (len(columns) + 2))
     for arm in arms:

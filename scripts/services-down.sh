@@ -7,12 +7,12 @@
 # (SIGTERM to the service's process group, SIGKILL after VITOLAUNCH_STOP_TIMEOUT seconds, default 20).
 # Environment: VITOLAUNCH_SERVICES_STATE (default /var/lib/vitolaunch-services), as for services-up.sh.
 set -euo pipefail
+LOG_TAG=services-down
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 STATE=$(realpath -m "${VITOLAUNCH_SERVICES_STATE:-/var/lib/vitolaunch-services}")
 STOP_TIMEOUT=${VITOLAUNCH_STOP_TIMEOUT:-20}
-
-log() { printf '[services-down] %s\n' "$*" >&2; }
-usage() { awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "${BASH_SOURCE[0]}"; }
 
 WANT_S3=0 WANT_MLFLOW=0
 case "${1:-all}" in
@@ -28,31 +28,23 @@ if [[ ! -d $STATE ]]; then
   exit 0
 fi
 
-# services-up.sh holds the lock already when it calls us to restart a service
-if [[ -z ${VITOLAUNCH_SERVICES_LOCK_HELD:-} ]]; then
-  exec 9>>"$STATE/.lock"
-  flock -w 300 9 || { log "another services-up/down holds $STATE/.lock"; exit 1; }
-fi
+take_lock "$STATE"
 
-alive() { # pid alive and not a zombie (PID 1 here reaps late)
-  local line rest
-  [[ -n ${1:-} ]] && read -r line 2>/dev/null </proc/"$1"/stat || return 1
-  rest=${line##*) }
-  [[ ${rest%% *} != [ZX] ]]
+# /proc/PID/stat after the command name: state, ppid, pgrp, ... (the name may hold spaces and parentheses)
+pgid_of() {
+  local line fields
+  read -r line 2>/dev/null <"/proc/$1/stat" || return 1
+  read -ra fields <<<"${line##*) }"
+  echo "${fields[2]}"
 }
-
-cmdline() { tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null || true; }
-
-pgid_of() { local line rest; read -r line 2>/dev/null </proc/"$1"/stat || return 1; rest=${line##*) }; set -- $rest; echo "$3"; }
 
 # pids of live (non-zombie) processes in process group $1
 group_members() {
-  local want=$1 d line rest
+  local want=$1 d line fields
   for d in /proc/[0-9]*; do
     read -r line 2>/dev/null <"$d/stat" || continue
-    rest=${line##*) }
-    set -- $rest
-    [[ $3 == "$want" && $1 != [ZX] ]] || continue
+    read -ra fields <<<"${line##*) }"
+    [[ ${fields[2]} == "$want" && ${fields[0]} != [ZX] ]] || continue
     echo "${d#/proc/}"
   done
 }
@@ -62,25 +54,26 @@ group_members() {
 # of its process group whose argv holds ORPHAN_MARK (e.g. uvicorn workers of a killed MLflow server).
 our_pids() {
   local pidfile=$1 mark=$2 orphan_mark=$3 pid="" f p
-  [[ -f $pidfile ]] && read -r pid <"$pidfile" || true
-  if [[ -n $pid ]] && alive "$pid"; then
+  if [[ -f $pidfile ]]; then read -r pid <"$pidfile" || true; fi
+  if [[ -n $pid ]] && pid_alive "$pid"; then
     [[ " $(cmdline "$pid")" == *" $mark "* ]] && echo "$pid"
   elif [[ -n $pid ]]; then
     for p in $(group_members "$pid"); do
       [[ $(cmdline "$p") == *"$orphan_mark"* ]] && echo "$p"
     done
   fi
+  # shellcheck disable=SC2013 # the matches are /proc/<pid>/cmdline paths: no spaces to split on
   for f in $(grep -lsF -f <(printf '%s\n' "$mark") /proc/[0-9]*/cmdline 2>/dev/null); do
     p=${f#/proc/}
     p=${p%/cmdline}
-    [[ $p != "$pid" ]] && alive "$p" && [[ " $(cmdline "$p")" == *" $mark "* ]] && echo "$p"
+    [[ $p != "$pid" ]] && pid_alive "$p" && [[ " $(cmdline "$p")" == *" $mark "* ]] && echo "$p"
   done
   return 0
 }
 
 stop_service() { # name pidfile mark orphan_mark
   local name=$1 pidfile=$2 mark=$3 orphan_mark=$4 filepid="" pids=() groups=() targets=() p g deadline sig left
-  [[ -f $pidfile ]] && read -r filepid <"$pidfile" || true
+  if [[ -f $pidfile ]]; then read -r filepid <"$pidfile" || true; fi
   mapfile -t pids < <(our_pids "$pidfile" "$mark" "$orphan_mark" | sort -un)
   if ((${#pids[@]} == 0)); then
     rm -f "$pidfile"
@@ -105,7 +98,7 @@ stop_service() { # name pidfile mark orphan_mark
     if [[ $sig == TERM ]]; then deadline=$((SECONDS + STOP_TIMEOUT)); else deadline=$((SECONDS + 10)); fi
     while :; do
       left=""
-      for p in "${pids[@]}"; do alive "$p" && left+=" $p"; done
+      for p in "${pids[@]}"; do pid_alive "$p" && left+=" $p"; done
       for g in "${groups[@]}"; do left+=" $(group_members "$g" | tr '\n' ' ')"; done
       [[ -z ${left// /} ]] && break 2
       ((SECONDS < deadline)) || break
@@ -118,7 +111,7 @@ stop_service() { # name pidfile mark orphan_mark
     return 1
   fi
   rm -f "$pidfile"
-  echo "$name: stopped in $(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')s"
+  echo "$name: stopped in $(elapsed "$t0")s"
 }
 
 rc=0

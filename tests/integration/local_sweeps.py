@@ -58,14 +58,17 @@ def vitolaunch(
     home: Path, *args: str, check: bool = True, timeout: float = 120, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
     extra = env or {}
-    env = {**os.environ, **extra, "VITOLAUNCH_HOME": str(home), "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+    env = {**os.environ, **extra, "VITOLAUNCH_HOME": str(home),
+           "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
     if "MLFLOW_TRACKING_URI" not in extra:
         env.pop("MLFLOW_TRACKING_URI", None)
     result = subprocess.run(
         [sys.executable, "-m", "vitolaunch.cli", *args], env=env, capture_output=True, text=True, timeout=timeout
     )
     if check and result.returncode != 0:
-        raise AssertionError(f"vitolaunch {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+        raise AssertionError(
+            f"vitolaunch {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+        )
     return result
 
 
@@ -74,7 +77,9 @@ def status_rows(home: Path, sweep: str | None = None, env: dict[str, str] | None
     return json.loads(vitolaunch(home, *args, env=env).stdout)
 
 
-def wait_until(home: Path, sweep: str, predicate, timeout: float, what: str, env: dict[str, str] | None = None) -> list[dict]:
+def wait_until(
+    home: Path, sweep: str, predicate, timeout: float, what: str, env: dict[str, str] | None = None
+) -> list[dict]:
     """Poll `vitolaunch status` until `predicate(rows)`; a status call that fails (tracking down) is retried."""
     deadline = time.monotonic() + timeout
     rows: list[dict] = []

@@ -4,8 +4,8 @@
 VITOLAUNCH_SERVICES_STATE, default /var/lib/vitolaunch-services) with the keys and endpoints. Tests get those
 values from `services_env()`, never from the ambient environment, so they run without sourcing anything.
 
-When the services are absent the calling test is skipped with a reason that says how to start them; with
-CI=true it fails instead (CI always starts them, so a skip would hide a broken setup).
+When the services are absent the calling test is skipped with a reason that says how to start them, or fails
+under CI (tests/conftest.py: service_unavailable).
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import NoReturn
 
-import pytest
+from tests.conftest import service_unavailable
 
 DEFAULT_STATE = "/var/lib/vitolaunch-services"
 START_HINT = "start them with: scripts/services-up.sh"
@@ -57,16 +58,8 @@ def parse_env_file(path: str | os.PathLike) -> dict[str, str]:
     return values
 
 
-def in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
-
-
-def unavailable(reason: str):
-    """Skip the current test (fail it when CI=true) because a service is missing."""
-    message = f"{reason}; {START_HINT}"
-    if in_ci():
-        pytest.fail(f"CI=true requires the real services: {message}", pytrace=False)
-    pytest.skip(message)
+def unavailable(reason: str) -> NoReturn:
+    service_unavailable("local S3/MLflow services", reason, START_HINT)
 
 
 def _host_port(url: str) -> tuple[str, int]:
@@ -100,7 +93,7 @@ def mlflow_healthy(uri: str, timeout: float = 3.0) -> str | None:
 def services_env(*, s3: bool = True, mlflow: bool = True) -> dict[str, str]:
     """The values of <state>/env.sh, after checking that the requested services answer.
 
-    Skips (or fails under CI=true) with a clear reason when env.sh is missing or unreadable, or when a
+    Skips (or fails under CI) with a clear reason when env.sh is missing or unreadable, or when a
     requested service does not answer.
     """
     path = env_file()

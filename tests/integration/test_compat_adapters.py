@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 
 from vitolaunch import mlflow_compat
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture

@@ -105,7 +105,8 @@ def test_two_slots_run_two_jobs_together_and_hold_the_third(tmp_path):
 
 def test_a_killed_job_gives_its_slot_back(tmp_path):
     events = tmp_path / "events"
-    first = _waiter(tmp_path / "slots", 1, 1, [sys.executable, "-c", _JOB, str(events), str(tmp_path / "never"), "job1"])
+    never = str(tmp_path / "never")
+    first = _waiter(tmp_path / "slots", 1, 1, [sys.executable, "-c", _JOB, str(events), never, "job1"])
     second = _waiter(tmp_path / "slots", 1, 2, [sys.executable, "-c", _JOB, str(events), "-", "job2"])
     _wait_for(lambda: ("start", "job1") in _events(events))
     first.send_signal(signal.SIGKILL)  # the job itself: the waiter exec'd into it, same pid

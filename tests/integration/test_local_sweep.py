@@ -12,8 +12,6 @@ import pytest
 
 from tests.integration.local_sweeps import all_ended, status_rows, vitolaunch, wait_until, write_spec
 
-pytestmark = pytest.mark.integration
-
 
 def _client(home: Path):
     from mlflow.tracking import MlflowClient

@@ -1,7 +1,7 @@
 """The real local services answer like the real thing: SeaweedFS as S3 (SigV4 keys enforced) and an MLflow
 tracking server whose artifacts land in the `mlflow` bucket.
 
-Start them with scripts/services-up.sh; without them these tests skip (fail with CI=true).
+Start them with scripts/services-up.sh; without them these tests skip (fail under CI).
 """
 
 from __future__ import annotations
@@ -11,15 +11,7 @@ import uuid
 
 import pytest
 
-try:  # tests/integration as a package or as a plain folder on sys.path (pytest's default rootdir import)
-    from . import services
-except ImportError:
-    import services
-
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("DO_NOT_TRACK", "true")
-
-pytestmark = pytest.mark.integration
+from tests.integration import services
 
 MiB = 2**20
 

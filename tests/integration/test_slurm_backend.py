@@ -2,7 +2,7 @@
 preemption and crash retries with exact resume, status/cancel/logs, dry runs checked by the controller.
 
 Each trial is the tiny CPU model of local_sweeps.TINY_BASE over gloo, 2 nodes x 1 rank. Without a cluster
-these tests skip, except with CI=true, where they fail.
+these tests skip, except under CI, where they fail.
 """
 
 from __future__ import annotations
@@ -22,25 +22,19 @@ import pytest
 import yaml
 
 from tests.integration.local_sweeps import TINY_BASE, vitolaunch
-from tests.integration.test_slurm_cluster import slurm_cluster  # noqa: F401  (the skip-or-fail fixture)
 
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("slurm_cluster", "job_environment")]
+# slurm_cluster (tests/integration/conftest.py) skips, or fails under CI, without a cluster.
+pytestmark = pytest.mark.usefixtures("slurm_cluster", "job_environment")
 
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
 
 
 @pytest.fixture(scope="module")
-def job_environment():
+def job_environment(module_monkeypatch):
     """What the jobs inherit through sbatch (--export=ALL): gloo over loopback, and a short collective
     timeout so that a rank left alone by a killed peer fails fast instead of waiting 10 minutes."""
-    saved = {k: os.environ.get(k) for k in ("GLOO_SOCKET_IFNAME", "VITO_DIST_TIMEOUT_S")}
-    os.environ.update(GLOO_SOCKET_IFNAME="lo", VITO_DIST_TIMEOUT_S="60")
-    yield
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    module_monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")
+    module_monkeypatch.setenv("VITO_DIST_TIMEOUT_S", "60")
 
 
 def _slurm_spec(folder: Path, name: str, parameters: dict, train: dict | None = None, **resources) -> Path:
@@ -77,14 +71,8 @@ def _trials(home: Path):
 
 
 def _rows(home: Path, sweep: str, *extra: str, env_path: str | None = None) -> list[dict]:
-    if env_path is None:
-        return json.loads(vitolaunch(home, "status", sweep, "--json", *extra).stdout)
-    saved = os.environ["PATH"]
-    os.environ["PATH"] = env_path
-    try:
-        return json.loads(vitolaunch(home, "status", sweep, "--json", *extra).stdout)
-    finally:
-        os.environ["PATH"] = saved
+    env = None if env_path is None else {"PATH": env_path}
+    return json.loads(vitolaunch(home, "status", sweep, "--json", *extra, env=env).stdout)
 
 
 def _wait_run(home: Path, run_id: str, until, timeout: float, what: str):
@@ -145,7 +133,8 @@ def _rank_pid(job: str, rank: int) -> int | None:
             env = process.environ()
         except (psutil.Error, OSError):
             continue
-        if (env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID"), env.get("SLURM_PROCID")) == (array, task, str(rank)):
+        ids = (env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID"), env.get("SLURM_PROCID"))
+        if ids == (array, task, str(rank)):
             return process.pid
     return None
 
@@ -272,8 +261,8 @@ def test_split_arrays_never_run_more_than_array_parallelism_at_once(tmp_path, ca
 def test_three_two_node_trials_run_as_one_array_with_status_logs_and_idempotent_sweeps(tmp_path, cancel_on_exit):
     home = tmp_path / "home"
     cancel_on_exit("it-array")
-    spec = _slurm_spec(tmp_path, "it-array", {"loss.temperature": [0.1, 0.2, 0.3]}, train={"steps": 100, "log_every": 10},
-                       array_parallelism=2)
+    spec = _slurm_spec(tmp_path, "it-array", {"loss.temperature": [0.1, 0.2, 0.3]},
+                       train={"steps": 100, "log_every": 10}, array_parallelism=2)
     out = vitolaunch(home, "sweep", str(spec)).stdout
     assert "3 submitted" in out, out
     trials = _trials(home)
@@ -363,7 +352,7 @@ def _long_spec(folder: Path, name: str, **resources) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, slurm_cluster, job_environment):  # noqa: F811
+def reference(tmp_path_factory, slurm_cluster, job_environment):
     """An uninterrupted run of the long trial, submitted once and shared: compared against bitwise."""
     folder = tmp_path_factory.mktemp("reference")
     home = folder / "home"
@@ -438,8 +427,10 @@ def test_sigkilled_rank_is_retried_from_the_last_checkpoint_then_resume_continue
         return committed
 
     first = kill_rank_1_after(25)
-    retried = _wait_run(home, run_id, lambda r: "crash" in r.data.tags.get("vitolaunch.last_requeue", "") or _finished(r),
-                        120, "the crash retry")
+    retried = _wait_run(
+        home, run_id, lambda r: "crash" in r.data.tags.get("vitolaunch.last_requeue", "") or _finished(r),
+        120, "the crash retry",
+    )
     assert json.loads(retried.data.tags["vitolaunch.retries"])["crash"] == 1, retried.data.tags
     _wait_run(home, run_id, lambda r: r.data.tags.get("vito.resumed_from_step") == str(first) or _finished(r), 180,
               f"the retry to resume from step {first}")
@@ -456,7 +447,8 @@ def test_sigkilled_rank_is_retried_from_the_last_checkpoint_then_resume_continue
     out = vitolaunch(home, "resume", run_id).stdout
     assert run_id in out, out
     done = _wait_run(home, run_id, lambda r: r.info.status == "FINISHED" or (
-        r.info.status in TERMINAL and r.data.tags.get("vito.resumed_from_step") == str(second)), 400, "the resumed trial")
+        r.info.status in TERMINAL and r.data.tags.get("vito.resumed_from_step") == str(second)),
+        400, "the resumed trial")
     assert done.info.status == "FINISHED", done.data.tags
     assert done.data.tags["vito.resumed_from_step"] == str(second)
     assert done.data.tags["vitolaunch.job_id"] != job, "resume submits a new job"

@@ -1,13 +1,12 @@
 """The loopback SLURM cluster of scripts/slurm-up.sh answers as the rest of the integration tests expect.
 
 Real daemons (slurmctld, slurmd n1/n2, slurmdbd + MariaDB): start them with `sudo scripts/slurm-up.sh`.
-Without a cluster these tests skip, except when CI=true: there they fail, because CI always starts one.
+Without a cluster these tests skip, except under CI: there they fail (the `slurm_cluster` fixture).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -16,73 +15,12 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.integration
-
-START_HINT = "start it with: sudo scripts/slurm-up.sh"
-
-
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"SLURM cluster required when CI=true: {reason} ({START_HINT})", pytrace=False)
-    pytest.skip(f"SLURM cluster not available: {reason} ({START_HINT})")
-
 
 def _run(args: list[str], timeout: float = 20, check: bool = True) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(args)} exited {proc.returncode}: {proc.stderr.strip() or proc.stdout.strip()}")
     return proc
-
-
-def _controller_refuses() -> str | None:
-    """A quick TCP probe of slurmctld (sinfo retries for ~10 s before it gives up on a dead controller)."""
-    conf = Path(os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf"))
-    try:
-        text = conf.read_text()
-    except OSError:
-        return None  # configless or unreadable: let sinfo decide
-    host, port = None, 6817
-    for line in text.splitlines():
-        key, _, value = line.split("#", 1)[0].strip().partition("=")
-        if key.lower() == "slurmctldhost" and host is None:
-            name, _, addr = value.partition("(")
-            host = (addr.rstrip(")") or name).strip()
-        elif key.lower() == "slurmctldport" and value.strip().isdigit():
-            port = int(value.strip())
-    if not host:
-        return None
-    try:
-        socket.create_connection((host, port), timeout=3).close()
-    except OSError as exc:
-        return f"slurmctld at {host}:{port} (from {conf}) does not accept connections: {exc}"
-    return None
-
-
-@pytest.fixture(scope="module")
-def slurm_cluster() -> None:
-    """Skip (or fail under CI=true) unless sinfo shows nodes n1 and n2 up and sacct answers."""
-    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
-        _unavailable("`sinfo`/`sbatch` not on PATH")
-    refused = _controller_refuses()
-    if refused:
-        _unavailable(refused)
-    try:
-        info = _run(["sinfo", "-h", "-N", "-o", "%N %t"], timeout=15, check=False)
-    except subprocess.TimeoutExpired:
-        _unavailable("`sinfo` did not answer within 15 s (slurmctld down?)")
-    if info.returncode != 0:
-        _unavailable(f"`sinfo` failed: {info.stderr.strip()}")
-    states = dict(line.split()[:2] for line in info.stdout.splitlines() if len(line.split()) >= 2)
-    for node in ("n1", "n2"):
-        state = states.get(node)
-        if state is None or state.rstrip("*~#!%$@^-+").lower() not in {"idle", "mix", "alloc", "comp"}:
-            _unavailable(f"node {node} is not up (sinfo: {states or info.stdout.strip()!r})")
-    try:
-        acct = _run(["sacct", "-n", "-X", "-S", "now"], timeout=15, check=False)
-    except subprocess.TimeoutExpired:
-        _unavailable("`sacct` did not answer within 15 s (slurmdbd down?)")
-    if acct.returncode != 0:
-        _unavailable(f"`sacct` failed (accounting down?): {acct.stderr.strip()}")
 
 
 def _sacct_state(job_id: str) -> str:

@@ -1,6 +1,6 @@
 """Checkpoints in real S3 (SeaweedFS) and metrics on a real MLflow server, including their outages.
 
-Started by scripts/services-up.sh; skipped with a reason when absent, failed under CI=true.
+Started by scripts/services-up.sh; skipped with a reason when absent, failed under CI.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import pytest
 from tests.integration.local_sweeps import all_ended, status_rows, vitolaunch, wait_until, write_spec
 from tests.integration.services import remove_tree, s3_filesystem, services_env
 
-pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -27,19 +26,14 @@ def _services_script(name: str, which: str) -> None:
 
 
 @pytest.fixture
-def s3_env():
+def s3_env(monkeypatch):
     env = services_env(s3=True, mlflow=False)
     prefix = f"{env['VITOLAUNCH_TEST_S3_ROOT']}/tests-{uuid.uuid4().hex[:8]}"
     job_env = {k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL_S3")}
     # The processes of this test (and the jobs they start) see the same credentials.
-    saved = {k: os.environ.get(k) for k in job_env}
-    os.environ.update(job_env)
+    for key, value in job_env.items():
+        monkeypatch.setenv(key, value)
     yield env, prefix, job_env
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
     remove_tree(env, prefix)
 
 
@@ -110,8 +104,9 @@ def test_two_rank_trial_killed_and_resumed_from_s3_matches_an_uninterrupted_run(
     _, prefix, job_env = s3_env
     train = {"steps": 80, "log_every": 2}
     reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
-    vitolaunch(reference, "sweep", str(write_spec(tmp_path / "a", "s3resume", {"loss.temperature": [0.2]}, train=train)))
-    spec = write_spec(tmp_path / "b", "s3resume", {"loss.temperature": [0.2]}, train=train, storage={"checkpoint_root": prefix})
+    grid = {"loss.temperature": [0.2]}
+    vitolaunch(reference, "sweep", str(write_spec(tmp_path / "a", "s3resume", grid, train=train)))
+    spec = write_spec(tmp_path / "b", "s3resume", grid, train=train, storage={"checkpoint_root": prefix})
     vitolaunch(interrupted, "sweep", str(spec), env=job_env)
     (row,) = status_rows(interrupted, "s3resume")
     client, trial = _trial_tags(interrupted)

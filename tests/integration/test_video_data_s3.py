@@ -1,13 +1,12 @@
 """Videos in real S3 (SeaweedFS): a manifest built from an s3:// prefix by the CLI, and frame pairs decoded
 from S3 by seeking, equal to the frames decoded the slow way from a local copy.
 
-Started by scripts/services-up.sh; skipped with a reason when absent, failed under CI=true.
+Started by scripts/services-up.sh; skipped with a reason when absent, failed under CI.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from pathlib import Path
 
@@ -18,11 +17,9 @@ import torch
 from tests.integration.local_sweeps import vitolaunch
 from tests.integration.services import remove_tree, s3_filesystem, services_env
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture(scope="module")
-def s3_videos(tmp_path_factory: pytest.TempPathFactory):
+def s3_videos(tmp_path_factory: pytest.TempPathFactory, module_monkeypatch: pytest.MonkeyPatch):
     """A class-per-folder tree of tiny synthetic clips (and one corrupt file) under a fresh S3 prefix."""
     from vito.config import SyntheticConfig
     from vito.data.manifest import read_manifest
@@ -30,11 +27,11 @@ def s3_videos(tmp_path_factory: pytest.TempPathFactory):
 
     env = services_env(s3=True, mlflow=False)
     keys = {k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL_S3")}
-    saved = {k: os.environ.get(k) for k in keys}
-    os.environ.update(keys)  # fsspec in this process (decoding) reads the standard AWS environment
+    for key, value in keys.items():  # fsspec in this process (decoding) reads the standard AWS environment
+        module_monkeypatch.setenv(key, value)
     prefix = f"{env['VITOLAUNCH_TEST_S3_ROOT']}/videos-{uuid.uuid4().hex[:8]}"
-    local = read_manifest(ensure_synthetic_videos(
-        tmp_path_factory.mktemp("videos"), SyntheticConfig(num_videos=6, num_frames=16, fps=8, size=32, num_classes=3, seed=4)))
+    synthetic = SyntheticConfig(num_videos=6, num_frames=16, fps=8, size=32, num_classes=3, seed=4)
+    local = read_manifest(ensure_synthetic_videos(tmp_path_factory.mktemp("videos"), synthetic))
     fs = s3_filesystem(env)
     bucket_path = prefix.removeprefix("s3://")
     by_uri = {}
@@ -46,11 +43,6 @@ def s3_videos(tmp_path_factory: pytest.TempPathFactory):
     fs.pipe_file(f"{bucket_path}/notes.txt", b"not a video")
     yield env, keys, prefix, by_uri
     remove_tree(env, prefix)
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 @pytest.mark.timeout(180)
@@ -65,7 +57,8 @@ def test_manifest_from_an_s3_prefix(s3_videos, tmp_path):
     assert sorted(r.uri for r in records) == sorted(by_uri)
     for record in records:
         original = by_uri[record.uri]
-        assert (record.duration_s, record.fps, record.num_frames) == (original.duration_s, original.fps, original.num_frames)
+        shape = (original.duration_s, original.fps, original.num_frames)
+        assert (record.duration_s, record.fps, record.num_frames) == shape
         assert record.label_name == record.uri.split("/")[-2]
     report = json.loads((tmp_path / "manifest.report.json").read_text())
     assert report["skipped"] == 1 and report["skipped_files"][0]["uri"].endswith("circle/corrupt.mp4")
@@ -81,7 +74,8 @@ def test_sampled_pairs_decoded_from_s3_equal_the_slow_local_decode(s3_videos):
 
     _, _, _, by_uri = s3_videos
     remote = sorted(by_uri)
-    records = [VideoRecord(uri, by_uri[uri].duration_s, by_uri[uri].fps, by_uri[uri].num_frames, by_uri[uri].label) for uri in remote]
+    records = [VideoRecord(uri, by_uri[uri].duration_s, by_uri[uri].fps, by_uri[uri].num_frames, by_uri[uri].label)
+               for uri in remote]
     local = [by_uri[uri] for uri in remote]
     cfg = DataConfig(max_gap_s=1.0, crop_size=16, batch_size=4)
     sampler = PairSampler(records, cfg, seed=0, clip_cache_bytes=0)  # every sample seeks in the remote file

@@ -53,7 +53,8 @@ def records(tmp_path_factory: pytest.TempPathFactory) -> list[VideoRecord]:
 
 def views(batch: int = 8, size: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
-    return (torch.randn(batch, 3, size, size, generator=generator), torch.randn(batch, 3, size, size, generator=generator))
+    return (torch.randn(batch, 3, size, size, generator=generator),
+            torch.randn(batch, 3, size, size, generator=generator))
 
 
 # ------------------------------------------------------------------------------------------ pair source
@@ -225,8 +226,10 @@ def test_hue_jitter_rotates_colour_and_is_off_by_default(tmp_path):
     jitter_only = dict(crop_scale_min=1.0, flip_p=0, color_jitter_p=1.0, color_jitter_strength=0.0, grayscale_p=0,
                        blur_p=0, solarize_p=0)
     plain = augment_view(frame, AugmentConfig(**jitter_only), 16, torch.Generator().manual_seed(0))
-    torch.testing.assert_close(plain, augment_view(frame, AugmentConfig(**jitter_only), 16, torch.Generator().manual_seed(0)))
-    hues = [augment_view(frame, AugmentConfig(**jitter_only, hue=0.5), 16, torch.Generator().manual_seed(s)) for s in range(6)]
+    again = augment_view(frame, AugmentConfig(**jitter_only), 16, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(plain, again)
+    hue = AugmentConfig(**jitter_only, hue=0.5)
+    hues = [augment_view(frame, hue, 16, torch.Generator().manual_seed(s)) for s in range(6)]
     channel_means = torch.stack([h.mean(dim=(1, 2)) for h in hues])
     assert channel_means.std(dim=0).max() > 0.3, "hue rotation must move colour between channels"
     # Luma is (nearly) kept: hue rotation leaves brightness alone.

@@ -89,8 +89,11 @@ def test_any_torch_checkpoint_loads(tmp_path: Path, kind: str) -> None:
     assert not classifier.model.training
     logits = classifier.model(torch.ones(2, 3, 8, 8))
     assert logits.shape == (2, 3)
-    if kind == "state_dict":
-        assert classifier.classes == ["red", "green", "blue"] and classifier.input_size == 24
+
+
+def test_a_state_dict_checkpoint_carries_its_class_names_and_input_size(tmp_path: Path) -> None:
+    classifier = load_classifier(save_classifier(tmp_path / "clf.pt", "state_dict"))
+    assert classifier.classes == ["red", "green", "blue"] and classifier.input_size == 24
 
 
 def test_state_dict_without_factory_is_a_clear_error(tmp_path: Path) -> None:
@@ -144,6 +147,5 @@ def test_curate_manifest_writes_manifest_and_respects_a_histogram_target(tmp_pat
     curated = read_manifest(out)
     assert len(curated) == report["curated"] > 0
     after = report["histogram"]["curated"]
-    if after.get("green") and after.get("red"):
-        assert after["red"] == 2 * after["green"]
+    assert after.get("green", 0) > 0 and after.get("red") == 2 * after["green"], after
     assert report["total_variation_to_target"]["curated"] <= report["total_variation_to_target"]["candidates"]

@@ -1,9 +1,8 @@
-"""The SLURM backend's pure parts: the sbatch script, parsing scheduler output, retry decisions, STALLED,
-and bulk run creation. No cluster needed (SLURM is hidden from PATH where it matters)."""
+"""The SLURM backend's pure parts: the sbatch script, parsing scheduler output, retry decisions and STALLED.
+No cluster needed (SLURM is hidden from PATH where it matters)."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -197,36 +196,6 @@ def test_a_running_trial_quiet_for_too_long_is_stalled(monkeypatch):
     assert trial_states([restarted], stalled_after=5, now=1700.0)["r"] is T.STALLED
     assert trial_states([restarted], stalled_after=60, now=1700.0)["r"] is T.RUNNING
     assert T.STALLED.is_active and not T.STALLED.is_terminal
-
-
-def test_bulk_trial_runs_match_runs_made_one_by_one(tmp_path):
-    from mlflow.tracking import MlflowClient
-
-    from vitolaunch.records import CONFIG_ARTIFACT
-    from vitolaunch.registry import NewTrialRun, Registry
-
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    registry = Registry(uri, tmp_path / "artifacts")
-    experiment = registry.experiment_id("tests")
-    sweep = registry.create_sweep(experiment, "bulk", {})
-    params, tags, config = {"loss.temperature": 0.1, "model.scales": [4, 5]}, {"vitolaunch.sweep": "bulk"}, {"a": {"b": 1}}
-    one = registry.create_trial(sweep, NewTrialRun("one", params, tags, config))
-    (many,) = registry.create_trials(sweep, [NewTrialRun("many", params, tags, config)])
-    a, b = registry.get(one), registry.get(many)
-    assert (a.status, a.params, a.kind, a.experiment_id) == (b.status, b.params, b.kind, b.experiment_id)
-    assert {k: v for k, v in a.tags.items() if k != "mlflow.runName"} == {k: v for k, v in b.tags.items() if k != "mlflow.runName"}
-    assert registry.config_of(b) == config == registry.config_of(a)
-    assert CONFIG_ARTIFACT in {f.path for f in MlflowClient(uri).list_artifacts(many)}
-    assert {r.run_id for r in registry.trials(sweep)} == {one, many}
-
-    registry.set_tags_many({one: {"vitolaunch.job_id": "7_0"}, many: {"vitolaunch.job_id": "7_1", "x": "y"}}, status="RUNNING")
-    registry.set_tags_many({many: {"vitolaunch.job_id": "8_0"}})
-    assert registry.get(one).tags["vitolaunch.job_id"] == "7_0" and registry.get(one).status == "RUNNING"
-    assert registry.get(many).tags["vitolaunch.job_id"] == "8_0" and registry.get(many).tags["x"] == "y"
-    assert json.loads(json.dumps(registry.get(many).params)) == a.params
-    registry.set_tags_many({one: {}, many: {}}, status="KILLED")  # what cancel does
-    assert {registry.get(r).status for r in (one, many)} == {"KILLED"}
-    assert all(registry.get(r).end_time for r in (one, many))
 
 
 def test_cancel_takes_whole_arrays_by_id_and_lone_tasks_by_task_id(tmp_path):

@@ -13,7 +13,6 @@ from torch import Tensor, nn
 from vito.config import EMAConfig, LossConfig, ModelConfig
 from vito.loss import info_nce
 
-
 # ---------------------------------------------------------------------------------------------- backbone
 
 

@@ -166,10 +166,8 @@ def status(sweep_id: str | None, watch: bool, interval: float, as_json: bool, st
     """Show every sweep and trial (or one sweep: SWEEP_ID is its name or run id)."""
     from functools import partial
 
-    from vitolaunch.status import all_terminal, render_table, rows_as_json
-    from vitolaunch.status import collect_rows as _collect
-
     from vitolaunch.registry_sqlite import open_run_reader
+    from vitolaunch.status import all_terminal, collect_rows as _collect, render_table, rows_as_json
     from vitolaunch.workspace import Workspace, quiet_mlflow_environment
 
     quiet_mlflow_environment()

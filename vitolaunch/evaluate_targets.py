@@ -72,7 +72,7 @@ def _newest_step(uri: str, storage_options: dict[str, Any], wanted: int | None, 
 
     try:
         committed = CheckpointStore(uri, storage_options).committed_steps()
-    except Exception as problem:  # noqa: BLE001 - unreachable storage: say which target
+    except Exception as problem:
         raise VitolaunchError(f"{what}: cannot list the checkpoints under {uri} ({type(problem).__name__}: {problem})") from problem
     if not committed:
         raise VitolaunchError(f"{what}: no committed checkpoint under {uri}")

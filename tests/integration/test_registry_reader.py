@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from mlflow.tracking import MlflowClient
 
 from vitolaunch.registry import NewTrialRun, Registry

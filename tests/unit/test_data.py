@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
 from vito.config import AugmentConfig, DataConfig, SyntheticConfig
 from vito.data import video as video_module
@@ -67,7 +66,7 @@ def test_manifest_malformed_line_names_file_and_line(tmp_path: Path, bad_line: s
     good = json.dumps({"uri": "a.mp4", "duration_s": 1.0, "fps": 8.0, "num_frames": 8})
     path = tmp_path / "m.jsonl"
     path.write_text(f"{good}\n\n{bad_line}\n{good}\n")
-    with pytest.raises(ValueError, match=rf"m\.jsonl:3\b"):
+    with pytest.raises(ValueError, match=r"m\.jsonl:3\b"):
         read_manifest(path)
 
 

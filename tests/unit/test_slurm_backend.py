@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from vitolaunch.backends import SchedulerState as S
-from vitolaunch.backends import slurm_retry
+from vitolaunch.backends import SchedulerState as S, slurm_retry
 from vitolaunch.backends.slurm import (
     parse_job_table,
     parse_max_array_size,
@@ -20,8 +19,8 @@ from vitolaunch.backends.slurm import (
     signal_delay_s,
     slurm_state,
 )
-from vitolaunch.registry import RunRecord
 from vitolaunch.records import TAG_JOB_STARTED_AT
+from vitolaunch.registry import RunRecord
 from vitolaunch.resources import Resources
 from vitolaunch.states import TrialState as T, trial_states
 

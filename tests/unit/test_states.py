@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from vitolaunch.backends import SchedulerState as S
-from vitolaunch.registry import RunRecord
 from vitolaunch.records import TAG_STOPPED_AT_STEP
+from vitolaunch.registry import RunRecord
 from vitolaunch.states import TrialState as T, merge_state
 
 

@@ -25,6 +25,7 @@ from vitolaunch.backends.base import Backend, JobHandle, SchedulerState
 from vitolaunch.backends.submitit_compat import LOCAL_CONTROLLER_MODULE
 from vitolaunch.errors import VitolaunchError
 from vitolaunch.resources import Resources
+
 _SLOTS_DIR = ".slots"
 
 

@@ -13,15 +13,19 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from vitolaunch.backends import slurm_retry
+from vitolaunch.registry import TAG_EVALUATED_BY, TAG_EVALUATED_STEP
 
 TERMINATED_TAG = "vitolaunch.terminated_at_step"  # saved on SIGTERM (cancel, preemption) at this step
 
 log = logging.getLogger("vitolaunch.job")
+
+Task = Literal["pretrain", "evaluate"]  # a sweep spec's `task`: train the config, or evaluate the checkpoint it names
 
 
 @dataclass
@@ -32,6 +36,7 @@ class TrialJob:
     checkpoint_uri: str
     data_root: str
     scratch_root: str
+    task: Task
     cpus_per_task: int = 1
     # fsspec options for the checkpoint store (e.g. an S3 endpoint); never credentials, which come from
     # the standard AWS environment of the job.
@@ -41,6 +46,10 @@ class TrialJob:
     max_crashes: int = 0
     _stop: bool = field(default=False, repr=False)
     _terminated: bool = field(default=False, repr=False)  # SIGTERM: stop, and leave requeueing to the scheduler
+
+    def __post_init__(self) -> None:
+        if self.task not in get_args(Task):
+            raise ValueError(f"TrialJob.task is {self.task!r}: expected one of {get_args(Task)}")
 
     def __call__(self) -> dict[str, Any]:
         # A scheduler's warning signal only sets a flag; the trainer acts on it at the next step boundary.
@@ -84,14 +93,19 @@ class TrialJob:
             # Metrics and status are sent by a background thread: drain it before the process ends.
             tracking.close()
 
-    def _train_and_record(self, cfg, context, tracking, rank: int) -> dict[str, Any]:
+    def entry_point(self) -> Callable[[Any, Any], Any]:
+        """The vito function this job runs, `(cfg, ctx) -> TrainResult`: training, or evaluating a checkpoint."""
+        if self.task == "evaluate":
+            from vito.evaluate_task import run
+
+            return run
         from vito.train import train
 
-        if cfg.eval.checkpoint is not None:  # an evaluation trial (task: evaluate) evaluates instead of training
-            from vito.evaluate_task import run as train
+        return train
 
+    def _train_and_record(self, cfg, context, tracking, rank: int) -> dict[str, Any]:
         try:
-            result = train(cfg, context)
+            result = self.entry_point()(cfg, context)
         except BaseException as problem:
             if rank == 0 and slurm_retry.in_slurm_job() and slurm_retry.crash_retries_left(_task_folder(), self.max_crashes):
                 # The batch script requeues this task once srun has returned (see slurm_retry.after_step).
@@ -100,6 +114,8 @@ class TrialJob:
                 tracking.set_status("FAILED")
             raise
         if result.completed:
+            if self.task == "evaluate" and rank == 0:
+                self._link_evaluation(tracking, cfg.eval.pretrain_run_id, result.step)
             tracking.set_status("FINISHED")
         elif self._terminated:
             # Cancelled, or preempted by a scheduler that requeues by itself: the canceller and the scheduler's
@@ -116,6 +132,22 @@ class TrialJob:
             tracking.set_tags({"vitolaunch.stopped_at_step": str(result.step)})
             tracking.set_status("KILLED")
         return {"step": result.step, "completed": result.completed, **result.evaluation}
+
+    def _link_evaluation(self, tracking, pretrain_run_id: str | None, step: int) -> None:
+        """Record which checkpoint step this evaluation read, and tag the pretraining run with this evaluation.
+
+        The pretraining run's tag is best effort: it is a link, not a result, and the evaluation run's own
+        pretrain tag (set at submit time) already leads back to it.
+        """
+        tracking.set_tags({TAG_EVALUATED_STEP: str(step)})
+        if not pretrain_run_id:
+            return
+        try:
+            from mlflow.tracking import MlflowClient
+
+            MlflowClient(tracking_uri=self.tracking_uri).set_tag(pretrain_run_id, TAG_EVALUATED_BY + self.run_id, f"step {step}")
+        except Exception as problem:  # noqa: BLE001
+            log.warning("could not tag pretraining run %s with this evaluation: %s", pretrain_run_id, problem)
 
     def _requeue_or_stop(self, tracking, step: int) -> None:
         """Rank 0 on SLURM, once every rank saved `step`: requeue this array task, or stop resumably."""

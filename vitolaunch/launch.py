@@ -12,16 +12,18 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import get_args
 
 from vitolaunch.backends import JobHandle, JobResources, make_backend
 from vitolaunch.errors import VitolaunchError
-from vitolaunch.job import TrialJob
+from vitolaunch.job import Task, TrialJob
 from vitolaunch.registry import (
     TAG_BACKEND,
     TAG_CHECKPOINT,
     TAG_GIT_COMMIT,
     TAG_JOB_ID,
     TAG_LOG_DIR,
+    TAG_PRETRAIN_RUN,
     TAG_RESOURCES,
     TAG_SPEC_HASH,
     TAG_STORAGE_OPTIONS,
@@ -126,8 +128,16 @@ def _trial_tags(trial: Trial, checkpoint_uri: str) -> dict[str, str]:
         TAG_TOTAL_STEPS: str(trial.config.train.steps),
     }
     if trial.config.eval.pretrain_run_id:  # an evaluation trial: link it to what it evaluates
-        tags["vitolaunch.pretrain_run_id"] = trial.config.eval.pretrain_run_id
+        tags[TAG_PRETRAIN_RUN] = trial.config.eval.pretrain_run_id
     return tags
+
+
+def _task_of(trial: RunRecord) -> Task:
+    """What a recorded trial does, from the task tag its sweep gave it at submit time."""
+    task = trial.tags.get(TAG_TASK, "pretrain")
+    if task not in get_args(Task):
+        raise VitolaunchError(f"trial {trial.run_id} has an unknown {TAG_TASK} tag '{task}': expected pretrain or evaluate")
+    return task
 
 
 class Launcher:
@@ -203,7 +213,8 @@ class Launcher:
                 outcome.run_id = run_id
         if to_run:
             jobs = [
-                self._job(o.run_id, configs.get(o.trial.key) or o.trial.config.to_dict(), uri, resources, storage_options)
+                self._job(o.run_id, spec.task, configs.get(o.trial.key) or o.trial.config.to_dict(), uri, resources,
+                          storage_options)
                 for o, uri in to_run
             ]
             names = [f"{spec.name}.{o.trial.index:03d}.{o.trial.key[:8]}" for o, _ in to_run]
@@ -213,11 +224,12 @@ class Launcher:
         return SweepReport(spec.name, sweep.run_id, self.tracking_uri, backend.name, outcomes)
 
     def _job(
-        self, run_id: str, config: dict, checkpoint_uri: str, resources: JobResources, storage_options: dict
+        self, run_id: str, task: Task, config: dict, checkpoint_uri: str, resources: JobResources, storage_options: dict
     ) -> TrialJob:
         return TrialJob(
             run_id=run_id,
             tracking_uri=self.tracking_uri,
+            task=task,
             config=config,
             checkpoint_uri=checkpoint_uri,
             data_root=str(self.workspace.data_root),
@@ -266,7 +278,7 @@ class Launcher:
             resources = JobResources(**group[0].resources)
             backend.check(resources)
             jobs = [
-                self._job(t.run_id, self.registry.config_of(t), t.tags[TAG_CHECKPOINT], resources,
+                self._job(t.run_id, _task_of(t), self.registry.config_of(t), t.tags[TAG_CHECKPOINT], resources,
                           json.loads(t.tags.get(TAG_STORAGE_OPTIONS, "{}")))
                 for t in group
             ]

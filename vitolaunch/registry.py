@@ -134,6 +134,10 @@ class RunQueries:
             raise VitolaunchError(f"no sweep or trial '{run_or_sweep}' in {self.tracking_uri}: see `vitolaunch status`")
         raise VitolaunchError(f"'{run_or_sweep}' is ambiguous ({len(candidates)} matches): give more of the run id")
 
+    def all_trials(self) -> list[RunRecord]:
+        """Every trial run of every sweep, in all experiments."""
+        return self._find({TAG_KIND: "trial"})
+
 
 class Registry(RunQueries):
     def __init__(self, tracking_uri: str, artifact_root: Path | None = None):
@@ -237,6 +241,9 @@ class Registry(RunQueries):
             token = page.token
             if not token:
                 return runs
+
+    def experiment_name(self, experiment_id: str) -> str:
+        return self.client.get_experiment(experiment_id).name
 
 
 def _param_value(value: Any) -> str:

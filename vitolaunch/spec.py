@@ -233,6 +233,10 @@ class SweepSpec(_Strict):
         self._locator = locator
         return self
 
+    def error_at(self, path: DocPath, message: str, *, key: str | None = None, hint: str | None = None) -> SpecError:
+        """A SpecError located at `path` in this spec's file (its line, or the -o override that set it)."""
+        return self._locator.error(path, message, key=key, hint=hint)
+
     def base_config_dict(self) -> dict[str, Any]:
         """The resolved base vito config (defaults filled in, `base.*` overrides applied), as a fresh dict."""
         if self._base_dict is None:

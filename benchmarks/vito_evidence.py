@@ -16,7 +16,7 @@ changes one thing from VITO:
 
 Every arm trains with the real trainer (`vito.train.Trainer`: DeepSpeed, the data pipeline, EMA target), one
 process, one thread per process, then runs the evaluation suite of `task: evaluate` trials
-(`vito.evaluate_task.evaluate_suite`): linear probe and kNN on frozen features, accuracy under corruptions,
+(`vito.evaluate.evaluate_suite`): linear probe and kNN on frozen features, accuracy under corruptions,
 accuracy on held-out clips with stronger (unseen) motion and deformation, and label propagation (J&F).
 Seeds vary the training seed (network init, data order, augmentations); the evaluation data are fixed.
 """
@@ -37,8 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vito.config import VitoConfig, set_dotted
-from vito.evaluate import evaluation_splits
-from vito.evaluate_task import evaluate_suite
+from vito.evaluate import evaluate_suite, evaluation_splits
 from vito.model import VitoModel
 from vito.train import RunContext, Trainer
 from vitolaunch.spec import load_spec

@@ -3,7 +3,8 @@
 Layout under a trial's root::
 
     step_00000050/<files written by every rank>
-    step_00000050/COMMITTED      # written last, by rank 0: file list with sizes and sha256
+    step_00000050/COMMITTED      # written last, by rank 0: file list with sizes and sha256, and metadata
+                                 # (world size, the resolved config)
     latest                       # {"step": 50}, updated after COMMITTED; a convenience for humans
 
 S3 has no atomic rename, so a step folder without its COMMITTED marker is never read: a save that died
@@ -31,6 +32,7 @@ COMMIT_MARKER = "COMMITTED"
 LATEST_POINTER = "latest"
 KEEP_MARKER = "KEEP"
 RANK_MARKERS = "_ranks"  # per-rank "my files are uploaded" notes, merged into COMMITTED by rank 0
+MARKER_CONFIG = "config"  # the marker's metadata key for the resolved config the step was trained with
 _STEP_DIR = re.compile(r"step_(\d+)$")
 _CHUNK = 4 << 20
 
@@ -97,7 +99,7 @@ class CheckpointStore:
 
     def check_writable(self) -> None:
         """Write, read back and delete a small object; StorageUnavailable with one clear message if not."""
-        probe = f"{self.root}/.vitolaunch-write-check-{os.getpid()}"
+        probe = f"{self.root}/.vito-write-check-{os.getpid()}"
         try:
             self.fs.makedirs(self.root, exist_ok=True)
             self.fs.pipe_file(probe, b"ok")
@@ -212,25 +214,53 @@ class CheckpointStore:
         except (FileNotFoundError, ValueError, KeyError):
             return None
 
+    def committed_marker(self, step: int) -> dict[str, Any]:
+        """The COMMITTED marker of `step`; CorruptCheckpoint when the step is not committed."""
+        marker = self.marker(step)
+        if marker is None:
+            raise CorruptCheckpoint(f"{self.root_uri}/{step_name(step)} has no {COMMIT_MARKER} marker")
+        return marker
+
+    def committed_config(self, step: int) -> dict[str, Any] | None:
+        """The resolved config recorded in the marker of `step`; None for steps committed before markers held it.
+
+        Reading it fetches only the small marker: no weights, and nothing that needs torch.
+        """
+        config = self.committed_marker(step).get("metadata", {}).get(MARKER_CONFIG)
+        return config if isinstance(config, dict) else None
+
+    def fetch_verified(self, step: int, relative_path: str, dest: str | Path) -> Path:
+        """Fetch one file of a committed step to `dest/relative_path`, its size and sha256 checked against the marker.
+
+        Raises CorruptCheckpoint when the step is not committed, its marker lists no such file, or the file is
+        missing or does not match.
+        """
+        marker = self.committed_marker(step)
+        entry = next((e for e in marker["files"] if e["path"] == relative_path), None)
+        if entry is None:
+            raise CorruptCheckpoint(f"{self.root_uri}/{step_name(step)} lists no {relative_path}")
+        return self._fetch(step, entry, Path(dest))
+
+    def _fetch(self, step: int, entry: dict[str, Any], local_dir: Path) -> Path:
+        target = local_dir / entry["path"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remote = f"{self.root}/{step_name(step)}/{entry['path']}"
+        try:
+            self.fs.get_file(remote, str(target))
+        except FileNotFoundError as missing:
+            raise CorruptCheckpoint(f"{self.root_uri}/{step_name(step)}: {entry['path']} is missing") from missing
+        if target.stat().st_size != entry["size"] or sha256_of(target) != entry["sha256"]:
+            raise CorruptCheckpoint(f"{self.root_uri}/{step_name(step)}: {entry['path']} fails its checksum")
+        return target
+
     def download(self, step: int, local_dir: str | Path) -> dict[str, Any]:
         """Fetch a committed step into `local_dir`, verifying every file; returns its marker.
 
         Raises CorruptCheckpoint when the marker is missing or a file does not match it.
         """
-        marker = self.marker(step)
-        if marker is None:
-            raise CorruptCheckpoint(f"{self.root_uri}/{step_name(step)} has no {COMMIT_MARKER} marker")
-        local_dir = Path(local_dir)
+        marker = self.committed_marker(step)
         for entry in marker["files"]:
-            target = local_dir / entry["path"]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            remote = f"{self.root}/{step_name(step)}/{entry['path']}"
-            try:
-                self.fs.get_file(remote, str(target))
-            except FileNotFoundError as missing:
-                raise CorruptCheckpoint(f"{self.root_uri}/{step_name(step)}: {entry['path']} is missing") from missing
-            if target.stat().st_size != entry["size"] or sha256_of(target) != entry["sha256"]:
-                raise CorruptCheckpoint(f"{self.root_uri}/{step_name(step)}: {entry['path']} fails its checksum")
+            self._fetch(step, entry, Path(local_dir))
         return marker
 
     def restore_newest(self, local_dir: str | Path) -> tuple[int, dict[str, Any]] | None:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from vito.checkpoint import CheckpointStore, step_name, with_retries
+from vito.checkpoint import MARKER_CONFIG, CheckpointStore, step_name, with_retries
 from vito.distributed import DistInfo
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,11 @@ class CheckpointManager:
         return self._pending is not None and self._pending.is_alive()
 
     def save(self, step: int, client_state: dict[str, Any]) -> None:
-        """Collective: every rank must call it with the same step."""
+        """Collective: every rank must call it with the same step.
+
+        `client_state["config"]` (the resolved config, when given) is also written into the COMMITTED marker, so
+        a reader can learn what a step was trained with from the marker alone, without loading the weights.
+        """
         self.wait()
         tag = step_name(step)
         rank_dir = self.scratch / tag
@@ -95,10 +99,11 @@ class CheckpointManager:
         torch.save(_rng_state(), rank_dir / f"rng_rank{self.dist.rank}.pt")
         self.last_saved_step = step
         if self.background:
-            self._pending = threading.Thread(target=self._publish, args=(step, rank_dir), name=f"upload-{tag}", daemon=True)
+            self._pending = threading.Thread(target=self._publish, args=(step, rank_dir, client_state.get("config")),
+                                             name=f"upload-{tag}", daemon=True)
             self._pending.start()
         else:
-            self._publish(step, rank_dir)
+            self._publish(step, rank_dir, client_state.get("config"))
 
     def wait(self) -> None:
         """Block until this rank's previous upload (and, on rank 0, its commit) has finished."""
@@ -106,13 +111,13 @@ class CheckpointManager:
             self._pending.join()
             self._pending = None
 
-    def _publish(self, step: int, rank_dir: Path) -> None:
+    def _publish(self, step: int, rank_dir: Path, config: dict[str, Any] | None) -> None:
         started = time.monotonic()
         try:
             files = self.store.upload(step, rank_dir)
             self.store.mark_rank_uploaded(step, self.dist.rank, files)
             if self.dist.is_main:
-                self._commit_when_all_ranks_uploaded(step)
+                self._commit_when_all_ranks_uploaded(step, config)
         except Exception as problem:
             self.failed_steps.append(step)
             log.error("checkpoint %s was NOT saved (%s: %s); training continues, the previous committed step stays "
@@ -124,7 +129,7 @@ class CheckpointManager:
         finally:
             shutil.rmtree(rank_dir, ignore_errors=True)
 
-    def _commit_when_all_ranks_uploaded(self, step: int) -> None:
+    def _commit_when_all_ranks_uploaded(self, step: int, config: dict[str, Any] | None) -> None:
         deadline = time.monotonic() + self.commit_timeout_s
         delay = 0.05
         while True:
@@ -137,7 +142,10 @@ class CheckpointManager:
             time.sleep(delay)
             delay = min(delay * 1.5, 2.0)
         all_files = [entry for rank in sorted(uploaded) for entry in uploaded[rank]]
-        self.store.commit(step, all_files, {"world_size": self.dist.world_size})
+        metadata: dict[str, Any] = {"world_size": self.dist.world_size}
+        if config is not None:
+            metadata[MARKER_CONFIG] = config
+        self.store.commit(step, all_files, metadata)
         self.last_committed_step = step
         pruned = self.store.prune(self.keep_last)
         if pruned:

@@ -156,7 +156,7 @@ class EvalConfig(_Section):
     # -- an evaluation trial (task: evaluate) evaluates a pretrained checkpoint instead of training ----------
     checkpoint: str | None = Field(None, min_length=1, description="a trial's checkpoint root (path or URL)")
     checkpoint_step: int | None = Field(None, ge=1, description="None: its newest committed step")
-    pretrain_run_id: str | None = Field(None, description="the MLflow run that trained it (set by vitolaunch)")
+    pretrain_run_id: str | None = Field(None, description="the MLflow run that trained it (set by the caller)")
     random_init_baseline: bool = True  # every metric also for a randomly initialised network
     # Robustness: the probe trained on clean features, tested on corrupted test images (severity 1-5).
     corruptions: list[Corruption] = Field(default_factory=lambda: ["gaussian_noise", "gaussian_blur", "contrast", "jpeg"])

@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -274,15 +273,3 @@ class Trainer:
 def train(cfg: VitoConfig, ctx: RunContext) -> TrainResult:
     return Trainer(cfg, ctx).run()
 
-
-def final_weights(checkpoint_uri: str, scratch: str | Path, storage_options: dict[str, Any] | None = None) -> dict[str, torch.Tensor]:
-    """The model (online + target) state of the newest committed step: for exact-resume checks."""
-    store = CheckpointStore(checkpoint_uri, storage_options)
-    restored = store.restore_newest(scratch)
-    if restored is None:
-        raise FileNotFoundError(f"no committed checkpoint under {checkpoint_uri}")
-    step, _ = restored
-    from vito.checkpoint import step_name
-
-    state = torch.load(Path(scratch) / step_name(step) / "mp_rank_00_model_states.pt", weights_only=False)
-    return state["module"]

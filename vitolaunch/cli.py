@@ -79,7 +79,10 @@ def sweep(spec_file: str, overrides: tuple[str, ...], dry_run: bool, retry_faile
     if spec.task == "evaluate":  # (checkpoint x grid): the targets are looked up in MLflow and storage
         from vitolaunch.evaluate_targets import expand_evaluate
 
-        trials = expand_evaluate(spec, trials, _launcher(tracking_uri or spec.tracking.uri).registry)
+        plan = expand_evaluate(spec, trials, _launcher(tracking_uri or spec.tracking.uri).registry)
+        trials = plan.trials
+        if plan.experiment is not None:  # recorded next to the runs it evaluates
+            spec = spec.model_copy(update={"tracking": spec.tracking.model_copy(update={"experiment": plan.experiment})})
     check_trials_fit_resources(spec, trials)
     console = _console()
     if dry_run:

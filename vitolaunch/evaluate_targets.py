@@ -9,16 +9,16 @@ evaluation trial's config is that pretraining config with
 - the swept parameters applied (any key: `eval.severities`, or `data.crop_size` to probe at another size),
 - `eval.checkpoint`, `eval.checkpoint_step` and `eval.pretrain_run_id` set,
 
-so the job (vitolaunch.job -> vito.evaluate_task.run) knows it evaluates rather than trains. Keys outside
+and the job evaluates because the sweep's task is `evaluate` (vitolaunch.job.TrialJob.task). Keys outside
 `eval` under `base:` are refused: the network and its data come from the pretraining run. Unless the spec names
-`tracking.experiment`, the evaluate sweep is recorded in the experiment of the runs it evaluates, next to them.
+`tracking.experiment`, the evaluate sweep belongs in the experiment of the runs it evaluates, next to them: the
+plan says which, and the caller records the sweep there. Resolving a target never loads weights, nor torch.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,7 +72,7 @@ def _newest_step(uri: str, storage_options: dict[str, Any], wanted: int | None, 
 
     try:
         committed = CheckpointStore(uri, storage_options).committed_steps()
-    except Exception as problem:
+    except Exception as problem:  # noqa: BLE001 - unreachable storage: say which target
         raise VitolaunchError(f"{what}: cannot list the checkpoints under {uri} ({type(problem).__name__}: {problem})") from problem
     if not committed:
         raise VitolaunchError(f"{what}: no committed checkpoint under {uri}")
@@ -138,21 +138,41 @@ class TargetResolver:
             if step is not None:
                 target.step = _newest_step(target.checkpoint, target.storage_options, step, f"checkpoint {uri}")
             return target
-        # A checkpoint MLflow does not know: its config comes from the checkpoint itself.
+        # A checkpoint MLflow does not know: its config comes from the step's COMMITTED marker.
+        from vito.checkpoint import COMMIT_MARKER, CheckpointStore
+
         options = self.spec.storage.storage_options()
         wanted = step if step is not None else (self.options.step if self.options else None)
         chosen = _newest_step(uri, options, wanted, f"checkpoint {uri}")
-        from vito.evaluate_task import load_checkpoint_state
+        try:
+            config = CheckpointStore(uri, options).committed_config(chosen)
+        except Exception as problem:  # noqa: BLE001 - pruned since listed, or storage gone: say which target
+            raise VitolaunchError(f"checkpoint {uri}: cannot read the {COMMIT_MARKER} marker of step {chosen} "
+                                  f"({type(problem).__name__}: {problem})") from problem
+        if config is None:
+            # Steps committed before markers recorded the config have it only inside the model file. Reading it
+            # from there would import torch here and download the whole weights at submit time (gigabytes from
+            # S3) to learn a few keys, so the CLI refuses, and points at the record that has the config: the
+            # MLflow run that trained it (its config.json).
+            raise VitolaunchError(
+                f"checkpoint {uri} step {chosen}: its {COMMIT_MARKER} marker holds no config (committed by an older "
+                "version), and no trial in this MLflow has this checkpoint. Evaluate it through the MLflow run that "
+                "trained it: evaluate: {runs: [RUN_ID]}, with --tracking-uri pointing at that run's MLflow"
+            )
+        return Target(uri, chosen, config, None, options)
 
-        with tempfile.TemporaryDirectory() as scratch:
-            _, state = load_checkpoint_state(uri, chosen, scratch, options)
-        if not isinstance(state.get("config"), dict):
-            raise VitolaunchError(f"checkpoint {uri} step {chosen} carries no config: evaluate it through its MLflow run")
-        return Target(uri, chosen, state["config"], None, options)
+
+@dataclass(frozen=True)
+class EvaluatePlan:
+    trials: list[Trial]
+    # Where to record the sweep: the experiment of the runs it evaluates when they share one and the spec names
+    # none (tracking.experiment); None: the spec's own tracking.experiment.
+    experiment: str | None
 
 
-def expand_evaluate(spec: SweepSpec, grid: list[Trial], registry: Registry) -> list[Trial]:
-    """The evaluation trials of an evaluate spec: every target crossed with every point of `grid`."""
+def expand_evaluate(spec: SweepSpec, grid: list[Trial], registry: Registry) -> EvaluatePlan:
+    """The evaluation trials of an evaluate spec (every target crossed with every point of `grid`), and where
+    to record them. The spec is left as it was given."""
     if spec.task != "evaluate":
         raise ValueError("expand_evaluate is for task: evaluate specs")
     _check_base(spec)
@@ -199,9 +219,9 @@ def expand_evaluate(spec: SweepSpec, grid: list[Trial], registry: Registry) -> l
         params = {**target.params(), **{k: v for k, v in point.params.items() if k != CHECKPOINT_KEY}}
         trials.append(Trial(index=len(trials), params=params, config=config, key=key))
 
+    experiment = None
     if "experiment" not in spec.tracking.model_fields_set:
         experiments = {t.run.experiment_id for t in shared if t.run is not None}
         if len(experiments) == 1:
-            name = registry.experiment_name(experiments.pop())
-            spec.tracking = spec.tracking.model_copy(update={"experiment": name})
-    return trials
+            experiment = registry.experiment_name(experiments.pop())
+    return EvaluatePlan(trials, experiment)

@@ -13,12 +13,15 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from vitolaunch.backends import slurm_retry
 from vitolaunch.records import (
+    TAG_EVALUATED_BY_PREFIX,
+    TAG_EVALUATED_STEP,
     TAG_HOST,
     TAG_JOB_STARTED_AT,
     TAG_LAST_ERROR,
@@ -35,6 +38,8 @@ from vitolaunch.records import (
 
 log = logging.getLogger(__name__)
 
+Task = Literal["pretrain", "evaluate"]  # a sweep spec's `task`: train the config, or evaluate the checkpoint it names
+
 
 @dataclass
 class TrialJob:
@@ -44,6 +49,7 @@ class TrialJob:
     checkpoint_uri: str
     data_root: str
     scratch_root: str
+    task: Task
     cpus_per_task: int = 1
     # fsspec options for the checkpoint store (e.g. an S3 endpoint); never credentials, which come from
     # the standard AWS environment of the job.
@@ -53,6 +59,10 @@ class TrialJob:
     max_crashes: int = 0
     _stop: bool = field(default=False, repr=False)
     _terminated: bool = field(default=False, repr=False)  # SIGTERM: stop, and leave requeueing to the scheduler
+
+    def __post_init__(self) -> None:
+        if self.task not in get_args(Task):
+            raise ValueError(f"TrialJob.task is {self.task!r}: expected one of {get_args(Task)}")
 
     def __call__(self) -> dict[str, Any]:
         # A scheduler's warning signal only sets a flag; the trainer acts on it at the next step boundary.
@@ -96,14 +106,19 @@ class TrialJob:
             # Metrics and status are sent by a background thread: drain it before the process ends.
             tracking.close()
 
-    def _train_and_record(self, cfg, context, tracking, rank: int) -> dict[str, Any]:
+    def entry_point(self) -> Callable[[Any, Any], Any]:
+        """The vito function this job runs, `(cfg, ctx) -> TrainResult`: training, or evaluating a checkpoint."""
+        if self.task == "evaluate":
+            from vito.evaluate_task import run
+
+            return run
         from vito.train import train
 
-        if cfg.eval.checkpoint is not None:  # an evaluation trial (task: evaluate) evaluates instead of training
-            from vito.evaluate_task import run as train
+        return train
 
+    def _train_and_record(self, cfg, context, tracking, rank: int) -> dict[str, Any]:
         try:
-            result = train(cfg, context)
+            result = self.entry_point()(cfg, context)
         except BaseException as problem:
             if rank == 0 and slurm_retry.in_slurm_job() and slurm_retry.crash_retries_left(_task_folder(), self.max_crashes):
                 # The batch script requeues this task once srun has returned (see slurm_retry.after_step).
@@ -112,6 +127,8 @@ class TrialJob:
                 _queue_status(tracking, RunStatus.FAILED)
             raise
         if result.completed:
+            if self.task == "evaluate" and rank == 0:
+                self._link_evaluation(tracking, cfg.eval.pretrain_run_id, result.step)
             _queue_status(tracking, RunStatus.FINISHED)
         elif self._terminated:
             # Cancelled, or preempted by a scheduler that requeues by itself: the canceller and the scheduler's
@@ -128,6 +145,22 @@ class TrialJob:
             tracking.set_tags({TAG_STOPPED_AT_STEP: str(result.step)})
             _queue_status(tracking, RunStatus.KILLED)
         return {"step": result.step, "completed": result.completed, **result.evaluation}
+
+    def _link_evaluation(self, tracking, pretrain_run_id: str | None, step: int) -> None:
+        """Record which checkpoint step this evaluation read, and tag the pretraining run with this evaluation.
+
+        The pretraining run's tag is best effort: it is a link, not a result, and the evaluation run's own
+        pretrain tag (set at submit time) already leads back to it.
+        """
+        tracking.set_tags({TAG_EVALUATED_STEP: str(step)})
+        if not pretrain_run_id:
+            return
+        try:
+            from mlflow.tracking import MlflowClient
+
+            MlflowClient(tracking_uri=self.tracking_uri).set_tag(pretrain_run_id, TAG_EVALUATED_BY_PREFIX + self.run_id, f"step {step}")
+        except Exception as problem:  # noqa: BLE001 - a link that cannot be written must not fail the evaluation
+            log.warning("could not tag pretraining run %s with this evaluation: %s", pretrain_run_id, problem)
 
     def _requeue_or_stop(self, tracking, step: int) -> None:
         """Rank 0 on SLURM, once every rank saved `step`: requeue this array task, or stop resumably."""

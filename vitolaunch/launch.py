@@ -14,10 +14,11 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import get_args
 
 from vitolaunch.backends import Backend, JobHandle, make_backend
 from vitolaunch.errors import VitolaunchError
-from vitolaunch.job import TrialJob
+from vitolaunch.job import Task, TrialJob
 from vitolaunch.records import (
     KIND_SWEEP,
     KIND_TRIAL,
@@ -144,6 +145,14 @@ def _action_for_existing(state: TrialState, retry_failed: bool) -> Action:
     return Action.RESUBMITTED if retry_failed else Action.FAILED
 
 
+def _task_of(trial: RunRecord) -> Task:
+    """What a recorded trial does, from the task tag its sweep gave it at submit time."""
+    task = trial.tags.get(TAG_TASK, "pretrain")
+    if task not in get_args(Task):
+        raise VitolaunchError(f"trial {trial.run_id} has an unknown {TAG_TASK} tag '{task}': expected pretrain or evaluate")
+    return task
+
+
 class Launcher:
     def __init__(self, workspace: Workspace, tracking_uri: str | None = None):
         quiet_mlflow_environment()
@@ -257,7 +266,8 @@ class Launcher:
             _QueuedJob(
                 run_id=o.run_id,
                 name=trial_job_name(spec.name, o.trial.index, o.trial.key),
-                job=self._job(o.run_id, o.trial.config.to_dict(), o.checkpoint_uri, target.resources, target.storage_options),
+                job=self._job(o.run_id, spec.task, o.trial.config.to_dict(), o.checkpoint_uri, target.resources,
+                              target.storage_options),
             )
             for o in outcomes
         ]
@@ -266,11 +276,12 @@ class Launcher:
             outcome.job_id = handle.job_id
 
     def _job(
-        self, run_id: str, config: dict, checkpoint_uri: str, resources: Resources, storage_options: dict
+        self, run_id: str, task: Task, config: dict, checkpoint_uri: str, resources: Resources, storage_options: dict
     ) -> TrialJob:
         return TrialJob(
             run_id=run_id,
             tracking_uri=self.tracking_uri,
+            task=task,
             config=config,
             checkpoint_uri=checkpoint_uri,
             data_root=str(self.workspace.data_root),
@@ -327,7 +338,7 @@ class Launcher:
                 _QueuedJob(
                     run_id=t.run_id,
                     name=trial_job_name(t.sweep, t.trial_index, t.trial_key),
-                    job=self._job(t.run_id, self.registry.config_of(t), t.tags[TAG_CHECKPOINT], resources,
+                    job=self._job(t.run_id, _task_of(t), self.registry.config_of(t), t.tags[TAG_CHECKPOINT], resources,
                                   json.loads(t.tags.get(TAG_STORAGE_OPTIONS, "{}"))),
                 )
                 for t in group

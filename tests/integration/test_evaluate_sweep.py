@@ -5,7 +5,10 @@ lands in MLflow next to it, linked both ways."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -133,3 +136,46 @@ def test_evaluate_sweep_lands_next_to_the_pretraining_run(pretrained):
 
     again = vitolaunch(home, "sweep", str(path)).stdout
     assert "1 finished" in again, "the same evaluation is not run twice"
+
+
+RESOLVE_IN_THE_CLI = """
+import sys
+from vitolaunch.cli import main
+sys.argv = ["vitolaunch", "sweep", sys.argv[1], "--dry-run"]
+try:
+    main()
+except SystemExit as end:
+    assert not end.code, end.code
+print("torch imported:", "torch" in sys.modules)
+"""
+
+
+@pytest.mark.timeout(300)
+def test_a_checkpoint_only_target_takes_its_config_from_the_marker_without_torch(pretrained):
+    """A copy of the trained checkpoint that no MLflow run points at: its COMMITTED marker (written by the real
+    trainer) holds the config, so the CLI resolves it without loading weights or importing torch."""
+    from vito.checkpoint import CheckpointStore
+
+    home, folder = pretrained
+    (pre_trial,) = _runs(home, "pre")
+    copy = folder / "copied-checkpoint"
+    shutil.copytree(pre_trial.data.tags["vitolaunch.checkpoint_uri"], copy)
+    store = CheckpointStore(str(copy))
+    step = store.committed_steps()[-1]
+    (folder / "c").mkdir(exist_ok=True)
+    trained_config = json.loads(Path(_client(home).download_artifacts(pre_trial.info.run_id, "config.json",
+                                                                       str(folder / "c"))).read_text())
+    assert store.committed_config(step) == trained_config
+
+    path = folder / "copy-eval.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "copy-eval", "task": "evaluate", "evaluate": {"checkpoints": [str(copy)]},
+        "resources": {"cluster": "local", "tasks_per_node": 1},
+    }))
+    env = {**os.environ, "VITOLAUNCH_HOME": str(home), "MLFLOW_DISABLE_TELEMETRY": "true", "COLUMNS": "200"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    done = subprocess.run([sys.executable, "-c", RESOLVE_IN_THE_CLI, str(path)], env=env, capture_output=True,
+                          text=True, timeout=240)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "dry run: 1 trials, nothing submitted" in done.stdout, done.stdout
+    assert "torch imported: False" in done.stdout, done.stdout

@@ -90,7 +90,7 @@ def _logged_loss_steps(home: Path, run_id: str) -> set[int]:
 def test_killed_trial_resumes_to_the_same_final_weights(tmp_path):
     import torch
 
-    from vito.train import final_weights
+    from tests.checkpoints import final_weights
 
     steps = {"steps": 80, "log_every": 2}
     reference_home, interrupted_home = tmp_path / "reference", tmp_path / "interrupted"

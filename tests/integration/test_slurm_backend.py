@@ -150,7 +150,7 @@ def _loss_steps(home: Path, run_id: str) -> list[int]:
 
 
 def _weights(home: Path, scratch: Path):
-    from vito.train import final_weights
+    from tests.checkpoints import final_weights
 
     (trial,) = _trials(home)
     return final_weights(trial.data.tags["vitolaunch.checkpoint_uri"], scratch)

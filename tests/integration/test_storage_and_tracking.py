@@ -99,7 +99,7 @@ def test_two_rank_trial_killed_and_resumed_from_s3_matches_an_uninterrupted_run(
     import torch
 
     from vito.checkpoint import CheckpointStore
-    from vito.train import final_weights
+    from tests.checkpoints import final_weights
 
     _, prefix, job_env = s3_env
     train = {"steps": 80, "log_every": 2}

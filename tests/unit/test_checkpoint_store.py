@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from vito.checkpoint import COMMIT_MARKER, CheckpointStore, CorruptCheckpoint, step_name
+from vito.checkpoint import COMMIT_MARKER, MARKER_CONFIG, CheckpointStore, CorruptCheckpoint, step_name
 
 
 def _save(store: CheckpointStore, tmp_path: Path, step: int, commit: bool = True) -> None:
@@ -80,3 +80,38 @@ def test_marker_lists_sizes_and_checksums(tmp_path):
 
 def test_empty_store_restores_nothing(tmp_path):
     assert CheckpointStore(str(tmp_path / "nothing")).restore_newest(tmp_path / "r") is None
+
+
+def test_fetch_verified_fetches_one_file_checked_against_the_marker(tmp_path):
+    store = CheckpointStore(str(tmp_path / "ckpt"))
+    _save(store, tmp_path, 10)
+    _save(store, tmp_path, 20, commit=False)
+    fetched = store.fetch_verified(10, "rank1/optim.pt", tmp_path / "one")
+    assert fetched == tmp_path / "one" / "rank1" / "optim.pt" and fetched.read_bytes() == b"optimizer" * 10
+    assert not (tmp_path / "one" / "model.pt").exists(), "only the file asked for"
+    with pytest.raises(CorruptCheckpoint, match="no COMMITTED marker"):
+        store.fetch_verified(20, "model.pt", tmp_path / "two")
+    with pytest.raises(CorruptCheckpoint, match="lists no rank1/nothing.pt"):
+        store.fetch_verified(10, "rank1/nothing.pt", tmp_path / "two")
+    shard = tmp_path / "ckpt" / step_name(10) / "model.pt"
+    shard.write_bytes(shard.read_bytes() + b"!")  # a different size
+    with pytest.raises(CorruptCheckpoint, match="model.pt fails its checksum"):
+        store.fetch_verified(10, "model.pt", tmp_path / "two")
+    shard.unlink()
+    with pytest.raises(CorruptCheckpoint, match="model.pt is missing"):
+        store.fetch_verified(10, "model.pt", tmp_path / "two")
+
+
+def test_committed_config_comes_from_the_marker_alone(tmp_path):
+    store = CheckpointStore(str(tmp_path / "ckpt"))
+    config = {"model": {"width": 8}, "train": {"steps": 7}}
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / "model.pt").write_bytes(b"weights")
+    store.commit(5, store.upload(5, local), {"world_size": 1, MARKER_CONFIG: config})
+    _save(store, tmp_path, 10)  # committed with no config, as steps were before markers held it
+    (tmp_path / "ckpt" / step_name(5) / "model.pt").unlink()  # the weights are not read
+    assert store.committed_config(5) == config
+    assert store.committed_config(10) is None
+    with pytest.raises(CorruptCheckpoint, match="no COMMITTED marker"):
+        store.committed_config(99)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
-from vito.checkpoint import CheckpointStore
+from vito.checkpoint import MARKER_CONFIG, CheckpointStore
 from vito.config import VitoConfig
 from vitolaunch.errors import SpecError, VitolaunchError
 from vitolaunch.evaluate_targets import expand_evaluate
@@ -30,7 +33,7 @@ def committed_store(root: Path, steps: tuple[int, ...]) -> str:
 
 
 class FakeRegistry:
-    """resolve / trials / config_of over a fixed set of records, as vitolaunch.registry.Registry answers them."""
+    """The registry's public queries over a fixed set of records, as vitolaunch.registry.Registry answers them."""
 
     def __init__(self, sweeps: dict[str, list[RunRecord]], configs: dict[str, dict]):
         self.sweeps = sweeps
@@ -53,7 +56,7 @@ class FakeRegistry:
         return self.configs[trial.run_id]
 
     def all_trials(self) -> list[RunRecord]:
-        return []
+        return [trial for trials in self.sweeps.values() for trial in trials]
 
     def experiment_name(self, experiment_id: str) -> str:
         return f"exp-{experiment_id}"
@@ -100,7 +103,8 @@ def test_sweep_target_crossed_with_the_grid(tmp_path: Path, registry: FakeRegist
         parameters:
           eval.severities: [[1], [5]]
         """))
-    trials = expand_evaluate(spec, expand(spec), registry)
+    plan = expand_evaluate(spec, expand(spec), registry)
+    trials = plan.trials
     assert len(trials) == 4 and [t.index for t in trials] == [0, 1, 2, 3]
     assert len({t.key for t in trials}) == 4
     first = trials[0].config
@@ -111,7 +115,8 @@ def test_sweep_target_crossed_with_the_grid(tmp_path: Path, registry: FakeRegist
     assert [t.config.eval.severities for t in trials] == [[1], [5], [1], [5]]
     assert trials[2].params["pretrain.run"] == "bbbb2222" and trials[2].params["pretrain.loss.temperature"] == 0.2
     assert trials[0].params["eval.severities"] == [1] and trials[0].params["pretrain.step"] == 7
-    assert spec.tracking.experiment == "exp-7", "recorded next to the runs it evaluates"
+    assert plan.experiment == "exp-7", "recorded next to the runs it evaluates"
+    assert spec.tracking.experiment == "vitolaunch", "the spec is left as it was given"
 
 
 def test_step_and_direct_checkpoints(tmp_path: Path, registry: FakeRegistry) -> None:
@@ -121,8 +126,9 @@ def test_step_and_direct_checkpoints(tmp_path: Path, registry: FakeRegistry) -> 
         evaluate: {runs: [aaaa], step: 4}
         tracking: {experiment: mine}
         """))
-    (trial,) = expand_evaluate(spec, expand(spec), registry)
-    assert trial.config.eval.checkpoint_step == 4 and spec.tracking.experiment == "mine"
+    plan = expand_evaluate(spec, expand(spec), registry)
+    (trial,) = plan.trials
+    assert trial.config.eval.checkpoint_step == 4 and plan.experiment is None and spec.tracking.experiment == "mine"
     spec = load_spec(write_spec(tmp_path, """\
         name: ev
         task: evaluate
@@ -138,7 +144,7 @@ def test_unfinished_runs_are_refused_unless_asked(tmp_path: Path, registry: Fake
     with pytest.raises(VitolaunchError, match="include_unfinished"):
         expand_evaluate(spec, expand(spec), registry)
     spec = load_spec(write_spec(tmp_path, "name: ev\ntask: evaluate\nevaluate: {runs: [pre], include_unfinished: true}\n"))
-    assert len(expand_evaluate(spec, expand(spec), registry)) == 2
+    assert len(expand_evaluate(spec, expand(spec), registry).trials) == 2
 
 
 def test_base_outside_eval_is_refused(tmp_path: Path, registry: FakeRegistry) -> None:
@@ -154,24 +160,29 @@ def test_base_outside_eval_is_refused(tmp_path: Path, registry: FakeRegistry) ->
 
 def test_same_checkpoint_twice_is_evaluated_once(tmp_path: Path, registry: FakeRegistry) -> None:
     spec = load_spec(write_spec(tmp_path, "name: ev\ntask: evaluate\nevaluate: {runs: [pre, aaaa1111]}\n"))
-    assert len(expand_evaluate(spec, expand(spec), registry)) == 2
+    assert len(expand_evaluate(spec, expand(spec), registry).trials) == 2
 
 
-def test_checkpoints_unknown_to_mlflow_take_their_config_from_the_checkpoint(tmp_path: Path, registry: FakeRegistry) -> None:
-    import torch
-
-    root = tmp_path / "foreign"
-    local = tmp_path / "foreign_local"
+def committed_with_config(root: Path, step: int, config: dict | None) -> str:
+    """A checkpoint MLflow does not know; its marker records `config` (None: as older versions committed)."""
+    local = root.parent / f"{root.name}_local"
     local.mkdir()
-    torch.save({"module": {}, "config": PRETRAIN.to_dict(), "step": 3}, local / "mp_rank_00_model_states.pt")
+    (local / "mp_rank_00_model_states.pt").write_bytes(b"not even a torch file: never read")
     store = CheckpointStore(str(root))
-    store.commit(3, store.upload(3, local))
+    store.commit(step, store.upload(step, local), {"world_size": 1, **({MARKER_CONFIG: config} if config else {})})
+    return str(root)
+
+
+def test_checkpoints_unknown_to_mlflow_take_their_config_from_the_marker(tmp_path: Path, registry: FakeRegistry) -> None:
+    root = committed_with_config(tmp_path / "foreign", 3, PRETRAIN.to_dict())
     spec = load_spec(write_spec(tmp_path, f"""\
         name: ev
         task: evaluate
         evaluate: {{checkpoints: ["{root}"]}}
         """))
-    (trial,) = expand_evaluate(spec, expand(spec), registry)
+    plan = expand_evaluate(spec, expand(spec), registry)
+    (trial,) = plan.trials
+    assert plan.experiment is None, "no run to sit next to: the spec's experiment"
     assert trial.config.eval.checkpoint == str(root) and trial.config.eval.checkpoint_step == 3
     assert trial.config.model == PRETRAIN.model and trial.config.eval.pretrain_run_id is None
     assert trial.params == {"pretrain.checkpoint": str(root), "pretrain.step": 3}
@@ -181,5 +192,39 @@ def test_checkpoints_unknown_to_mlflow_take_their_config_from_the_checkpoint(tmp
         task: evaluate
         parameters: {{eval.checkpoint: ["{root}"]}}
         """))
-    (swept,) = expand_evaluate(spec, expand(spec), registry)
+    (swept,) = expand_evaluate(spec, expand(spec), registry).trials
     assert swept.key == trial.key
+
+
+def test_a_marker_without_config_is_one_clear_error(tmp_path: Path, registry: FakeRegistry) -> None:
+    root = committed_with_config(tmp_path / "old", 5, None)
+    spec = load_spec(write_spec(tmp_path, f"name: ev\ntask: evaluate\nevaluate: {{checkpoints: [\"{root}\"]}}\n"))
+    with pytest.raises(VitolaunchError, match=f"checkpoint {root} step 5: its COMMITTED marker holds no config") as error:
+        expand_evaluate(spec, expand(spec), registry)
+    assert "evaluate: {runs: [RUN_ID]}" in str(error.value)
+
+
+RESOLVE_WITHOUT_TORCH = """
+import sys
+from tests.unit.test_evaluate_targets import FakeRegistry
+from vitolaunch.evaluate_targets import expand_evaluate
+from vitolaunch.spec import expand, load_spec
+
+spec = load_spec(sys.argv[1])
+plan = expand_evaluate(spec, expand(spec), FakeRegistry({}, {}))
+assert [t.config.eval.checkpoint_step for t in plan.trials] == [3], plan.trials
+print("torch imported:", "torch" in sys.modules)
+"""
+
+
+def test_resolving_a_checkpoint_target_imports_no_torch(tmp_path: Path) -> None:
+    # In a fresh process: this one has torch already. The CLI's own check, with a real MLflow, is in
+    # tests/integration/test_evaluate_sweep.py.
+    root = committed_with_config(tmp_path / "foreign", 3, PRETRAIN.to_dict())
+    spec = write_spec(tmp_path, f"name: ev\ntask: evaluate\nevaluate: {{checkpoints: [\"{root}\"]}}\n")
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-c", RESOLVE_WITHOUT_TORCH, str(spec)], env=env, capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "torch imported: False" in done.stdout

@@ -98,7 +98,7 @@ def test_propagation_baselines_and_a_random_network_give_sane_scores() -> None:
 
 
 def test_suite_reports_every_metric(tmp_path) -> None:
-    from vito.evaluate_task import evaluate_with_baselines
+    from vito.evaluate import evaluate_with_baselines
 
     cfg = VitoConfig.model_validate({
         "data": {"synthetic": SYN.model_dump(), "crop_size": 24},
@@ -108,7 +108,7 @@ def test_suite_reports_every_metric(tmp_path) -> None:
                  "propagation_size": 32},
     })
     model = VitoModel(cfg.model, cfg.loss)
-    results = evaluate_with_baselines(model, cfg, str(tmp_path), torch.device("cpu"))
+    results = evaluate_with_baselines(model, cfg, str(tmp_path), torch.device("cpu"), probes_only=False, random_init=True)
     expected = {
         "eval/linear_probe_acc", "eval/knn_acc", "eval/robust/contrast_s2_acc", "eval/robust/jpeg_s2_acc",
         "eval/robust/mean_corruption_acc", "eval/robust/relative_corruption_acc", "eval/deform/m2.5_linear_probe_acc",
@@ -120,6 +120,29 @@ def test_suite_reports_every_metric(tmp_path) -> None:
     assert {"eval/propagation/J_copy_first", "eval/propagation/JF_copy_first"} <= set(results)
     assert all(0 <= value <= 1 for key, value in results.items() if "relative" not in key and "lift" not in key)
     assert results["eval/saliency/attention_lift"] > 0
+
+
+def test_end_of_training_probes_share_the_suite_and_its_random_init_baseline(tmp_path) -> None:
+    from vito.evaluate import evaluate_frozen_features, evaluate_with_baselines
+
+    cfg = VitoConfig.model_validate({
+        "data": {"synthetic": SYN.model_dump(), "crop_size": 24},
+        "model": {"width": 8, "pool_hidden": 8, "proj_hidden": 8, "proj_dim": 8, "pred_hidden": 8},
+        "eval": {"train_clips": 4, "test_clips": 4, "frames_per_clip": 2, "probe_epochs": 5, "propagation_clips": 1,
+                 "propagation_size": 32, "random_init_baseline": False},
+    })
+    torch.manual_seed(5)
+    model = VitoModel(cfg.model, cfg.loss)
+    probes = evaluate_frozen_features(model, cfg, str(tmp_path), torch.device("cpu"))
+    assert set(probes) == {"eval/linear_probe_acc", "eval/knn_acc", "eval/linear_probe_acc_random_init",
+                           "eval/knn_acc_random_init"}, "pretraining always reports its random-init baseline"
+    suite = evaluate_with_baselines(model, cfg, str(tmp_path), torch.device("cpu"), probes_only=False,
+                                    random_init=cfg.eval.random_init_baseline)
+    assert not any(key.endswith("_random_init") for key in suite), "an evaluation without the baseline asked"
+    assert "eval/robust/mean_corruption_acc" in suite and "eval/propagation/JF_copy_first" in suite
+    # One path: the probes of the full suite are the end-of-training probes, to the bit.
+    assert suite["eval/linear_probe_acc"] == probes["eval/linear_probe_acc"]
+    assert suite["eval/knn_acc"] == probes["eval/knn_acc"]
 
 
 def test_attention_lift_is_one_for_average_pooling_and_follows_where_attention_looks() -> None:

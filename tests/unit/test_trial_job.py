@@ -1,0 +1,33 @@
+"""A trial job does what its `task` field says, whatever its config holds."""
+
+from __future__ import annotations
+
+import pytest
+
+from vito.config import VitoConfig
+from vito.train import RunContext
+from vitolaunch.job import TrialJob
+
+
+def _job(task: str, tmp_path, config: dict | None = None) -> TrialJob:
+    return TrialJob(run_id="r1", tracking_uri="", config=config or {}, checkpoint_uri=str(tmp_path / "ckpt"),
+                    data_root=str(tmp_path / "data"), scratch_root=str(tmp_path / "scratch"), task=task)
+
+
+def test_an_unknown_task_is_refused(tmp_path) -> None:
+    with pytest.raises(ValueError, match="TrialJob.task is 'train'"):
+        _job("train", tmp_path)
+
+
+def test_the_task_field_not_the_config_chooses_what_runs(tmp_path) -> None:
+    from vito.evaluate_task import run as evaluate
+    from vito.train import train
+
+    names_a_checkpoint = {"eval": {"checkpoint": str(tmp_path / "pretrained")}}
+    assert _job("pretrain", tmp_path, names_a_checkpoint).entry_point() is train
+    assert _job("evaluate", tmp_path).entry_point() is evaluate
+    # The evaluation refuses a config that names nothing to evaluate, rather than train it.
+    context = RunContext(checkpoint_uri=str(tmp_path / "ckpt"), data_root=str(tmp_path / "data"),
+                         scratch_dir=str(tmp_path / "scratch"))
+    with pytest.raises(ValueError, match="an evaluation trial needs eval.checkpoint"):
+        _job("evaluate", tmp_path).entry_point()(VitoConfig(), context)

@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -253,22 +254,28 @@ class CheckpointStore:
             raise CorruptCheckpoint(f"{self.root_uri}/{step_name(step)}: {entry['path']} fails its checksum")
         return target
 
-    def download(self, step: int, local_dir: str | Path) -> dict[str, Any]:
+    def download(self, step: int, local_dir: str | Path, wanted: Callable[[str], bool] | None = None) -> dict[str, Any]:
         """Fetch a committed step into `local_dir`, verifying every file; returns its marker.
 
-        Raises CorruptCheckpoint when the marker is missing or a file does not match it.
+        `wanted(path)` picks the files to fetch (all by default): a rank fetches only what it loads.
+        Raises CorruptCheckpoint when the marker is missing or a fetched file does not match it.
         """
         marker = self.committed_marker(step)
         for entry in marker["files"]:
-            self._fetch(step, entry, Path(local_dir))
+            if wanted is None or wanted(entry["path"]):
+                self._fetch(step, entry, Path(local_dir))
         return marker
+
+    def warn_about_unfinished_saves(self, committed: list[int]) -> None:
+        """Log step folders newer than the newest committed step: saves that never finished, ignored."""
+        for step in sorted(self._step_folders()):
+            if step not in committed and (not committed or step > committed[-1]):
+                log.warning("ignoring %s/%s: no %s marker (a save that did not finish)", self.root_uri, step_name(step), COMMIT_MARKER)
 
     def restore_newest(self, local_dir: str | Path) -> tuple[int, dict[str, Any]] | None:
         """Download the newest committed step that verifies; older ones are the fallback."""
         committed = self.committed_steps()
-        for step in sorted(self._step_folders()):
-            if step not in committed and (not committed or step > committed[-1]):
-                log.warning("ignoring %s/%s: no %s marker (a save that did not finish)", self.root_uri, step_name(step), COMMIT_MARKER)
+        self.warn_about_unfinished_saves(committed)
         for step in reversed(committed):
             step_dir = Path(local_dir) / step_name(step)
             try:

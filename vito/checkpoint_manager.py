@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import shutil
 import threading
 import time
@@ -21,10 +22,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from vito.checkpoint import MARKER_CONFIG, CheckpointStore, step_name, with_retries
+from vito.checkpoint import MARKER_CONFIG, CheckpointStore, CorruptCheckpoint, step_name, with_retries
 from vito.distributed import DistInfo
 
 log = logging.getLogger(__name__)
+
+# Files of one rank in a DeepSpeed checkpoint: its ZeRO optimizer shard, and the RNG state saved here.
+_RANK_FILE = re.compile(r"^(?:zero_pp_rank_|rng_rank)(?P<rank>\d+)(?:_|\.pt$)")
 
 
 @dataclass
@@ -152,18 +156,56 @@ class CheckpointManager:
             log.info("checkpoint retention removed steps %s", pruned)
 
     def restore(self) -> RestoredState | None:
-        """Collective: load the newest committed, verified step on every rank; None for a fresh start."""
-        chosen: list[Any] = [None]
+        """Collective: load the newest committed step that every rank verified; None for a fresh start.
+
+        Each rank fetches only the files it loads (the model states, its own optimizer shard and RNG state)
+        into its own scratch, so restoring costs a rank its share, not the whole checkpoint, and scratch can
+        be node-local. A step that fails verification on any rank is skipped by all of them.
+        """
+        committed: list[Any] = [None]
         if self.dist.is_main:
-            restored = self.store.restore_newest(self.scratch)
-            chosen[0] = restored[0] if restored else None
-        dist.broadcast_object_list(chosen, src=0)
-        step = chosen[0]
-        if step is None:
-            return None
+            committed[0] = self.store.committed_steps()
+            self.store.warn_about_unfinished_saves(committed[0])
+        dist.broadcast_object_list(committed, src=0)
+        for step in reversed(committed[0]):
+            tag = step_name(step)
+            problem = self.fetch_rank_files(step)
+            verdicts: list[Any] = [None] * self.dist.world_size
+            dist.all_gather_object(verdicts, problem)
+            failures = [v for v in verdicts if v]
+            if failures:
+                shutil.rmtree(self.scratch / tag, ignore_errors=True)
+                log.warning("skipping checkpoint %s (%s); falling back to the previous committed step", tag, failures[0])
+                continue
+            return self._load(step)
+        return None
+
+    def fetch_rank_files(self, step: int) -> str | None:
+        """Fetch this rank's files of `step`; the reason it could not, or None."""
+        marker = self.store.committed_marker(step)
+        saved_by = (marker.get("metadata") or {}).get("world_size")
+        stage = self.engine.zero_optimization_stage()
+        if saved_by not in (None, self.dist.world_size) and stage > 0:
+            # Every rank reads the same marker, so every rank stops here with the same message.
+            raise ValueError(
+                f"{self.store.root_uri}/{step_name(step)} was saved by {saved_by} ranks with ZeRO stage {stage}, and this "
+                f"run has {self.dist.world_size}: ZeRO 1-2 optimizer shards belong to their ranks. Resume with "
+                f"{saved_by} ranks (resources.nodes x tasks_per_node), or train with train.zero_stage: 0, which resumes "
+                "on any number of ranks."
+            )
+        try:
+            self.store.download(step, self.scratch / step_name(step), wanted=self._loads)
+        except CorruptCheckpoint as problem:
+            return f"rank {self.dist.rank}: {problem}"
+        return None
+
+    def _loads(self, path: str) -> bool:
+        """Whether this rank loads `path` of a checkpoint: everything but other ranks' shards and RNG states."""
+        owner = _RANK_FILE.match(Path(path).name)
+        return owner is None or int(owner.group("rank")) == self.dist.rank
+
+    def _load(self, step: int) -> RestoredState:
         tag = step_name(step)
-        if not self.dist.is_main:
-            self.store.download(step, self.scratch / tag)
         _, client_state = self.engine.load_checkpoint(
             str(self.scratch), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=False
         )

@@ -115,3 +115,63 @@ def test_committed_config_comes_from_the_marker_alone(tmp_path):
     assert store.committed_config(10) is None
     with pytest.raises(CorruptCheckpoint, match="no COMMITTED marker"):
         store.committed_config(99)
+
+
+def _deepspeed_like_step(store: CheckpointStore, tmp_path: Path, step: int, world_size: int) -> None:
+    local = tmp_path / f"ds_{step}"
+    local.mkdir()
+    (local / "mp_rank_00_model_states.pt").write_bytes(b"model")
+    for rank in range(world_size):
+        (local / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt").write_bytes(b"shard %d" % rank)
+        (local / f"rng_rank{rank}.pt").write_bytes(b"rng %d" % rank)
+    store.commit(step, store.upload(step, local), {"world_size": world_size})
+
+
+class _Engine:
+    def __init__(self, zero_stage: int):
+        self.stage = zero_stage
+
+    def zero_optimization_stage(self) -> int:
+        return self.stage
+
+
+def _manager(store, tmp_path, rank: int, world_size: int, zero_stage: int = 2):
+    import torch
+
+    from vito.checkpoint_manager import CheckpointManager
+    from vito.distributed import DistInfo
+
+    info = DistInfo(rank=rank, local_rank=rank, world_size=world_size, device=torch.device("cpu"))
+    return CheckpointManager(store, _Engine(zero_stage), info, tmp_path / "scratch", keep_last=2, background=False)
+
+
+def test_a_rank_fetches_only_the_files_it_loads(tmp_path):
+    store = CheckpointStore(str(tmp_path / "ckpt"))
+    _deepspeed_like_step(store, tmp_path, 8, world_size=4)
+    manager = _manager(store, tmp_path, rank=2, world_size=4)
+    assert manager.fetch_rank_files(8) is None
+    fetched = sorted(p.name for p in (tmp_path / "scratch" / "rank_2" / step_name(8)).iterdir())
+    assert fetched == ["mp_rank_00_model_states.pt", "rng_rank2.pt", "zero_pp_rank_2_mp_rank_00_optim_states.pt"]
+
+
+def test_a_corrupt_file_of_this_rank_is_reported_not_raised(tmp_path):
+    store = CheckpointStore(str(tmp_path / "ckpt"))
+    _deepspeed_like_step(store, tmp_path, 8, world_size=2)
+    (tmp_path / "ckpt" / step_name(8) / "zero_pp_rank_1_mp_rank_00_optim_states.pt").write_bytes(b"bitrot")
+    assert _manager(store, tmp_path, rank=0, world_size=2).fetch_rank_files(8) is None  # not rank 0's file
+    problem = _manager(store, tmp_path, rank=1, world_size=2).fetch_rank_files(8)
+    assert problem.startswith("rank 1:") and "checksum" in problem
+
+
+@pytest.mark.parametrize("zero_stage", [1, 2])
+def test_resuming_zero_shards_on_another_world_size_is_refused_clearly(tmp_path, zero_stage):
+    store = CheckpointStore(str(tmp_path / "ckpt"))
+    _deepspeed_like_step(store, tmp_path, 8, world_size=2)
+    with pytest.raises(ValueError, match=r"saved by 2 ranks with ZeRO stage .* this run has 4.*train.zero_stage: 0"):
+        _manager(store, tmp_path, rank=0, world_size=4, zero_stage=zero_stage).fetch_rank_files(8)
+
+
+def test_zero_0_resumes_on_any_world_size(tmp_path):
+    store = CheckpointStore(str(tmp_path / "ckpt"))
+    _deepspeed_like_step(store, tmp_path, 8, world_size=2)
+    assert _manager(store, tmp_path, rank=3, world_size=4, zero_stage=0).fetch_rank_files(8) is None

@@ -48,7 +48,7 @@ class TrialJob:
     config: dict[str, Any]  # the resolved vito config
     checkpoint_uri: str
     data_root: str
-    scratch_root: str
+    scratch_root: str | None  # None: node-local, resolved inside the job (see node_scratch)
     task: Task
     cpus_per_task: int = 1
     # fsspec options for the checkpoint store (e.g. an S3 endpoint); never credentials, which come from
@@ -93,7 +93,7 @@ class TrialJob:
         context = RunContext(
             checkpoint_uri=self.checkpoint_uri,
             data_root=self.data_root,
-            scratch_dir=os.path.join(self.scratch_root, self.run_id),
+            scratch_dir=os.path.join(node_scratch(self.scratch_root), self.run_id),
             tracking_uri=self.tracking_uri,
             run_id=self.run_id,
             stop_requested=lambda: self._stop,
@@ -203,12 +203,34 @@ class TrialJob:
             env.master_addr = "127.0.0.1"
             os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
         else:
-            try:
-                socket.gethostbyname(env.master_addr)
-            except OSError:
-                env.master_addr = "127.0.0.1"
+            env.master_addr = master_address(env.master_addr, int(os.environ.get("SLURM_JOB_NUM_NODES", "1")))
         env.export(set_cuda_visible_devices=False, overwrite=True)
         return env.rank
+
+
+def node_scratch(configured: str | None) -> str:
+    """The staging folder of this node: the configured one (with `$VARS` expanded here, on the node), else
+    the scheduler's per-job local disk ($SLURM_TMPDIR), $TMPDIR, or /tmp. Never the submitting user's home:
+    on a cluster that is a shared, quota-limited file system."""
+    if configured:
+        return os.path.expandvars(os.path.expanduser(configured))
+    base = os.environ.get("SLURM_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"
+    return os.path.join(base, "vitolaunch-scratch")
+
+
+def master_address(nodelist_head: str, num_nodes: int) -> str:
+    """The rendezvous host, checked: a name that does not resolve is loopback only when every rank is here."""
+    try:
+        socket.gethostbyname(nodelist_head)
+    except OSError as problem:
+        if num_nodes <= 1:
+            return "127.0.0.1"  # one node: every rank is on this machine, whatever its name resolves to
+        raise RuntimeError(
+            f"the first node of this job, '{nodelist_head}' (SLURM_JOB_NODELIST={os.environ.get('SLURM_JOB_NODELIST', '?')}), "
+            f"does not resolve here ({problem}): ranks on {num_nodes} nodes cannot meet there. Fix the node's name "
+            "resolution (/etc/hosts or DNS) on the cluster."
+        ) from problem
+    return nodelist_head
 
 
 def _job_tags() -> dict[str, str]:

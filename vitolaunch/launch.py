@@ -30,6 +30,7 @@ from vitolaunch.records import (
     TAG_NOTE,
     TAG_PRETRAIN_RUN,
     TAG_RESOURCES,
+    TAG_SCRATCH,
     TAG_SPEC_HASH,
     TAG_STORAGE_OPTIONS,
     TAG_SUBMIT_ERROR,
@@ -102,6 +103,7 @@ class _SweepTarget:
     resources: Resources
     checkpoint_root: str
     storage_options: dict[str, str]
+    scratch: str | None  # node-local staging folder; None: resolved inside the job (job.node_scratch)
 
 
 def _get(config: dict, dotted: str):
@@ -181,6 +183,7 @@ class Launcher:
             resources=resources,
             checkpoint_root=spec.resolved_checkpoint_root(self.workspace),
             storage_options=spec.storage.storage_options(),
+            scratch=self._scratch_for(backend.name, spec.storage.scratch),
         )
         _check_storage(target.checkpoint_root, target.storage_options)
         _check_data(trials)
@@ -235,6 +238,8 @@ class Launcher:
             TAG_RESOURCES: json.dumps(target.resources.to_record()),
             TAG_STORAGE_OPTIONS: json.dumps(target.storage_options),
         }
+        if target.scratch:
+            common_tags[TAG_SCRATCH] = target.scratch
         commit = _git_commit(spec.folder)
         if commit:
             common_tags[TAG_GIT_COMMIT] = commit
@@ -266,8 +271,7 @@ class Launcher:
             _QueuedJob(
                 run_id=o.run_id,
                 name=trial_job_name(spec.name, o.trial.index, o.trial.key),
-                job=self._job(o.run_id, spec.task, o.trial.config.to_dict(), o.checkpoint_uri, target.resources,
-                              target.storage_options),
+                job=self._job(o.run_id, spec.task, o.trial.config.to_dict(), o.checkpoint_uri, target),
             )
             for o in outcomes
         ]
@@ -275,9 +279,14 @@ class Launcher:
         for outcome, handle in zip(outcomes, handles):
             outcome.job_id = handle.job_id
 
-    def _job(
-        self, run_id: str, task: Task, config: dict, checkpoint_uri: str, resources: Resources, storage_options: dict
-    ) -> TrialJob:
+    def _scratch_for(self, backend_name: str, configured: str | None) -> str | None:
+        """On this machine the workspace is node-local; on a cluster the job finds its node's scratch itself."""
+        if configured or backend_name != "local":
+            return configured
+        return str(self.workspace.scratch_root)
+
+    def _job(self, run_id: str, task: Task, config: dict, checkpoint_uri: str, target: _SweepTarget) -> TrialJob:
+        resources = target.resources
         return TrialJob(
             run_id=run_id,
             tracking_uri=self.tracking_uri,
@@ -285,11 +294,11 @@ class Launcher:
             config=config,
             checkpoint_uri=checkpoint_uri,
             data_root=str(self.workspace.data_root),
-            scratch_root=str(self.workspace.scratch_root),
+            scratch_root=target.scratch,
             cpus_per_task=resources.cpus_per_task,
             max_timeouts=resources.retries.timeout,
             max_crashes=resources.retries.crash,
-            storage_options=storage_options,
+            storage_options=target.storage_options,
         )
 
     def _submit(
@@ -326,26 +335,36 @@ class Launcher:
                 + (" (cancel it first to restart it)" if state.is_active else "")
             )
         resubmitted = []
-        # One submission per (backend, resources): trials of a sweep normally share both.
-        groups: dict[tuple[str, str], list[RunRecord]] = {}
+        # One submission per place the trials were submitted to: trials of a sweep normally share it.
+        groups: dict[tuple[str, ...], list[RunRecord]] = {}
         for trial in runnable:
-            groups.setdefault((trial.tags.get(TAG_BACKEND, "local"), trial.tags.get(TAG_RESOURCES, "{}")), []).append(trial)
-        for (backend_name, _), group in groups.items():
-            backend = make_backend(backend_name)
-            resources = Resources.from_record(group[0].resources)
-            backend.check(resources)
+            where = tuple(trial.tags.get(tag, "") for tag in (TAG_BACKEND, TAG_RESOURCES, TAG_STORAGE_OPTIONS, TAG_SCRATCH))
+            groups.setdefault(where, []).append(trial)
+        for group in groups.values():
+            target = self._recorded_target(group[0])
+            target.backend.check(target.resources)
             queued = [
                 _QueuedJob(
                     run_id=t.run_id,
                     name=trial_job_name(t.sweep, t.trial_index, t.trial_key),
-                    job=self._job(t.run_id, _task_of(t), self.registry.config_of(t), t.tags[TAG_CHECKPOINT], resources,
-                                  json.loads(t.tags.get(TAG_STORAGE_OPTIONS, "{}"))),
+                    job=self._job(t.run_id, _task_of(t), self.registry.config_of(t), t.tags[TAG_CHECKPOINT], target),
                 )
                 for t in group
             ]
-            self._submit(backend, resources, group[0].sweep, queued)
+            self._submit(target.backend, target.resources, group[0].sweep, queued)
             resubmitted.extend(self.registry.get(t.run_id) for t in group)
         return resubmitted
+
+    @staticmethod
+    def _recorded_target(trial: RunRecord) -> _SweepTarget:
+        """Where a trial was submitted to, as its run recorded it."""
+        return _SweepTarget(
+            backend=make_backend(trial.tags.get(TAG_BACKEND, "local")),
+            resources=Resources.from_record(trial.resources),
+            checkpoint_root=trial.tags[TAG_CHECKPOINT],
+            storage_options=json.loads(trial.tags.get(TAG_STORAGE_OPTIONS, "{}")),
+            scratch=trial.tags.get(TAG_SCRATCH),
+        )
 
     # -- cancel and logs -------------------------------------------------------------------------
     def _trials_of(self, run_or_sweep: str) -> list[RunRecord]:

@@ -29,6 +29,7 @@ TAG_BACKEND = "vitolaunch.backend"  # "local" or "slurm"
 TAG_RESOURCES = "vitolaunch.resources"  # JSON: the resources the trial was submitted with
 TAG_CHECKPOINT = "vitolaunch.checkpoint_uri"
 TAG_STORAGE_OPTIONS = "vitolaunch.storage_options"  # JSON: non-secret fsspec options, e.g. an S3 endpoint
+TAG_SCRATCH = "vitolaunch.scratch"  # the staging folder given to the job (absent: node-local, found by the job)
 TAG_JOB_ID = "vitolaunch.job_id"
 TAG_LOG_DIR = "vitolaunch.log_dir"
 TAG_SUBMIT_ERROR = "vitolaunch.submit_error"

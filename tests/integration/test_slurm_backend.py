@@ -317,6 +317,9 @@ def test_three_two_node_trials_run_as_one_array_with_status_logs_and_idempotent_
     spans = sorted((accounted[j]["Start"], accounted[j]["End"]) for j in jobs)
     assert spans[2][0] >= min(spans[0][1], spans[1][1]), f"3 tasks overlapped with array_parallelism 2: {spans}"
 
+    # Checkpoint files were staged on the nodes' local scratch, never in the submitting user's home.
+    assert not (home / "scratch").exists(), list((home / "scratch").rglob("*"))[:5]
+
     # Logs of rank 1, found from the run id alone.
     log = vitolaunch(home, "logs", trials[1].info.run_id, "--rank", "1").stdout
     assert "rank1" in log and "global_rank=1(2)" in log, log[-2000:]

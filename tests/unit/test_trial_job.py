@@ -31,3 +31,25 @@ def test_the_task_field_not_the_config_chooses_what_runs(tmp_path) -> None:
                          scratch_dir=str(tmp_path / "scratch"))
     with pytest.raises(ValueError, match="an evaluation trial needs eval.checkpoint"):
         _job("evaluate", tmp_path).entry_point()(VitoConfig(), context)
+
+
+def test_an_unresolvable_master_is_loopback_only_for_a_one_node_job(monkeypatch):
+    from vitolaunch.job import master_address
+
+    assert master_address("localhost", 4) == "localhost"
+    assert master_address("no-such-node.invalid", 1) == "127.0.0.1"
+    monkeypatch.setenv("SLURM_JOB_NODELIST", "no-such-node[1-4]")
+    with pytest.raises(RuntimeError, match=r"'no-such-node.invalid' \(SLURM_JOB_NODELIST=no-such-node\[1-4\]\).*4 nodes"):
+        master_address("no-such-node.invalid", 4)
+
+
+def test_scratch_is_node_local_unless_configured(monkeypatch, tmp_path):
+    from vitolaunch.job import node_scratch
+
+    monkeypatch.setenv("SLURM_TMPDIR", str(tmp_path / "slurm"))
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    assert node_scratch(None) == str(tmp_path / "slurm" / "vitolaunch-scratch")
+    monkeypatch.delenv("SLURM_TMPDIR")
+    assert node_scratch(None) == str(tmp_path / "tmp" / "vitolaunch-scratch")
+    monkeypatch.setenv("LOCAL_DISK", "/local")
+    assert node_scratch("$LOCAL_DISK/me") == "/local/me"  # expanded on the node, not where vitolaunch ran

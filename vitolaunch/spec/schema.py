@@ -42,6 +42,10 @@ class Storage(_Strict):
     # An S3-compatible endpoint (MinIO, SeaweedFS, Ceph...). Credentials never go here: they come from the
     # standard AWS environment variables or config files of whoever runs the jobs.
     endpoint_url: str | None = Field(None, min_length=1, pattern=r"^https?://")
+    # Where ranks stage checkpoint files on their way to and from checkpoint_root: a node-local path, resolved
+    # inside the job (so `$VARS` expand on the node). None: $SLURM_TMPDIR, else $TMPDIR, else /tmp on SLURM;
+    # the workspace's scratch folder on the local backend.
+    scratch: str | None = Field(None, min_length=1, description="node-local staging folder for checkpoint files")
 
     def storage_options(self) -> dict[str, str]:
         """fsspec options for the checkpoint root: only non-secret settings."""

@@ -122,7 +122,7 @@ class CheckpointManager:
             self.store.mark_rank_uploaded(step, self.dist.rank, files)
             if self.dist.is_main:
                 self._commit_when_all_ranks_uploaded(step, config)
-        except Exception as problem:
+        except Exception as problem:  # noqa: BLE001 - a failed background save must not stop training
             self.failed_steps.append(step)
             log.error("checkpoint %s was NOT saved (%s: %s); training continues, the previous committed step stays "
                       "the resume point", step_name(step), type(problem).__name__, str(problem).splitlines()[0][:300])

@@ -39,7 +39,9 @@ log = logging.getLogger(__name__)
 MODEL_STATES = "mp_rank_00_model_states.pt"  # DeepSpeed's model file (rank 0 of model parallelism)
 
 
-def load_checkpoint_state(uri: str, step: int | None, scratch: str | Path, storage_options: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+def load_checkpoint_state(
+    uri: str, step: int | None, scratch: str | Path, storage_options: dict[str, Any] | None = None
+) -> tuple[int, dict[str, Any]]:
     """(step, DeepSpeed model-states dict) of a committed step (newest when step is None), checksum verified.
 
     Only the model file is fetched, never the optimizer shards.
@@ -59,7 +61,9 @@ def load_checkpoint_state(uri: str, step: int | None, scratch: str | Path, stora
         target.unlink()
 
 
-def load_pretrained_model(cfg: VitoConfig, scratch: str | Path, storage_options: dict[str, Any] | None = None) -> tuple[VitoModel, int, VitoConfig]:
+def load_pretrained_model(
+    cfg: VitoConfig, scratch: str | Path, storage_options: dict[str, Any] | None = None
+) -> tuple[VitoModel, int, VitoConfig]:
     """The online+target network of cfg.eval.checkpoint, in fp32, with the config it was trained with.
 
     The architecture comes from the checkpoint's own config when it has one (an evaluation can never build a

@@ -127,7 +127,8 @@ class MetricsLogger:
                     kind, payload = self._queue[0]
                     if kind == "metrics":  # merge queued metric batches up to MLflow's cap
                         merged, count = list(payload), 1
-                        while count < len(self._queue) and self._queue[count][0] == "metrics" and len(merged) + len(self._queue[count][1]) <= _BATCH:
+                        while (count < len(self._queue) and self._queue[count][0] == "metrics"
+                               and len(merged) + len(self._queue[count][1]) <= _BATCH):
                             merged.extend(self._queue[count][1])
                             count += 1
                         kind, payload = "metrics", merged
@@ -135,7 +136,7 @@ class MetricsLogger:
                         count = 1
                 try:
                     self._send(kind, payload)
-                except Exception as problem:
+                except Exception as problem:  # noqa: BLE001 - whatever the server does, the item is kept and retried
                     self._note_outage(problem)
                     if self._closed:
                         return

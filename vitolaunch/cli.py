@@ -111,7 +111,8 @@ def sweep(spec_file: str, overrides: tuple[str, ...], dry_run: bool, retry_faile
     for outcome in report.outcomes:
         params = " ".join(f"{k}={v}" for k, v in outcome.trial.params.items())
         job = f" job {outcome.job_id}" if outcome.job_id else ""
-        console.print(f"  {outcome.trial.index:03d} {outcome.trial.key[:8]}  run {outcome.run_id}  {params}  {notes[outcome.action.value]}{job}")
+        trial = outcome.trial
+        console.print(f"  {trial.index:03d} {trial.key[:8]}  run {outcome.run_id}  {params}  {notes[outcome.action.value]}{job}")
     queued = counts.get("submitted", 0) + counts.get("resubmitted", 0)
     if queued > spec.resources.array_parallelism:
         console.print(f"at most {spec.resources.array_parallelism} trials run at once (resources.array_parallelism): "

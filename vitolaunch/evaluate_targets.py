@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
 from vito.config import VitoConfig, set_dotted
 from vitolaunch.errors import SpecError, VitolaunchError
@@ -72,7 +73,7 @@ def _newest_step(uri: str, storage_options: dict[str, Any], wanted: int | None, 
 
     try:
         committed = CheckpointStore(uri, storage_options).committed_steps()
-    except Exception as problem:  # noqa: BLE001 - unreachable storage: say which target
+    except Exception as problem:
         raise VitolaunchError(f"{what}: cannot list the checkpoints under {uri} ({type(problem).__name__}: {problem})") from problem
     if not committed:
         raise VitolaunchError(f"{what}: no committed checkpoint under {uri}")
@@ -146,7 +147,7 @@ class TargetResolver:
         chosen = _newest_step(uri, options, wanted, f"checkpoint {uri}")
         try:
             config = CheckpointStore(uri, options).committed_config(chosen)
-        except Exception as problem:  # noqa: BLE001 - pruned since listed, or storage gone: say which target
+        except Exception as problem:
             raise VitolaunchError(f"checkpoint {uri}: cannot read the {COMMIT_MARKER} marker of step {chosen} "
                                   f"({type(problem).__name__}: {problem})") from problem
         if config is None:
@@ -209,7 +210,7 @@ def expand_evaluate(spec: SweepSpec, grid: list[Trial], registry: Registry) -> E
         set_dotted(tree, "eval.pretrain_run_id", target.run.run_id if target.run else None)
         try:
             config = VitoConfig.model_validate(tree)
-        except Exception as problem:
+        except ValidationError as problem:
             raise SpecError(f"the evaluation of {target.checkpoint} with {point.params} is not a valid config: {problem}",
                             file=spec.source_file) from None
         key = config.fingerprint()

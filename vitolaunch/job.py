@@ -259,7 +259,7 @@ def _set_scheduled(tracking_uri: str, run_id: str) -> None:
         from mlflow.tracking import MlflowClient
 
         set_run_status(MlflowClient(tracking_uri=tracking_uri), run_id, RunStatus.SCHEDULED)
-    except Exception as problem:
+    except Exception as problem:  # noqa: BLE001 - best effort: the requeue itself must go ahead
         log.warning("could not mark run %s as requeued in MLflow: %s", run_id, problem)
 
 

@@ -133,7 +133,7 @@ def observe_trials(
             scheduler = backend.states([h for _, h in items])
             started = backend.start_times()
             observed.problems.extend(backend.problems())
-        except Exception as problem:  # whatever went wrong, a scheduler we cannot ask means UNKNOWN
+        except Exception as problem:  # noqa: BLE001 - whatever went wrong, a scheduler we cannot ask means UNKNOWN
             scheduler = {}
             observed.problems.append(f"could not ask the {backend_name} scheduler: {problem}")
         for record, handle in items:

@@ -98,8 +98,8 @@ def test_wrong_credentials_give_one_clear_error_naming_endpoint_and_bucket(s3_en
 def test_two_rank_trial_killed_and_resumed_from_s3_matches_an_uninterrupted_run(s3_env, tmp_path):
     import torch
 
-    from vito.checkpoint import CheckpointStore
     from tests.checkpoints import final_weights
+    from vito.checkpoint import CheckpointStore
 
     _, prefix, job_env = s3_env
     train = {"steps": 80, "log_every": 2}

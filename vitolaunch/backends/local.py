@@ -138,7 +138,7 @@ class LocalBackend(Backend):
                 return SchedulerState.INTERRUPTED
             outcome = pickle_load(result)[0]
             return SchedulerState.COMPLETED if outcome == "success" else SchedulerState.FAILED
-        except Exception:
+        except Exception:  # noqa: BLE001 - a result we cannot read is not a verdict: UNKNOWN, never FAILED
             return SchedulerState.UNKNOWN
 
     def cancel(self, handles: Sequence[JobHandle], grace_s: float = 10.0) -> None:

@@ -86,7 +86,7 @@ def parse_parameters(parameters: dict[str, Any], method: str, locator: Locator) 
             except ValidationError as exc:
                 valid = list(RandomDistribution.model_fields)
                 raise located_validation_error(
-                    exc, locator, path, lambda loc: did_you_mean(dotted(loc), valid, prefix=f"{name}."), name
+                    exc, locator, path, lambda loc, valid=valid, name=name: did_you_mean(dotted(loc), valid, prefix=f"{name}."), name
                 ) from None
             axes.append(Axis(keys=(name,), path=path, distribution=distribution))
         else:

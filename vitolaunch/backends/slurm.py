@@ -171,9 +171,15 @@ def parse_job_table(text: str) -> dict[str, tuple[SchedulerState, float | None]]
 
 
 def signal_delay_s(resources: Resources) -> int:
-    """Seconds of warning (USR2) before the time limit: enough to reach a step boundary and save."""
+    """Seconds of warning (USR2) before the time limit: enough to reach a step boundary, save and commit.
+
+    `resources.signal_delay_s`, which a sweep resolves from its checkpoint size class when the spec leaves it
+    out (resources.with_signal_delay); records written before that key existed keep the old rule.
+    """
     if os.environ.get(SIGNAL_DELAY_ENV):
         return int(os.environ[SIGNAL_DELAY_ENV])
+    if resources.signal_delay_s is not None:
+        return resources.signal_delay_s
     return max(10, min(DEFAULT_SIGNAL_DELAY_S, resources.timeout_min * 60 // 5))
 
 
@@ -198,12 +204,13 @@ def sbatch_parameters(resources: Resources, name: str, log_root: Path, count: in
         "wckey": "vitolaunch",
         "stderr_to_stdout": False,
         # One rank dying ends the step at once (its peers would wait in a collective), and the hook runs.
-        "srun_args": ["--kill-on-bad-exit=1"],
-        "additional_parameters": {"requeue": True},
+        "srun_args": srun_arguments(resources),
+        "additional_parameters": {**sbatch_extra(resources), "requeue": True},
         "setup": [
             "# vitolaunch: USR2 is meant for the ranks (save, requeue); the batch shell must survive it",
             "trap 'echo \"vitolaunch: batch shell ignored SIGUSR2\" >&2' USR2",
             f"export {SIGNAL_DELAY_ENV}={delay}",
+            *site_setup(resources),
         ],
         "teardown": [
             "vitolaunch_rc=$?  # srun's exit status",
@@ -215,11 +222,46 @@ def sbatch_parameters(resources: Resources, name: str, log_root: Path, count: in
     }
     if resources.partition:
         params["partition"] = resources.partition
-    if resources.gpus_per_node:
+    if resources.gpus_per_task:
+        params["gpus_per_task"] = resources.gpus_per_task
+    elif resources.gpus_per_node:
         params["gpus_per_node"] = resources.gpus_per_node
+    for key in ("account", "qos", "constraint", "exclude"):
+        if getattr(resources, key):
+            params[key] = getattr(resources, key)
+    if resources.exclusive:
+        params["exclusive"] = True
     if count:
         params["map_count"] = count
     return params
+
+
+def srun_arguments(resources: Resources) -> list[str]:
+    """What srun needs said again: SLURM 22.05-23.02 srun does not take --cpus-per-task from the job, so
+    each rank (and its data workers) would get one CPU."""
+    args = ["--kill-on-bad-exit=1", f"--cpus-per-task={resources.cpus_per_task}"]
+    if resources.gpus_per_task:
+        args.append(f"--gpus-per-task={resources.gpus_per_task}")
+    return args
+
+
+def sbatch_extra(resources: Resources) -> dict:
+    """`resources.sbatch_extra` and `reservation` as sbatch options (managed options were refused by the spec)."""
+    extra = {key: value for key, value in resources.sbatch_extra.items() if value is not False}
+    if resources.reservation:
+        extra["reservation"] = resources.reservation
+    return extra
+
+
+def site_setup(resources: Resources) -> list[str]:
+    """The site's `setup` lines, then `env` exported for every rank (srun passes the batch environment on)."""
+    lines = []
+    if resources.setup:
+        lines += ["# site setup (resources.setup)", *resources.setup]
+    if resources.env:
+        lines += ["# environment of every rank (resources.env)"]
+        lines += [f"export {name}={shlex.quote(value)}" for name, value in resources.env.items()]
+    return lines
 
 
 def _mem(mem_gb: float) -> str:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from vitolaunch.backends import slurm_site
 from vitolaunch.backends.base import Backend, JobHandle, SchedulerState
 from vitolaunch.backends.slurm_retry import SIGNAL_DELAY_ENV, parse_duration_s
 from vitolaunch.backends.submitit_compat import sbatch_script
@@ -283,6 +284,7 @@ class SlurmBackend(Backend):
 
     def __init__(self, max_array_size: int | None = None):
         self._max_array_size = max_array_size
+        self._config_text: str | None = None
         self._start_times: dict[str, float] = {}
         self._problems: list[str] = []
         self.queries: list[list[str]] = []  # the scheduler commands states() ran (benchmarks and tests read it)
@@ -290,8 +292,14 @@ class SlurmBackend(Backend):
     # -- facts from the controller ---------------------------------------------------------------
     def max_array_size(self) -> int:
         if self._max_array_size is None:
-            self._max_array_size = parse_max_array_size(_run(["scontrol", "show", "config"]).stdout)
+            self._max_array_size = parse_max_array_size(self.config_text())
         return self._max_array_size
+
+    def config_text(self) -> str:
+        """`scontrol show config`, asked once."""
+        if self._config_text is None:
+            self._config_text = _run(["scontrol", "show", "config"]).stdout
+        return self._config_text
 
     def partitions(self) -> dict[str, Partition]:
         return parse_partitions(_run(["scontrol", "show", "partition", "-o"]).stdout)
@@ -335,6 +343,21 @@ class SlurmBackend(Backend):
                 f"resources.timeout_min is {resources.timeout_min}, over the {partition.max_time_min:g} min "
                 f"time limit (MaxTime) of {where}"
             )
+        self._check_site(resources, partition.name)
+
+    def _check_site(self, resources: Resources, partition: str) -> None:
+        """Account, QOS, constraint and the other site settings, asked of the cluster (see slurm_site)."""
+        try:
+            slurm_site.check_association(resources, _run, self.config_text, partition)
+        except SlurmUnavailable as problem:
+            raise VitolaunchError(f"SLURM is unreachable ({problem}): nothing was submitted") from problem
+        slurm_site.check_constraint(resources, _run, partition)
+        if slurm_site.needs_test_only(resources):
+            try:
+                self.test_only(resources, ["vitolaunch-check"], Path(tempfile.gettempdir()) / "vitolaunch-check")
+            except VitolaunchError as refused:
+                raise VitolaunchError(f"SLURM refuses these resources' site settings ({refused}); check resources.account, "
+                                      "qos, reservation, exclude and sbatch_extra: nothing was submitted") from refused
 
     def test_only(self, resources: Resources, names: Sequence[str], log_root: Path) -> str:
         """`sbatch --test-only` of the script: where and when it would start. Raises if SLURM refuses it."""

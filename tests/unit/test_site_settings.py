@@ -112,6 +112,14 @@ def test_env_with_a_credential_name_is_refused_without_echoing_it(tmp_path, name
     assert "shell that runs vitolaunch" in text and "s3cr3t-value-1234" not in text
 
 
+def test_a_credential_given_with_o_is_refused_without_echoing_it(tmp_path):
+    path = spec_with(tmp_path, "")
+    for override in ("resources.env.HF_TOKEN=abc123secret", f"resources.env.ENDPOINT={SECRET_VALUES['a password in a URL']}"):
+        text = str(refused(path, (override,)))
+        assert "-o resources.env." in text and "=<hidden>" in text and "shell that runs vitolaunch" in text, text
+        assert "abc123secret" not in text and "hunter2" not in text, text
+
+
 @pytest.mark.parametrize(("kind", "value"), SECRET_VALUES.items(), ids=SECRET_VALUES.keys())
 def test_env_value_shaped_like_a_credential_is_refused_without_echoing_it(tmp_path, kind, value):
     path = spec_with(tmp_path, f"env:\n  S3_ENDPOINT_SETTING: '{value}'\n")

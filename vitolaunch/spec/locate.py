@@ -100,5 +100,8 @@ def located_validation_error(
                 message += f" (got {short_repr(detail['input'])})"
             if kind == "string_pattern_mismatch" and loc == ("name",):
                 hint = "Use lowercase letters, digits, '_' and '-': the name labels folders and jobs."
-        errors.append(locator.error(prefix + loc, message, key=key, hint=hint))
+        error = locator.error(prefix + loc, message, key=key, hint=hint)
+        if kind == "credential" and error.override:  # the -o text holds the secret itself
+            error.override = error.override.split("=", 1)[0] + "=<hidden>"
+        errors.append(error)
     return min(errors, key=lambda e: (e.line is None, e.line or 0))

@@ -11,6 +11,9 @@
 # Clients find the cluster through /etc/slurm/slurm.conf, a symlink into that folder.
 # Other knobs: VITOLAUNCH_SLURM_READY_TIMEOUT (seconds to wait for readiness, default 90),
 #              VITOLAUNCH_SLURM_USERS (users added to the accounting account, default: root).
+# Accounting is enforced (associations, limits, qos), as on a real site: the users above may use account
+# `vitolaunch` with QOS `normal` or `express`; account `vitolaunch-other` exists with no users. Node n2 has
+# the feature `bigmem`. Site-settings tests (resources.account/qos/constraint) rely on these.
 # Needs root, Debian/Ubuntu (apt), no systemd. Running it again when all is up changes nothing (~1 s).
 set -euo pipefail
 LOG_TAG=slurm-up
@@ -22,11 +25,14 @@ READY_TIMEOUT=${VITOLAUNCH_SLURM_READY_TIMEOUT:-90}
 SLURM_USERS=${VITOLAUNCH_SLURM_USERS:-root}
 CLUSTER=vitolaunch
 ACCOUNT=vitolaunch
+OTHER_ACCOUNT=vitolaunch-other
+QOS=express
 DB_PORT=3307
 DBD_PORT=6819
 CTLD_PORT=6817
 NODES=(n1 n2)
 declare -A NODE_PORT=([n1]=17001 [n2]=17002)
+declare -A NODE_FEATURES=([n1]="" [n2]=bigmem)
 NODE_CPUS=4
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH
 
@@ -188,17 +194,33 @@ JobAcctGatherType=jobacct_gather/linux
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=127.0.0.1
 AccountingStoragePort=$DBD_PORT
+AccountingStorageEnforce=associations,limits,qos
 JobCompType=jobcomp/none
 EOF
   for n in "${NODES[@]}"; do
-    echo "NodeName=$n NodeHostname=$HOST NodeAddr=127.0.0.1 Port=${NODE_PORT[$n]} CPUs=$NODE_CPUS RealMemory=$REAL_MEM State=UNKNOWN"
+    echo "NodeName=$n NodeHostname=$HOST NodeAddr=127.0.0.1 Port=${NODE_PORT[$n]} CPUs=$NODE_CPUS RealMemory=$REAL_MEM" \
+      "${NODE_FEATURES[$n]:+Feature=${NODE_FEATURES[$n]} }State=UNKNOWN"
   done
   nodelist=$(IFS=,; echo "${NODES[*]}")
   echo "PartitionName=debug Nodes=$nodelist Default=YES MaxTime=INFINITE State=UP"
   echo "PartitionName=short Nodes=$nodelist Default=NO MaxTime=00:10:00 State=UP"
 } >"$tmp"
+# A change of only the enforcement or node features needs no node daemon restart: slurmctld alone is
+# restarted (it reads AccountingStorageEnforce only at start; `scontrol reconfigure` keeps the old value), after
+# the accounting records it needs exist. Running jobs and their steps survive it. Anything else restarts all.
+controller_only_view() { sed -E -e '/^AccountingStorageEnforce=/d' -e 's/ Feature=[^ ]+//' "$1" 2>/dev/null; }
+CONTROLLER_ONLY=0
+if [[ -f $ETC/slurm.conf ]] && ! cmp -s "$tmp" "$ETC/slurm.conf" \
+  && cmp -s <(controller_only_view "$tmp") <(controller_only_view "$ETC/slurm.conf"); then
+  CONTROLLER_ONLY=1
+fi
 install_if_changed "$tmp" "$ETC/slurm.conf" root:root 644
 SLURM_CONF_CHANGED=$CHANGED
+RESTART_CONTROLLER=0
+if ((SLURM_CONF_CHANGED && CONTROLLER_ONLY)); then
+  SLURM_CONF_CHANGED=0
+  RESTART_CONTROLLER=1
+fi
 
 CHANGED=0
 tmp=$(mktemp "$ETC/.slurmdbd.conf.XXXXXX")
@@ -293,22 +315,36 @@ if ! daemon_pid "$DBD_PID" slurmdbd "$DBD_RE" >/dev/null; then
   # the first start creates the tables: allow some time
   wait_for 60 sacctmgr -n -P show cluster || die "slurmdbd does not answer" "$DBD_LOG" "$DB_LOG"
 fi
-if [[ ! -f $STATE/.accounting ]] || [[ $(cat "$STATE/.accounting") != "$CLUSTER $ACCOUNT $SLURM_USERS" ]]; then
+ACCOUNTING_STAMP="$CLUSTER $ACCOUNT $OTHER_ACCOUNT qos=$QOS users=$SLURM_USERS"
+if [[ ! -f $STATE/.accounting ]] || [[ $(cat "$STATE/.accounting") != "$ACCOUNTING_STAMP" ]]; then
   sacctmgr -n -P show cluster format=cluster 2>/dev/null | grep -qx "$CLUSTER" \
     || sacctmgr -i add cluster "$CLUSTER" >/dev/null || die "sacctmgr add cluster failed" "$DBD_LOG"
   sacctmgr -n -P show account "$ACCOUNT" format=account 2>/dev/null | grep -qx "$ACCOUNT" \
     || sacctmgr -i add account "$ACCOUNT" Cluster="$CLUSTER" Description="vitolaunch tests" \
       Organization=vitolaunch >/dev/null || die "sacctmgr add account failed" "$DBD_LOG"
+  sacctmgr -n -P show account "$OTHER_ACCOUNT" format=account 2>/dev/null | grep -qx "$OTHER_ACCOUNT" \
+    || sacctmgr -i add account "$OTHER_ACCOUNT" Cluster="$CLUSTER" Description="an account the test users are not in" \
+      Organization=vitolaunch >/dev/null || die "sacctmgr add account $OTHER_ACCOUNT failed" "$DBD_LOG"
+  sacctmgr -n -P show qos "$QOS" format=name 2>/dev/null | grep -qx "$QOS" \
+    || sacctmgr -i add qos "$QOS" Priority=10 >/dev/null || die "sacctmgr add qos $QOS failed" "$DBD_LOG"
+  # root keeps its own association (account root, QOS normal): jobs that name no account still run.
   for u in $SLURM_USERS; do
     sacctmgr -n -P show assoc where cluster="$CLUSTER" account="$ACCOUNT" user="$u" format=user 2>/dev/null \
       | grep -qx "$u" || sacctmgr -i add user "$u" Account="$ACCOUNT" Cluster="$CLUSTER" >/dev/null \
       || die "sacctmgr add user $u failed" "$DBD_LOG"
+    sacctmgr -n -P show assoc where cluster="$CLUSTER" account="$ACCOUNT" user="$u" format=qos 2>/dev/null \
+      | tr ',' '\n' | grep -qx "$QOS" || sacctmgr -i modify user where name="$u" account="$ACCOUNT" cluster="$CLUSTER" \
+      set qos+="$QOS" >/dev/null || die "sacctmgr could not give $u the QOS $QOS" "$DBD_LOG"
   done
-  echo "$CLUSTER $ACCOUNT $SLURM_USERS" >"$STATE/.accounting"
-  say "accounting: cluster $CLUSTER, account $ACCOUNT, users: $SLURM_USERS"
+  echo "$ACCOUNTING_STAMP" >"$STATE/.accounting"
+  say "accounting: cluster $CLUSTER, accounts $ACCOUNT (QOS normal,$QOS) and $OTHER_ACCOUNT, users: $SLURM_USERS"
 fi
 
 # ---------------------------------------------------------------- slurmctld + slurmd nodes
+if ((RESTART_CONTROLLER)) && pid=$(daemon_pid "$CTLD_PID" slurmctld "$CTLD_RE"); then
+  say "slurm.conf changed (enforcement or node features): restarting slurmctld only (jobs keep running)"
+  stop_pid "$pid" slurmctld
+fi
 if ! daemon_pid "$CTLD_PID" slurmctld "$CTLD_RE" >/dev/null; then
   say "starting slurmctld (127.0.0.1:$CTLD_PORT)"
   /usr/sbin/slurmctld || die "slurmctld did not start" "$CTLD_LOG"

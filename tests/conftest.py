@@ -56,10 +56,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session", autouse=True)
 def _no_telemetry():
-    """MLflow 3 phones home unless told not to, also from the processes the tests start."""
+    """MLflow 3 phones home unless told not to (also from the processes the tests start); no cluster profile."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
         patch.setenv("DO_NOT_TRACK", "true")
+        # A developer's own ~/.config/vitolaunch/clusters.yaml must not change what specs mean in tests.
+        patch.setenv("VITOLAUNCH_CLUSTERS", os.devnull)
         yield
 
 

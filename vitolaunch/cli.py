@@ -86,14 +86,19 @@ def sweep(spec_file: str, overrides: tuple[str, ...], dry_run: bool, retry_faile
     check_trials_fit_resources(spec, trials)
     console = _console()
     if dry_run:
-        from vitolaunch.plan import render_plan
+        from vitolaunch.plan import render_plan, resource_lines
+        from vitolaunch.spec import trial_resources
 
         cluster = resolve_cluster(spec.resources)
         console.print(render_plan(spec, trials, cluster))
+        click.echo("resources (merged; where each value came from):")
+        click.echo("\n".join(resource_lines(trial_resources(spec, trials), spec.resource_sources)))
+        _local_note(console, spec.resources, cluster)
         if cluster == "slurm":
             _slurm_dry_run(console, spec, trials)
         console.print(f"dry run: {len(trials)} trials, nothing submitted")
         return
+    _local_note(console, spec.resources, resolve_cluster(spec.resources))
     launcher = _launcher(tracking_uri or spec.tracking.uri)
     report = launcher.submit_sweep(spec, trials, retry_failed=retry_failed)
     counts: dict[str, int] = {}
@@ -134,13 +139,22 @@ def _next_steps(report) -> list[str]:
     return [f"watch:   vitolaunch status {report.sweep_name} --watch{store}", f"compare: {ui}"]
 
 
+def _local_note(console, resources, cluster: str) -> None:
+    """A laptop runs the same spec (and the same profile): say which site settings it cannot honour."""
+    ignored = resources.slurm_only_keys() if cluster == "local" else []
+    if ignored:
+        console.print(f"note: the local backend ignores {', '.join(ignored)} (SLURM only); resources.env applies",
+                      highlight=False)
+
+
 def _slurm_dry_run(console, spec, trials) -> None:
     """The sbatch script, then (where SLURM answers) the partition checks and `sbatch --test-only`."""
     from vitolaunch.backends.slurm import SlurmBackend, render_script
     from vitolaunch.records import trial_job_name
+    from vitolaunch.spec import trial_resources
     from vitolaunch.workspace import Workspace
 
-    resources = spec.resources
+    resources = trial_resources(spec, trials)
     log_root = Workspace.from_env().log_dir(spec.name)
     names = [trial_job_name(spec.name, t.index, t.key) for t in trials]
     backend = SlurmBackend()

@@ -46,7 +46,7 @@ from vitolaunch.records import (
 )
 from vitolaunch.registry import NewTrialRun, Registry, RunRecord
 from vitolaunch.resources import Resources, resolve_cluster
-from vitolaunch.spec import SweepSpec, Trial
+from vitolaunch.spec import SweepSpec, Trial, trial_resources
 from vitolaunch.states import TrialState, trial_states
 from vitolaunch.workspace import Workspace, quiet_mlflow_environment
 
@@ -176,7 +176,7 @@ class Launcher:
     def _preflight(self, spec: SweepSpec, trials: Sequence[Trial]) -> _SweepTarget:
         """The scheduler can run these resources, the checkpoints can be written, the data exists."""
         backend = make_backend(resolve_cluster(spec.resources))
-        resources = spec.resources
+        resources = trial_resources(spec, trials)
         backend.check(resources)
         target = _SweepTarget(
             backend=backend,

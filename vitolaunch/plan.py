@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
+from vitolaunch.resources import Resources
 from vitolaunch.spec import SweepSpec, Trial
 
 
@@ -26,3 +28,22 @@ def render_plan(spec: SweepSpec, trials: Sequence[Trial], cluster: str):
         cfg = trial.config
         table.add_row(f"{trial.index:03d}", trial.key, *values, str(cfg.train.steps), str(cfg.data.batch_size))
     return table
+
+
+def resource_lines(resources: Resources, sources: dict[str, str]) -> list[str]:
+    """The merged `resources` a sweep runs with, one value a line, each with where it came from: the spec,
+    a cluster profile, an `-o` override, or the default. Empty defaults are left out."""
+    lines = []
+    for key, value in resources.model_dump().items():
+        if isinstance(value, dict):
+            items = [(f"{key}.{sub}", subvalue) for sub, subvalue in value.items()]
+        else:
+            items = [(key, value)]
+        for name, item in items:
+            origin = sources.get(name)
+            if origin is None and item in (None, [], {}, False):
+                continue
+            if origin is None:
+                origin = "derived from the checkpoint size class" if name == "signal_delay_s" else "default"
+            lines.append(f"  {name} = {json.dumps(item)}  ({origin})")
+    return lines

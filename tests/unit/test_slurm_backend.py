@@ -37,9 +37,17 @@ def test_dry_run_of_the_cluster_spec_prints_the_sbatch_script(tmp_path):
     assert result.returncode == 0, result.stderr
     out = result.stdout
     for line in ("#SBATCH --array=0-3%2", "#SBATCH --nodes=4", "#SBATCH --ntasks-per-node=8",
-                 "#SBATCH --gpus-per-node=8", "#SBATCH --signal=USR2@120", "#SBATCH --partition=gpu",
-                 "#SBATCH --time=2880", "#SBATCH --job-name=temperature_ablation", "#SBATCH --requeue"):
+                 "#SBATCH --gpus-per-node=8", "#SBATCH --signal=USR2@180", "#SBATCH --partition=gpu",
+                 "#SBATCH --time=2880", "#SBATCH --job-name=temperature_ablation", "#SBATCH --requeue",
+                 "#SBATCH --exclusive", "\nmodule load cuda/12.4 nccl/2.21\n", "\nexport NCCL_SOCKET_IFNAME=ib0\n"):
         assert line in out, out
+    # What an admin checks: srun repeats --cpus-per-task (22.05 srun does not inherit it), site lines come
+    # before srun, and the merged resources say where each value came from.
+    srun = next(line for line in out.splitlines() if line.startswith("srun "))
+    assert "--cpus-per-task=10" in srun, srun
+    assert out.index("module load cuda") < out.index("\nsrun ") and out.index("export OMP_NUM_THREADS=10") < out.index("\nsrun ")
+    assert "signal_delay_s = 180  (derived from the checkpoint size class)" in out
+    assert "exclusive = true  (sweeps/temperature_ablation.yaml:" in out
     # one log file per rank, in the trial's own folder; crash retries after srun
     assert "%A_%a/%A_%a_%t_log.out" in out and "--kill-on-bad-exit=1" in out
     assert "vitolaunch.backends.slurm_retry after-step" in out

@@ -285,7 +285,9 @@ def test_resources_record_is_the_flat_tag_format_and_reads_back(tmp_path: Path) 
     # The `vitolaunch.resources` tag of existing runs: these keys, in this order, flat.
     assert json.dumps(record) == (
         '{"nodes": 4, "tasks_per_node": 8, "gpus_per_node": 8, "cpus_per_task": 10, "mem_gb": 480.0, '
-        '"timeout_min": 2880, "partition": "gpu", "array_parallelism": 2, "retries_timeout": 10, "retries_crash": 2}'
+        '"timeout_min": 2880, "partition": "gpu", "array_parallelism": 2, "retries_timeout": 10, "retries_crash": 2, '
+        '"exclusive": true, "setup": ["module load cuda/12.4 nccl/2.21"], '
+        '"env": {"OMP_NUM_THREADS": "10", "NCCL_SOCKET_IFNAME": "ib0", "NCCL_IB_HCA": "mlx5"}}'
     )
     back = Resources.from_record(json.loads(json.dumps(record)))
     assert back.to_record() == record and back.retries.timeout == 10 and back.ranks == 32

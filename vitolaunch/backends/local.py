@@ -32,14 +32,15 @@ _SLOTS_DIR = ".slots"
 class _DetachedLocalExecutor(submitit.LocalExecutor):
     """Starts each job's controller detached, behind a wait for one of `parallelism` slots in `slots_dir`."""
 
-    def __init__(self, folder: Path, slots_dir: Path, parallelism: int) -> None:
+    def __init__(self, folder: Path, slots_dir: Path, parallelism: int, env: dict[str, str] | None = None) -> None:
         super().__init__(folder=folder)
         self.slots_dir = slots_dir
         self.parallelism = parallelism
+        self.extra_env = dict(env or {})  # resources.env: every rank sees it, as on SLURM
 
     def _submit_command(self, command: str) -> submitit.LocalJob:  # submitit_compat.LOCAL_SUBMIT_HOOK
         tasks = self.parameters.get("tasks_per_node", 1)
-        env = dict(os.environ)
+        env = {**os.environ, **self.extra_env}
         env.update(
             SUBMITIT_LOCAL_NTASKS=str(tasks),
             SUBMITIT_LOCAL_COMMAND=command,
@@ -113,7 +114,8 @@ class LocalBackend(Backend):
     def submit(
         self, jobs: Sequence[Callable[[], object]], names: Sequence[str], resources: Resources, log_dir: Path
     ) -> list[JobHandle]:
-        executor = _DetachedLocalExecutor(log_dir / "%j", log_dir / _SLOTS_DIR, resources.array_parallelism)
+        # SLURM-only site settings (account, setup, ...) have no meaning here; the CLI says they are ignored.
+        executor = _DetachedLocalExecutor(log_dir / "%j", log_dir / _SLOTS_DIR, resources.array_parallelism, resources.env)
         executor.update_parameters(
             timeout_min=resources.timeout_min,
             tasks_per_node=resources.tasks_per_node,

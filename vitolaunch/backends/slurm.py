@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from vitolaunch.backends import slurm_site
 from vitolaunch.backends.base import Backend, JobHandle, SchedulerState
 from vitolaunch.backends.slurm_retry import SIGNAL_DELAY_ENV, parse_duration_s
 from vitolaunch.backends.submitit_compat import sbatch_script
@@ -171,9 +172,15 @@ def parse_job_table(text: str) -> dict[str, tuple[SchedulerState, float | None]]
 
 
 def signal_delay_s(resources: Resources) -> int:
-    """Seconds of warning (USR2) before the time limit: enough to reach a step boundary and save."""
+    """Seconds of warning (USR2) before the time limit: enough to reach a step boundary, save and commit.
+
+    `resources.signal_delay_s`, which a sweep resolves from its checkpoint size class when the spec leaves it
+    out (resources.with_signal_delay); records written before that key existed keep the old rule.
+    """
     if os.environ.get(SIGNAL_DELAY_ENV):
         return int(os.environ[SIGNAL_DELAY_ENV])
+    if resources.signal_delay_s is not None:
+        return resources.signal_delay_s
     return max(10, min(DEFAULT_SIGNAL_DELAY_S, resources.timeout_min * 60 // 5))
 
 
@@ -198,12 +205,13 @@ def sbatch_parameters(resources: Resources, name: str, log_root: Path, count: in
         "wckey": "vitolaunch",
         "stderr_to_stdout": False,
         # One rank dying ends the step at once (its peers would wait in a collective), and the hook runs.
-        "srun_args": ["--kill-on-bad-exit=1"],
-        "additional_parameters": {"requeue": True},
+        "srun_args": srun_arguments(resources),
+        "additional_parameters": {**sbatch_extra(resources), "requeue": True},
         "setup": [
             "# vitolaunch: USR2 is meant for the ranks (save, requeue); the batch shell must survive it",
             "trap 'echo \"vitolaunch: batch shell ignored SIGUSR2\" >&2' USR2",
             f"export {SIGNAL_DELAY_ENV}={delay}",
+            *site_setup(resources),
         ],
         "teardown": [
             "vitolaunch_rc=$?  # srun's exit status",
@@ -215,11 +223,46 @@ def sbatch_parameters(resources: Resources, name: str, log_root: Path, count: in
     }
     if resources.partition:
         params["partition"] = resources.partition
-    if resources.gpus_per_node:
+    if resources.gpus_per_task:
+        params["gpus_per_task"] = resources.gpus_per_task
+    elif resources.gpus_per_node:
         params["gpus_per_node"] = resources.gpus_per_node
+    for key in ("account", "qos", "constraint", "exclude"):
+        if getattr(resources, key):
+            params[key] = getattr(resources, key)
+    if resources.exclusive:
+        params["exclusive"] = True
     if count:
         params["map_count"] = count
     return params
+
+
+def srun_arguments(resources: Resources) -> list[str]:
+    """What srun needs said again: SLURM 22.05-23.02 srun does not take --cpus-per-task from the job, so
+    each rank (and its data workers) would get one CPU."""
+    args = ["--kill-on-bad-exit=1", f"--cpus-per-task={resources.cpus_per_task}"]
+    if resources.gpus_per_task:
+        args.append(f"--gpus-per-task={resources.gpus_per_task}")
+    return args
+
+
+def sbatch_extra(resources: Resources) -> dict:
+    """`resources.sbatch_extra` and `reservation` as sbatch options (managed options were refused by the spec)."""
+    extra = {key: value for key, value in resources.sbatch_extra.items() if value is not False}
+    if resources.reservation:
+        extra["reservation"] = resources.reservation
+    return extra
+
+
+def site_setup(resources: Resources) -> list[str]:
+    """The site's `setup` lines, then `env` exported for every rank (srun passes the batch environment on)."""
+    lines = []
+    if resources.setup:
+        lines += ["# site setup (resources.setup)", *resources.setup]
+    if resources.env:
+        lines += ["# environment of every rank (resources.env)"]
+        lines += [f"export {name}={shlex.quote(value)}" for name, value in resources.env.items()]
+    return lines
 
 
 def _mem(mem_gb: float) -> str:
@@ -241,6 +284,7 @@ class SlurmBackend(Backend):
 
     def __init__(self, max_array_size: int | None = None):
         self._max_array_size = max_array_size
+        self._config_text: str | None = None
         self._start_times: dict[str, float] = {}
         self._problems: list[str] = []
         self.queries: list[list[str]] = []  # the scheduler commands states() ran (benchmarks and tests read it)
@@ -248,8 +292,14 @@ class SlurmBackend(Backend):
     # -- facts from the controller ---------------------------------------------------------------
     def max_array_size(self) -> int:
         if self._max_array_size is None:
-            self._max_array_size = parse_max_array_size(_run(["scontrol", "show", "config"]).stdout)
+            self._max_array_size = parse_max_array_size(self.config_text())
         return self._max_array_size
+
+    def config_text(self) -> str:
+        """`scontrol show config`, asked once."""
+        if self._config_text is None:
+            self._config_text = _run(["scontrol", "show", "config"]).stdout
+        return self._config_text
 
     def partitions(self) -> dict[str, Partition]:
         return parse_partitions(_run(["scontrol", "show", "partition", "-o"]).stdout)
@@ -293,6 +343,21 @@ class SlurmBackend(Backend):
                 f"resources.timeout_min is {resources.timeout_min}, over the {partition.max_time_min:g} min "
                 f"time limit (MaxTime) of {where}"
             )
+        self._check_site(resources, partition.name)
+
+    def _check_site(self, resources: Resources, partition: str) -> None:
+        """Account, QOS, constraint and the other site settings, asked of the cluster (see slurm_site)."""
+        try:
+            slurm_site.check_association(resources, _run, self.config_text, partition)
+        except SlurmUnavailable as problem:
+            raise VitolaunchError(f"SLURM is unreachable ({problem}): nothing was submitted") from problem
+        slurm_site.check_constraint(resources, _run, partition)
+        if slurm_site.needs_test_only(resources):
+            try:
+                self.test_only(resources, ["vitolaunch-check"], Path(tempfile.gettempdir()) / "vitolaunch-check")
+            except VitolaunchError as refused:
+                raise VitolaunchError(f"SLURM refuses these resources' site settings ({refused}); check resources.account, "
+                                      "qos, reservation, exclude and sbatch_extra: nothing was submitted") from refused
 
     def test_only(self, resources: Resources, names: Sequence[str], log_root: Path) -> str:
         """`sbatch --test-only` of the script: where and when it would start. Raises if SLURM refuses it."""

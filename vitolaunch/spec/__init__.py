@@ -8,7 +8,7 @@ instantly.
 """
 
 from vitolaunch.resources import Resources, Retries, resolve_cluster
-from vitolaunch.spec.expand import Trial, check_trials_fit_resources, expand
+from vitolaunch.spec.expand import Trial, check_trials_fit_resources, expand, trial_resources
 from vitolaunch.spec.load import load_spec
 from vitolaunch.spec.locate import DocPath, Locator
 from vitolaunch.spec.parameters import ZIP_KEY, Axis, RandomDistribution
@@ -31,4 +31,5 @@ __all__ = [
     "expand",
     "load_spec",
     "resolve_cluster",
+    "trial_resources",
 ]

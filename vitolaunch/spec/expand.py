@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from vito.config import VitoConfig, set_dotted
 from vitolaunch.errors import SpecError
+from vitolaunch.resources import Resources, with_signal_delay
 from vitolaunch.spec.locate import DocPath, dotted, short_repr
 from vitolaunch.spec.parameters import Axis
 from vitolaunch.spec.schema import SweepSpec
@@ -148,3 +149,9 @@ def check_trials_fit_resources(spec: SweepSpec, trials: Sequence[Trial]) -> None
                 key="data.batch_size",
                 hint=f"Use a multiple of {ranks}, or change resources.nodes / tasks_per_node.",
             )
+
+
+def trial_resources(spec: SweepSpec, trials: Sequence[Trial]) -> Resources:
+    """The spec's resources with what depends on the trials resolved: the warning before the time limit, from
+    the largest checkpoint among them (resources.with_signal_delay) unless the spec sets signal_delay_s."""
+    return with_signal_delay(spec.resources, [(t.config.model.arch, t.config.model.width) for t in trials])

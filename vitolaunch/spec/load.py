@@ -19,6 +19,7 @@ from vitolaunch.spec.locate import (
     located_validation_error,
 )
 from vitolaunch.spec.parameters import ZIP_KEY
+from vitolaunch.spec.profile import apply_profile
 from vitolaunch.spec.schema import SweepSpec, spec_key_hint
 from vitolaunch.spec.vito_keys import VITO_LEAVES, VITO_SECTIONS
 from vitolaunch.yaml_lines import load_with_lines, parse_value
@@ -52,11 +53,14 @@ def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> SweepSpec:
         else:
             _apply_override(data, key, value, override, locator)
 
+    sources = apply_profile(data, locator)  # the cluster profile's site settings, under the spec's own
     context = {"locator": locator, "base_overrides": base_overrides}
     try:
-        return SweepSpec.model_validate({**data, "source_file": file}, context=context)
+        spec = SweepSpec.model_validate({**data, "source_file": file}, context=context)
     except ValidationError as exc:
         raise located_validation_error(exc, locator, (), spec_key_hint) from None
+    spec._resource_sources = sources
+    return spec
 
 
 def _parse_override(text: str, file: str) -> tuple[str, Any]:

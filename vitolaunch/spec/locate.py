@@ -85,6 +85,8 @@ def located_validation_error(
     errors = []
     for detail in exc.errors():
         loc = tuple(detail["loc"])
+        if loc and loc[-1] == "[key]":  # a bad mapping key: point at the key itself
+            loc = loc[:-1]
         key = (dotted(prefix + loc) if key_prefix is None else dotted((key_prefix, *loc))) or None
         kind = detail["type"]
         hint = None
@@ -94,9 +96,12 @@ def located_validation_error(
             message = "required key is missing"
         else:
             message = detail["msg"].removeprefix("Value error, ")
-            if not isinstance(detail["input"], (dict, list)):
+            if not isinstance(detail["input"], (dict, list)) and kind != "credential":  # never print a secret
                 message += f" (got {short_repr(detail['input'])})"
             if kind == "string_pattern_mismatch" and loc == ("name",):
                 hint = "Use lowercase letters, digits, '_' and '-': the name labels folders and jobs."
-        errors.append(locator.error(prefix + loc, message, key=key, hint=hint))
+        error = locator.error(prefix + loc, message, key=key, hint=hint)
+        if kind == "credential" and error.override:  # the -o text holds the secret itself
+            error.override = error.override.split("=", 1)[0] + "=<hidden>"
+        errors.append(error)
     return min(errors, key=lambda e: (e.line is None, e.line or 0))

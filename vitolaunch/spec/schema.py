@@ -94,6 +94,7 @@ class SweepSpec(_Strict):
     _locator: Locator = PrivateAttr(default_factory=Locator)
     _axes: list[Axis] = PrivateAttr(default_factory=list)
     _base_config: VitoConfig | None = PrivateAttr(default=None)
+    _resource_sources: dict[str, str] = PrivateAttr(default_factory=dict)
 
     @field_validator("base", mode="before")
     @classmethod
@@ -131,6 +132,11 @@ class SweepSpec(_Strict):
     def error_at(self, path: DocPath, message: str, *, key: str | None = None, hint: str | None = None) -> SpecError:
         """A SpecError located at `path` of the spec document (e.g. ("base", "data")), to raise."""
         return self._locator.error(path, message, key=key, hint=hint)
+
+    @property
+    def resource_sources(self) -> dict[str, str]:
+        """Where each given `resources` value came from (`file:line`, a cluster profile, or `-o`), by dotted key."""
+        return self._resource_sources
 
     @property
     def axes(self) -> list[Axis]:

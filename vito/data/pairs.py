@@ -114,11 +114,13 @@ class PairSampler:
         self.cfg = data_cfg
         self.seed = seed
         self.skips = SkipCounter(len(records))
+        cacheable = clip_cache_bytes > 0 and any(0 < r.num_frames <= clip_cache_max_frames for r in records)
         self.clip_cache = (
-            ClipCache(max_bytes=clip_cache_bytes, max_clip_frames=clip_cache_max_frames)
-            if clip_cache_bytes > 0 and clip_cache_max_frames > 0
-            else None
+            ClipCache(max_bytes=clip_cache_bytes, max_clip_frames=clip_cache_max_frames) if cacheable else None
         )
+        if self.clip_cache is not None:
+            # Bounded by what it can usefully hold: far larger manifests turn it off (see ClipCache).
+            self.clip_cache.expect([r.num_frames for r in records])
         self._permutation_epoch: int | None = None
         self._permutation: torch.Tensor | None = None
 

@@ -75,6 +75,9 @@ def test_same_choices_give_identical_output_and_other_choices_differ() -> None:
     # A row's result does not depend on its neighbours: alone or in a batch, the same view.
     torch.testing.assert_close(augment_batch(crops[3:4], rows[3:4]), first[3:4], rtol=0, atol=1e-6)
     assert not torch.equal(first, augment_batch(crops, rows.roll(1, 0)))
+    # The CPU's cache-sized chunks and a GPU's whole batch compute the same rows.
+    for chunk_rows in (1, 3, 8):
+        torch.testing.assert_close(augment_batch(crops, rows, chunk_rows=chunk_rows), first, rtol=0, atol=1e-6)
 
 
 def test_bad_input_is_refused() -> None:

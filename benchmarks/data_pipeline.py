@@ -189,6 +189,7 @@ def per_view_augment_ms(cfg: DataConfig, views: int, rounds: int) -> dict[str, l
     """ms per view of the photometric augmentations: per-sample float on the CPU vs batched (CPU as device)."""
     from vito.data.augment import augment_view, crop_uint8, draw_view_params
     from vito.data.batch_augment import augment_batch
+    from vito.data.pairs import _to_chw_float
 
     import numpy as np
 
@@ -201,8 +202,23 @@ def per_view_augment_ms(cfg: DataConfig, views: int, rounds: int) -> dict[str, l
     # The reference draws its own choices: with crop_scale_min 1 on a square input of the crop size its crop
     # and resize are the identity, so it times the photometric work alone, as the batched arm does.
     square_cfg = cfg.augment.model_copy(update={"crop_scale_min": 1.0})
-    out: dict[str, list[float]] = {"per_sample_float": [], "batched": [], "uint8_crop": []}
+    out: dict[str, list[float]] = {k: [] for k in ("per_sample_float", "batched", "old_720p", "old_prepared",
+                                                    "uint8_720p", "uint8_prepared")}
+    sources = {"720p": np.random.default_rng(9).integers(0, 256, (720, 1280, 3), dtype=np.uint8),
+               "prepared": frames[0]}
+    few = max(8, views // 8)
     for _ in range(rounds):
+        for name, image in sources.items():
+            height, width = image.shape[:2]
+            started = time.perf_counter()
+            for k in range(few):  # as the old worker: the whole frame to float, then the view
+                augment_view(_to_chw_float(image), cfg.augment, size, torch.Generator().manual_seed(k))
+            out[f"old_{name}"].append(1e3 * (time.perf_counter() - started) / few)
+            drawn = [draw_view_params(height, width, cfg.augment, size, torch.Generator().manual_seed(k)) for k in range(few)]
+            started = time.perf_counter()
+            for p in drawn:
+                crop_uint8(image, p, size)
+            out[f"uint8_{name}"].append(1e3 * (time.perf_counter() - started) / few)
         started = time.perf_counter()
         for k, image in enumerate(floats):
             augment_view(image, square_cfg, size, torch.Generator().manual_seed(k))
@@ -210,11 +226,18 @@ def per_view_augment_ms(cfg: DataConfig, views: int, rounds: int) -> dict[str, l
         started = time.perf_counter()
         augment_batch(crops, rows, "cpu")
         out["batched"].append(1e3 * (time.perf_counter() - started) / views)
-        started = time.perf_counter()
-        for k, p in enumerate(params):
-            crop_uint8(frames[k % 8], p, size)
-        out["uint8_crop"].append(1e3 * (time.perf_counter() - started) / views)
     return out
+
+
+def _swept_options() -> dict:
+    from vito.data.prepare import PrepareOptions
+
+    return {
+        "256 / 0.25 s / fastdecode": PrepareOptions(keyframe_interval_s=0.25),
+        "256 / 1.0 s / fastdecode": PrepareOptions(keyframe_interval_s=1.0),
+        "288 / 0.5 s / fastdecode": PrepareOptions(short_side=288),
+        "256 / 0.5 s / default tune (CABAC, deblocking)": PrepareOptions(fast_decode=False),
+    }
 
 
 def real_resolution(args: argparse.Namespace) -> None:
@@ -237,9 +260,16 @@ def real_resolution(args: argparse.Namespace) -> None:
     generated_s = time.perf_counter() - started
     options = PrepareOptions()
     started = time.perf_counter()
-    report = prepare_manifest(str(source / "manifest.jsonl"), str(root / "prepared"), options, workers=1)
+    fresh = Path(tempfile.mkdtemp(prefix="prepared-", dir=root))  # timed from scratch, never resumed
+    report = prepare_manifest(str(source / "manifest.jsonl"), str(fresh), options, workers=1)
     prepare_s = time.perf_counter() - started
-    prepared = read_manifest(root / "prepared" / "manifest.jsonl")
+    prepared = read_manifest(fresh / "manifest.jsonl")
+    variants = {}
+    if args.sweep_options:  # the evidence for prepare's defaults: other short sides and keyframe intervals
+        for label, variant in _swept_options().items():
+            folder = root / f"variant-{label.replace(' ', '_').replace('/', '_')}"
+            prepare_manifest(str(source / "manifest.jsonl"), str(folder), variant, workers=1)
+            variants[label] = (read_manifest(folder / "manifest.jsonl"), folder)
 
     spec = load_spec(REPO / "sweeps" / "temperature_ablation.yaml").base_config_dict()["data"]
     cfg = DataConfig.model_validate({**spec, "source": "bench", "num_workers": 0, "batch_size": 256})
@@ -261,6 +291,9 @@ def real_resolution(args: argparse.Namespace) -> None:
             decode_frames_at(prepared[video].uri, [time_a, time_b])
 
         arms["after_decode"].append(rate(decode_only, positions))
+        for label, (recs, _) in variants.items():
+            dataset = FramePairDataset(recs, cfg, 0, 0, 1, 0, steps, clip_cache_bytes=0)
+            arms.setdefault(f"variant {label}", []).append(rate(dataset.__getitem__, positions))
     views = per_view_augment_ms(cfg, 256, args.rounds)
 
     hours = sum(r.duration_s for r in records) / 3600
@@ -284,16 +317,30 @@ def real_resolution(args: argparse.Namespace) -> None:
         med = statistics.median(arms[key])
         print(f"| {label} | {_spread(arms[key])} | {1e3 / med:.1f} | {med / base:.1f}x |")
     print(f"\nafter prepare, worker pairs/s per core: {statistics.median(arms['after']):.1f} (aim: 50)")
-    print("\n| photometric augmentation of one 224 px view | ms/view median (min-max) |\n|---|---|")
-    print(f"| per sample, float, CPU (augment_view; the old worker path) | {_spread(views['per_sample_float'])} |")
-    print(f"| batched, 256 views, CPU as the device (augment_batch) | {_spread(views['batched'])} |")
-    print(f"| uint8 crop + resize + flip in the worker (crop_uint8) | {_spread(views['uint8_crop'])} |")
+    if variants:
+        default = statistics.median(arms["after"])
+        print("\n| prepare options (short side / keyframe interval / tune) | worker pairs/s median (min-max) "
+              "| vs defaults | MiB |\n|---|---|---|---|")
+        print(f"| {options.short_side} / {options.keyframe_interval_s} s / fastdecode (defaults) | "
+              f"{_spread(arms['after'])} | 1.00x | {report.bytes_after / 2**20:.1f} |")
+        for label, (_, folder) in variants.items():
+            values = arms[f"variant {label}"]
+            size = sum(f.stat().st_size for f in (folder / "videos").rglob("*.mp4")) / 2**20
+            print(f"| {label} | {_spread(values)} | {statistics.median(values) / default:.2f}x | {size:.1f} |")
+    print("\n| one 224 px view | ms/view median (min-max) |\n|---|---|")
+    print(f"| old worker: whole frame to float, crop, resize, photometric (augment_view), 720p source | {_spread(views['old_720p'])} |")
+    print(f"| old worker: the same, prepared 456x256 source | {_spread(views['old_prepared'])} |")
+    print(f"| new worker: uint8 crop + resize + flip (crop_uint8), 720p source | {_spread(views['uint8_720p'])} |")
+    print(f"| new worker: the same, prepared 456x256 source | {_spread(views['uint8_prepared'])} |")
+    print(f"| photometric only, per sample in float on the CPU (augment_view on the crop) | {_spread(views['per_sample_float'])} |")
+    print(f"| photometric only, batched: 256 views, CPU as the device (augment_batch) | {_spread(views['batched'])} |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--real-resolution", action="store_true", help="720p clips before and after `data prepare`")
     parser.add_argument("--clips", type=int, default=6, help="generated 720p clips (real-resolution mode)")
+    parser.add_argument("--sweep-options", action="store_true", help="also time other prepare options (real-resolution)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--samples", type=int, default=256, help="pairs per arm per round")
     parser.add_argument("--loader-steps", type=int, default=24, help="timed batches per loader arm per round")

@@ -150,3 +150,21 @@ def test_cli_prepares_and_reports(source: Path, tmp_path: Path) -> None:
     assert decode_all_frames(prepared[0].uri).shape == (40, 48, 80, 3)
     bad = CliRunner().invoke(main, ["data", "prepare", str(source), str(tmp_path / "o2"), "--short-side", "47"])
     assert bad.exit_code != 0 and "short side must be an even number" in bad.output
+
+
+def test_array_shards_split_the_videos_and_a_final_run_writes_the_manifest(source: Path, tmp_path: Path) -> None:
+    import pickle
+
+    from vito.data.prepare import PrepareShard, check_before_submit
+
+    out = tmp_path / "out"
+    assert check_before_submit(str(source), str(out), OPTIONS) == 3
+    shards = [pickle.loads(pickle.dumps(PrepareShard(str(source), str(out), OPTIONS, k, 2))) for k in range(2)]
+    results = [shard() for shard in shards]
+    assert [r["videos"] for r in results] == [2, 1] and all(r["failed"] == [] for r in results)
+    assert not (out / "manifest.jsonl").exists()
+    assert sorted(p.name for p in (out / "reports").iterdir()) == ["task-0.json", "task-1.json"]
+    final = prepare_manifest(str(source), str(out), OPTIONS, workers=1)
+    assert (final.resumed, final.prepared) == (3, 0) and len(read_manifest(out / "manifest.jsonl")) == 3
+    with pytest.raises(ValueError, match="prepare.json"):
+        check_before_submit(str(source), str(out), PrepareOptions(64))

@@ -316,6 +316,16 @@ def _check_options(out: _Out, options: PrepareOptions) -> None:
         out.write_text("prepare.json", json.dumps(wanted, indent=2, sort_keys=True) + "\n")
 
 
+def check_before_submit(manifest: str, output: str, options: PrepareOptions,
+                        storage_options: dict[str, Any] | None = None) -> int:
+    """What an array submission checks first (the manifest parses, OUT takes these options): video count."""
+    records = read_manifest(manifest, storage_options)
+    if not records:
+        raise ValueError(f"{manifest}: the manifest lists no videos")
+    _check_options(_Out(output, storage_options), options)
+    return len(records)
+
+
 def prepare_manifest(
     manifest: str,
     output: str,
@@ -393,4 +403,26 @@ def prepare_manifest(
     return report
 
 
-__all__ = ["PrepareOptions", "PrepareReport", "output_size", "prepare_manifest", "reencode"]
+@dataclass(frozen=True)
+class PrepareShard:
+    """One task of a scheduler array: videos shard, shard + shards, ... of the manifest (picklable).
+
+    Each task writes its videos and done-markers; none writes the manifest. Running the whole prepare once
+    more afterwards (anywhere) finds every marker, redoes nothing, and writes the manifest and report.
+    """
+
+    manifest: str
+    output: str
+    options: PrepareOptions
+    shard: int
+    shards: int
+    workers: int = 1
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+    def __call__(self) -> dict[str, Any]:
+        report = prepare_manifest(self.manifest, self.output, self.options, workers=self.workers,
+                                  storage_options=self.storage_options, only=(self.shard, self.shards))
+        return report.to_dict()
+
+
+__all__ = ["PrepareOptions", "PrepareReport", "PrepareShard", "output_size", "prepare_manifest", "reencode"]

@@ -286,7 +286,7 @@ def real_resolution(args: argparse.Namespace) -> None:
         arms["after_float"].append(rate(datasets["after"].sampler.sample, positions))
         sampler = datasets["after"].sampler
 
-        def decode_only(position: int) -> None:
+        def decode_only(position: int, sampler: PairSampler = sampler) -> None:
             video, time_a, time_b = sampler.sample_timestamps(position)
             decode_frames_at(prepared[video].uri, [time_a, time_b])
 
@@ -305,7 +305,8 @@ def real_resolution(args: argparse.Namespace) -> None:
           f"({hours * 3600 / prepare_s:.1f}x real time per core); bytes {report.bytes_before / 2**20:.1f} MiB -> "
           f"{report.bytes_after / 2**20:.1f} MiB")
     base = statistics.median(arms["before_float"])
-    print("\n| arm (one worker core) | pairs/s median (min-max) | ms/pair | vs before (old worker path) |\n|---|---|---|---|")
+    print("\n| arm (one worker core) | pairs/s median (min-max) | ms/pair | vs before (old worker path) |")
+    print("|---|---|---|---|")
     rows = [
         ("720p/2 s, per-sample float augmentation in the worker (before)", "before_float"),
         ("720p/2 s, uint8 crops (photometric on device)", "before"),
@@ -328,11 +329,13 @@ def real_resolution(args: argparse.Namespace) -> None:
             size = sum(f.stat().st_size for f in (folder / "videos").rglob("*.mp4")) / 2**20
             print(f"| {label} | {_spread(values)} | {statistics.median(values) / default:.2f}x | {size:.1f} |")
     print("\n| one 224 px view | ms/view median (min-max) |\n|---|---|")
-    print(f"| old worker: whole frame to float, crop, resize, photometric (augment_view), 720p source | {_spread(views['old_720p'])} |")
+    print("| old worker: whole frame to float, crop, resize, photometric (augment_view), 720p source | "
+          f"{_spread(views['old_720p'])} |")
     print(f"| old worker: the same, prepared 456x256 source | {_spread(views['old_prepared'])} |")
     print(f"| new worker: uint8 crop + resize + flip (crop_uint8), 720p source | {_spread(views['uint8_720p'])} |")
     print(f"| new worker: the same, prepared 456x256 source | {_spread(views['uint8_prepared'])} |")
-    print(f"| photometric only, per sample in float on the CPU (augment_view on the crop) | {_spread(views['per_sample_float'])} |")
+    print("| photometric only, per sample in float on the CPU (augment_view on the crop) | "
+          f"{_spread(views['per_sample_float'])} |")
     print(f"| photometric only, batched: 256 views, CPU as the device (augment_batch) | {_spread(views['batched'])} |")
 
 
@@ -340,7 +343,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--real-resolution", action="store_true", help="720p clips before and after `data prepare`")
     parser.add_argument("--clips", type=int, default=6, help="generated 720p clips (real-resolution mode)")
-    parser.add_argument("--sweep-options", action="store_true", help="also time other prepare options (real-resolution)")
+    parser.add_argument("--sweep-options", action="store_true",
+                        help="also time other prepare options (real-resolution mode)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--samples", type=int, default=256, help="pairs per arm per round")
     parser.add_argument("--loader-steps", type=int, default=24, help="timed batches per loader arm per round")

@@ -155,7 +155,8 @@ def curate(candidates: str, classifier: str, output: str, target: str, min_confi
               help="Scale each video so its short side is this many pixels (never upscaled; even).")
 @click.option("--keyframe-interval", type=click.FloatRange(0, 60, min_open=True), default=0.5, show_default=True,
               help="Seconds between keyframes: a sample's seek decodes at most this much video.")
-@click.option("--crf", type=click.IntRange(0, 51), default=23, show_default=True, help="x264 quality (lower: larger files).")
+@click.option("--crf", type=click.IntRange(0, 51), default=23, show_default=True,
+              help="x264 quality (lower: larger files).")
 @click.option("--preset", default="veryfast", show_default=True, help="x264 preset (encoding speed vs size).")
 @click.option("--fast-decode/--no-fast-decode", default=True, show_default=True,
               help="x264 'fastdecode' tune: larger files, about 3x cheaper to decode in the loader (measured).")
@@ -247,7 +248,14 @@ class _rich_progress:
         if not sys.stderr.isatty():
             return None
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.bar = Progress(TextColumn(self.label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                             TimeRemainingColumn(), console=Console(stderr=True))

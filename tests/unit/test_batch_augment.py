@@ -48,7 +48,8 @@ def test_batch_matches_the_per_sample_reference_on_the_same_crop() -> None:
         references.append(augment_view(to_float(image), cfg, 32, torch.Generator().manual_seed(seed)))
     table = torch.stack(rows)
     for column in PHOTOMETRIC_FIELDS:  # the batch really mixes rows with and without each op
-        used = (table[:, PHOTOMETRIC_FIELDS.index(column)] != (1 if column in ("brightness", "contrast", "saturation") else 0)).sum()
+        identity = 1 if column in ("brightness", "contrast", "saturation") else 0
+        used = (table[:, PHOTOMETRIC_FIELDS.index(column)] != identity).sum()
         assert 0 < used < len(table), column
     views = augment_batch(torch.stack(crops), table)
     assert views.dtype == torch.float32 and views.shape == (48, 3, 32, 32)
@@ -67,9 +68,9 @@ def test_uint8_crop_is_within_one_grey_level_of_the_float_crop() -> None:
 
 
 def test_same_choices_give_identical_output_and_other_choices_differ() -> None:
-    crops = torch.stack([crop_uint8(frame(s, 48, 64), draw_view_params(48, 64, BUSY, 24, torch.Generator().manual_seed(s)), 24)
-                         for s in range(8)])
-    rows = torch.stack([draw_view_params(48, 64, BUSY, 24, torch.Generator().manual_seed(s)).to_row() for s in range(8)])
+    params = [draw_view_params(48, 64, BUSY, 24, torch.Generator().manual_seed(s)) for s in range(8)]
+    crops = torch.stack([crop_uint8(frame(s, 48, 64), p, 24) for s, p in enumerate(params)])
+    rows = torch.stack([p.to_row() for p in params])
     first = augment_batch(crops, rows)
     assert torch.equal(first, augment_batch(crops.clone(), rows.clone()))
     # A row's result does not depend on its neighbours: alone or in a batch, the same view.

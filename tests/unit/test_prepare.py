@@ -18,7 +18,9 @@ from vito.data.video import decode_all_frames, decode_frames_at, probe_video
 OPTIONS = PrepareOptions(short_side=48, keyframe_interval_s=0.5, preset="ultrafast")
 
 
-def write_clip(path: Path, width: int = 160, height: int = 96, fps: int = 10, seconds: float = 4.0, seed: int = 0) -> VideoRecord:
+def write_clip(
+    path: Path, width: int = 160, height: int = 96, fps: int = 10, seconds: float = 4.0, seed: int = 0
+) -> VideoRecord:
     """A smooth moving gradient with a 2 s keyframe interval, like camera footage before prepare."""
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
     rng = np.random.default_rng(seed)
@@ -77,7 +79,8 @@ def test_prepare_reencodes_to_short_side_and_keyframe_interval(source: Path, tmp
         # Same frames at the same times, downscaled: compare against the source frame at 80x48.
         times = [0.0, 1.35, 3.9]
         for t, small, big in zip(times, decode_frames_at(after.uri, times), decode_frames_at(before.uri, times)):
-            reference = av.VideoFrame.from_ndarray(big, format="rgb24").reformat(80, 48, interpolation="AREA").to_ndarray()
+            source_frame = av.VideoFrame.from_ndarray(big, format="rgb24")
+            reference = source_frame.reformat(80, 48, interpolation="AREA").to_ndarray()
             assert np.abs(small.astype(int) - reference.astype(int)).mean() < 6, f"frame at {t}s differs"
     assert report.bytes_before == sum(os.path.getsize(r.uri) for r in originals)
     assert report.bytes_after == sum(os.path.getsize(r.uri) for r in prepared)

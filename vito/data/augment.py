@@ -156,7 +156,9 @@ class ViewParams:
         return torch.tensor([float(getattr(self, name)) for name in PHOTOMETRIC_FIELDS], dtype=torch.float64)
 
 
-PHOTOMETRIC_FIELDS = ("jitter", "brightness", "contrast", "saturation", "hue_turns", "grayscale", "blur_sigma", "solarize")
+PHOTOMETRIC_FIELDS = (
+    "jitter", "brightness", "contrast", "saturation", "hue_turns", "grayscale", "blur_sigma", "solarize"
+)
 
 
 def draw_view_params(height: int, width: int, cfg: AugmentConfig, out_size: int, gen: torch.Generator) -> ViewParams:

@@ -81,7 +81,9 @@ def output_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     return even(width), even(height)
 
 
-def reencode(src_uri: str, dst_path: str, options: PrepareOptions, storage_options: dict[str, Any] | None = None) -> Encoded:
+def reencode(
+    src_uri: str, dst_path: str, options: PrepareOptions, storage_options: dict[str, Any] | None = None
+) -> Encoded:
     """Decode the first video stream of src_uri and write it to dst_path (local .mp4) as H.264.
 
     Presentation times are kept (variable frame rates too): a sample's time means the same frame before and

@@ -171,3 +171,34 @@ def test_array_shards_split_the_videos_and_a_final_run_writes_the_manifest(sourc
     assert (final.resumed, final.prepared) == (3, 0) and len(read_manifest(out / "manifest.jsonl")) == 3
     with pytest.raises(ValueError, match="prepare.json"):
         check_before_submit(str(source), str(out), PrepareOptions(64))
+
+
+@pytest.mark.timeout(120)
+def test_a_killed_process_resumes_where_it_stopped(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    folder = tmp_path / "src"
+    folder.mkdir()
+    records = [write_clip(folder / f"big{i}.mp4", width=640, height=360, seconds=3, seed=i) for i in range(4)]
+    write_manifest(folder / "manifest.jsonl", records)
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "vitolaunch.cli", "data", "prepare", str(folder / "manifest.jsonl"), str(out),
+            "--short-side", "48", "--preset", "ultrafast", "--workers", "1"]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not ((out / "done").is_dir() and any((out / "done").iterdir())):
+        assert process.poll() is None, "prepare ended without preparing anything"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished = {p.name: p.stat().st_ino for p in (out / "videos").rglob("*.mp4")
+                if (out / "done" / f"{p.stem.rsplit('-', 1)[1]}.json").exists()}
+    report = prepare_manifest(str(folder / "manifest.jsonl"), str(out), OPTIONS, workers=1)
+    assert report.resumed >= 1 and report.resumed + report.prepared == 4 and report.failed == []
+    assert report.resumed == len(finished)
+    after = {p.name: p.stat().st_ino for p in (out / "videos").rglob("*.mp4")}
+    assert all(after[name] == inode for name, inode in finished.items()), "a finished video was redone"
+    assert not (out / ".partial").exists()
+    assert len(read_manifest(out / "manifest.jsonl")) == 4

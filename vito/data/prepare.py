@@ -192,6 +192,11 @@ class _Out:
         folder = Path(self.base) / rel
         return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
 
+    def drop_scratch(self) -> None:
+        """Remove the local encoder scratch folder (and what killed runs left in it)."""
+        if not self.remote:
+            shutil.rmtree(Path(self.base) / ".partial", ignore_errors=True)
+
     def scratch(self) -> str:
         """A local folder for the encoder's output before it is moved or uploaded into OUT."""
         if self.remote:
@@ -380,6 +385,8 @@ def prepare_manifest(
                         failures[uri] = reason
                     if progress:
                         progress(completed, len(mine))
+    if only is None:  # array tasks may share the scratch folder; a whole run owns it
+        out.drop_scratch()
     new_manifest = out.uri("manifest.jsonl")
     report = PrepareReport(manifest, output, new_manifest if only is None else "", dataclasses.asdict(options))
     report.videos = len(mine)

@@ -202,3 +202,12 @@ def test_a_killed_process_resumes_where_it_stopped(tmp_path: Path) -> None:
     assert all(after[name] == inode for name, inode in finished.items()), "a finished video was redone"
     assert not (out / ".partial").exists()
     assert len(read_manifest(out / "manifest.jsonl")) == 4
+
+
+def test_prepare_workers_never_import_torch() -> None:
+    import subprocess
+    import sys
+
+    # Spawned encoding processes import this module; torch would cost each ~1 s and hundreds of MB.
+    code = "import sys, vito.data.prepare, vito.data; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"

@@ -357,17 +357,21 @@ def prepare_manifest(
     mine = records if only is None else records[only[0] :: only[1]]
     todo = [r for r in mine if video_key(r.uri) not in done]
     failures: dict[str, str] = {}
-    workers = max(1, min(workers or (os.cpu_count() or 1), len(todo) or 1))
+    markers: dict[str, dict[str, Any]] = {}  # this run's; earlier runs' are read back below
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers = max(1, min(workers or available, len(todo) or 1))
     completed = len(mine) - len(todo)
     if progress:
         progress(completed, len(mine))
     tasks = [_Task(r, relative_output(r.uri), output, options, storage_options) for r in todo]
     if workers == 1:
         results = map(_run_one, tasks)
-        for uri, _, reason in results:
+        for uri, marker, reason in results:
             completed += 1
             if reason:
                 failures[uri] = reason
+            else:
+                markers[uri] = marker
             if progress:
                 progress(completed, len(mine))
     else:
@@ -379,10 +383,12 @@ def prepare_manifest(
             while pending:
                 finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in finished:
-                    uri, _, reason = future.result()
+                    uri, marker, reason = future.result()
                     completed += 1
                     if reason:
                         failures[uri] = reason
+                    else:
+                        markers[uri] = marker
                     if progress:
                         progress(completed, len(mine))
     if only is None:  # array tasks may share the scratch folder; a whole run owns it
@@ -397,7 +403,7 @@ def prepare_manifest(
     for record in mine:
         if record.uri in failures:
             continue
-        marker = json.loads(out.read_text(f"done/{video_key(record.uri)}.json"))
+        marker = markers.get(record.uri) or json.loads(out.read_text(f"done/{video_key(record.uri)}.json"))
         prepared_records.append(marker["record"])
         report.hours += marker["record"]["duration_s"] / 3600
         report.bytes_before += marker["bytes_before"]

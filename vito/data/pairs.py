@@ -5,6 +5,10 @@ function of (seed, p). A rank reads the global positions of its slice of each st
 are the same for any number of loader workers, and a run resumed at step s sees exactly the batches an
 uninterrupted run would have seen from step s on.
 
+A loader worker returns a sample as two uint8 crops and the photometric choices drawn for them
+(`sample_crops`); the trainer applies those batched on its device (vito/data/batch_augment.py). `sample` is
+the per-sample float reference of the same views.
+
 Each sampler (so each loader worker) keeps a bounded `ClipCache` of small clips decoded whole: after the
 first visit a sample costs its augmentations, not an open + seek + decode. Cached or not, the frames and
 therefore the batches are identical; long videos are never cached and are read by seeking.

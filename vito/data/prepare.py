@@ -40,9 +40,10 @@ import av
 from vito.data.manifest import VideoRecord, read_manifest, record_to_dict
 from vito.data.video import _open_container, is_remote, probe_video
 
-# Defaults measured with benchmarks/data_pipeline.py --real-resolution (see the module docstring there):
-# pairs/s per core rise steeply from 720p/2 s down to 256 px/0.5 s and stop paying below 0.5 s, where
-# opening the file and seeking dominate.
+# Defaults measured with benchmarks/data_pipeline.py --real-resolution --sweep-options (720p noise clips, one
+# worker core, pairs per CPU-second): 256 px / 0.5 s / fastdecode 66; 0.25 s 79 for 12% more bytes (more on
+# real footage, whose keyframes cost many times a P-frame); 1.0 s 47; 288 px 55; without fastdecode 24;
+# the 720p/2 s source 7. 0.5 s already clears the 50/core a GPU needs, so the bytes are not spent.
 DEFAULT_SHORT_SIDE = 256
 DEFAULT_KEYFRAME_INTERVAL_S = 0.5
 DEFAULT_CRF = 23

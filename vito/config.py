@@ -11,7 +11,7 @@ import hashlib
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 
 class _Section(BaseModel):
@@ -54,6 +54,9 @@ class SyntheticConfig(_Section):
     seed: int = 0
 
 
+_LOADER_KEYS_OMITTED_AT_DEFAULT = ("main_process_cpus", "prefetch_factor")
+
+
 class DataConfig(_Section):
     # "synthetic" generates clips under the workspace; anything else is a manifest (JSONL) path.
     source: str = "synthetic"
@@ -69,8 +72,28 @@ class DataConfig(_Section):
     gap_scale_s: float = Field(1.0, gt=0)
     crop_size: int = Field(48, ge=8)
     batch_size: int = Field(32, ge=2, description="global batch, split evenly over ranks")
-    num_workers: int = Field(0, ge=0)
+    # Loader processes per rank; "auto": the rank's CPUs minus main_process_cpus (vito/data/loader_plan.py).
+    num_workers: int | Literal["auto"] = 0
+    main_process_cpus: int = Field(1, ge=1, description="CPUs a rank's training process keeps from its workers")
+    prefetch_factor: int = Field(2, ge=1, description="batches each loader worker prepares ahead")
     augment: AugmentConfig = AugmentConfig()
+
+    @field_validator("num_workers")
+    @classmethod
+    def _workers_not_negative(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 0:
+            raise ValueError("data.num_workers must be >= 0 or 'auto'")
+        return value
+
+    @model_serializer(mode="wrap")
+    def _omit_loader_keys_at_default(self, handler: Any) -> dict[str, Any]:
+        # Loader sizing does not change a single sample, so at their defaults these keys stay out of the
+        # dump: configs (and trial keys, the hash of the dump) from before the keys existed are unchanged.
+        dumped = handler(self)
+        for key in _LOADER_KEYS_OMITTED_AT_DEFAULT:
+            if key in dumped and dumped[key] == type(self).model_fields[key].default:
+                del dumped[key]
+        return dumped
 
     @model_validator(mode="after")
     def _gap_range(self) -> "DataConfig":

@@ -20,8 +20,10 @@ import torch
 from vito.checkpoint import CheckpointStore
 from vito.checkpoint_manager import CheckpointManager
 from vito.config import VitoConfig
+from vito.data.batch_augment import augment_pairs
 from vito.data.health import SkipReporter
 from vito.data.manifest import VideoRecord, read_manifest
+from vito.data.loader_plan import apply_main_threads, plan_loader
 from vito.data.pairs import build_pair_loader
 from vito.data.synthetic import ensure_synthetic_videos
 from vito.distributed import DistInfo, all_agree, init_distributed, mean_across_ranks
@@ -166,12 +168,15 @@ class Trainer:
     def batches(self, start_step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The (view_a, view_b) batches of this rank from `start_step` on: a pure function of the step."""
         cfg = self.cfg
+        plan = plan_loader(cfg.data, self.dist.device.type)
+        apply_main_threads(plan)
         loader = build_pair_loader(
             self.videos, cfg.data, cfg.train.seed, self.dist.rank, self.dist.world_size, start_step, cfg.train.steps,
-            pin_memory=self.dist.device.type == "cuda",
+            plan=plan,
         )
         self.data_skips = loader.dataset.skips  # unreadable videos skipped by the loader's workers
-        return iter(loader)
+        # Workers hand over uint8 crops; colour, blur, solarize and normalisation run batched on the device.
+        return (augment_pairs(batch, self.dist.device) for batch in loader)
 
     def run(self) -> TrainResult:
         cfg = self.cfg

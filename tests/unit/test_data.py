@@ -349,11 +349,12 @@ def test_eval_view_is_deterministic_center_crop() -> None:
 
 def test_same_item_twice_is_identical(records: list[VideoRecord]) -> None:
     dataset = FramePairDataset(records, data_cfg(), seed=0, rank=0, world_size=1, start_step=0, total_steps=2)
-    view_a, view_b = dataset[5]
-    assert view_a.shape == view_b.shape == (3, 16, 16) and view_a.dtype == torch.float32
-    again_a, again_b = dataset[5]
-    assert torch.equal(view_a, again_a) and torch.equal(view_b, again_b)
-    assert not torch.equal(view_a, view_b)
+    item = dataset[5]
+    assert item.crop_a.shape == item.crop_b.shape == (3, 16, 16) and item.crop_a.dtype == torch.uint8
+    assert item.params_a.shape == item.params_b.shape == (8,) and item.params_a.dtype == torch.float64
+    again = dataset[5]
+    assert all(torch.equal(mine, other) for mine, other in zip(item, again))
+    assert not torch.equal(item.crop_a, item.crop_b)
 
 
 def test_worker_count_does_not_change_batches(records: list[VideoRecord]) -> None:
@@ -363,8 +364,8 @@ def test_worker_count_does_not_change_batches(records: list[VideoRecord]) -> Non
         batches[workers] = list(loader)
     assert len(batches[0]) == 3
     for serial, parallel in zip(batches[0], batches[2]):
-        assert serial[0].shape == (4, 3, 16, 16)
-        assert torch.equal(serial[0], parallel[0]) and torch.equal(serial[1], parallel[1])
+        assert serial.crop_a.shape == (4, 3, 16, 16) and serial.params_b.shape == (4, 8)
+        assert all(torch.equal(mine, other) for mine, other in zip(serial, parallel))
 
 
 def test_resume_reproduces_the_uninterrupted_stream(records: list[VideoRecord]) -> None:

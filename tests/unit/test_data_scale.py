@@ -193,3 +193,28 @@ def test_decode_of_sampled_pairs_matches_slow_decode(records) -> None:
         for time, frame in zip((time_a, time_b), decode_frames_at(records[video].uri, [time_a, time_b])):
             index = min(int(np.floor(time * TINY.fps + 1e-3)), TINY.num_frames - 1)
             np.testing.assert_array_equal(frame, every[index])
+
+
+# ------------------------------------------------------------------------------------------ clip cache bound
+
+
+def test_clip_cache_turns_itself_off_for_a_manifest_far_larger_than_it_holds(records) -> None:
+    working_set = sum(r.num_frames for r in records) * 32 * 32 * 3  # TINY clips are 32x32
+    small = PairSampler(records, data_cfg(), seed=0, clip_cache_bytes=int(0.2 * working_set))
+    assert small.clip_cache is not None and not small.clip_cache.disabled
+    reference = PairSampler(records, data_cfg(), seed=0, clip_cache_bytes=0)
+    for position in range(len(records)):
+        assert all(torch.equal(a, b) for a, b in zip(small.sample_crops(position), reference.sample_crops(position)))
+    assert small.clip_cache.disabled and len(small.clip_cache) == 0 and small.clip_cache.nbytes == 0
+    # With a quarter of the working set it stays on and fills up to its bound.
+    enough = PairSampler(records, data_cfg(), seed=0, clip_cache_bytes=int(0.3 * working_set))
+    for position in range(2 * len(records)):
+        enough.sample_crops(position)
+    assert not enough.clip_cache.disabled and 0 < enough.clip_cache.nbytes <= int(0.3 * working_set)
+    assert enough.clip_cache.hits > 0
+
+
+def test_no_clip_cache_when_every_video_is_too_long_for_it(records) -> None:
+    long = [VideoRecord(r.uri, r.duration_s, r.fps, 10_000) for r in records]
+    assert PairSampler(long, data_cfg(), seed=0).clip_cache is None
+    assert PairSampler(records, data_cfg(), seed=0).clip_cache is not None

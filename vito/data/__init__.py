@@ -1,25 +1,33 @@
-"""Video data pipeline: manifests, synthetic clips, seek-based decoding, augmentations, frame pairs."""
+"""Video data pipeline: manifests, synthetic clips, seek-based decoding, augmentations, frame pairs.
 
-from vito.data.augment import augment_view, eval_view, normalize
-from vito.data.manifest import VideoRecord, read_manifest, write_manifest
-from vito.data.pairs import FramePairDataset, PairSampler, build_pair_loader
-from vito.data.synthetic import CLASS_NAMES, ensure_synthetic_videos, render_clip
-from vito.data.video import decode_all_frames, decode_frames_at, probe_video
+Names load on first use, so a process that needs only manifests or re-encoding (`data prepare`'s workers)
+never imports torch.
+"""
 
-__all__ = [
-    "CLASS_NAMES",
-    "FramePairDataset",
-    "PairSampler",
-    "VideoRecord",
-    "augment_view",
-    "build_pair_loader",
-    "decode_all_frames",
-    "decode_frames_at",
-    "ensure_synthetic_videos",
-    "eval_view",
-    "normalize",
-    "probe_video",
-    "read_manifest",
-    "render_clip",
-    "write_manifest",
-]
+from importlib import import_module
+
+_WHERE = {
+    "CLASS_NAMES": "synthetic",
+    "FramePairDataset": "pairs",
+    "PairSampler": "pairs",
+    "VideoRecord": "manifest",
+    "augment_view": "augment",
+    "build_pair_loader": "pairs",
+    "decode_all_frames": "video",
+    "decode_frames_at": "video",
+    "ensure_synthetic_videos": "synthetic",
+    "eval_view": "augment",
+    "normalize": "augment",
+    "probe_video": "video",
+    "read_manifest": "manifest",
+    "render_clip": "synthetic",
+    "write_manifest": "manifest",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'vito.data' has no attribute {name!r}")
+    return getattr(import_module(f"vito.data.{_WHERE[name]}"), name)

@@ -1,5 +1,9 @@
 """Per-frame image augmentations (BYOL/MoCLR recipe) in plain torch, driven by an explicit generator.
 
+Training draws a view's choices here (`draw_view_params`) and applies them split: geometry on the uint8 frame
+in the loader worker, colour/blur/solarize/normalise batched on the device (vito/data/batch_augment.py).
+`augment_view` is the per-sample float reference of the same recipe.
+
 Every random draw comes from the `torch.Generator` passed in, never the global RNG, so a view is a pure
 function of (frame, config, generator state): that is what makes data order and exact resume reproducible.
 """
@@ -7,7 +11,9 @@ function of (frame, config, generator state): that is what makes data order and 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -123,8 +129,80 @@ def _gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
     return _blur_pass(_blur_pass(padded, taps, 2), taps, 1)
 
 
+@dataclass(frozen=True)
+class ViewParams:
+    """Every random choice of one view, drawn by `draw_view_params` in the order `augment_view` draws them.
+
+    A worker applies the geometric part (crop, resize, flip) to the uint8 frame; the rest travels with the
+    crop as `to_row()` and is applied to the whole batch on the training device (vito/data/batch_augment.py).
+    """
+
+    top: int
+    left: int
+    height: int
+    width: int
+    flip: bool
+    jitter: bool
+    brightness: float = 1.0
+    contrast: float = 1.0
+    saturation: float = 1.0
+    hue_turns: float = 0.0
+    grayscale: bool = False
+    blur_sigma: float = 0.0  # 0: no blur
+    solarize: bool = False
+
+    def to_row(self) -> torch.Tensor:
+        """The photometric choices as float64 (PHOTOMETRIC_FIELDS order): exact for every Python float."""
+        return torch.tensor([float(getattr(self, name)) for name in PHOTOMETRIC_FIELDS], dtype=torch.float64)
+
+
+PHOTOMETRIC_FIELDS = (
+    "jitter", "brightness", "contrast", "saturation", "hue_turns", "grayscale", "blur_sigma", "solarize"
+)
+
+
+def draw_view_params(height: int, width: int, cfg: AugmentConfig, out_size: int, gen: torch.Generator) -> ViewParams:
+    """The random choices of one view of an (height, width) frame; consumes `gen` exactly as augment_view."""
+    top, left, h, w = _crop_box(height, width, cfg.crop_scale_min, gen)
+    flip = _coin(gen, cfg.flip_p)
+    jitter = {}
+    if _coin(gen, cfg.color_jitter_p):
+        strength = cfg.color_jitter_strength
+        jitter = {
+            "brightness": _uniform(gen, max(0.0, 1 - strength), 1 + strength),
+            "contrast": _uniform(gen, max(0.0, 1 - strength), 1 + strength),
+            "saturation": _uniform(gen, max(0.0, 1 - strength / 2), 1 + strength / 2),
+            "hue_turns": _uniform(gen, -cfg.hue, cfg.hue) if cfg.hue > 0 else 0.0,
+        }
+    grayscale = _coin(gen, cfg.grayscale_p)
+    sigma = 0.0
+    if _coin(gen, cfg.blur_p):
+        low, high = _BLUR_SIGMA_AT_224
+        sigma = _uniform(gen, low, high) * out_size / 224
+    solarize = _coin(gen, cfg.solarize_p)
+    return ViewParams(top, left, h, w, flip, bool(jitter), grayscale=grayscale, blur_sigma=sigma, solarize=solarize,
+                      **jitter)
+
+
+def crop_uint8(frame: np.ndarray, params: ViewParams, out_size: int) -> torch.Tensor:
+    """The geometric part of a view on the uint8 (H, W, 3) frame: crop, resize, flip -> uint8 (3, S, S).
+
+    Cropping before any conversion: a worker never turns a whole frame into floats. torch's uint8 bilinear
+    resize (fixed-point weights, one rounding) stays within about one grey level of the float path.
+    """
+    crop = torch.from_numpy(frame[params.top : params.top + params.height, params.left : params.left + params.width])
+    image = crop.permute(2, 0, 1)[None]  # channels-last strides: torch's fast uint8 resize path
+    image = F.interpolate(image, size=(out_size, out_size), mode="bilinear", align_corners=False, antialias=False)[0]
+    if params.flip:
+        image = image.flip(-1)
+    return image.contiguous()
+
+
 def augment_view(frame: torch.Tensor, cfg: AugmentConfig, out_size: int, gen: torch.Generator) -> torch.Tensor:
-    """One random view of a float (3, H, W) frame in [0, 1]: normalised float (3, out_size, out_size)."""
+    """One random view of a float (3, H, W) frame in [0, 1]: normalised float (3, out_size, out_size).
+
+    The per-sample reference of the training path (uint8 crop in the worker + `augment_batch` on the device),
+    which draws the same choices from the same generator."""
     _, height, width = frame.shape
     top, left, h, w = _crop_box(height, width, cfg.crop_scale_min, gen)
     image = _resize(frame[:, top : top + h, left : left + w], out_size).clamp(0, 1)

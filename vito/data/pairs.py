@@ -5,6 +5,10 @@ function of (seed, p). A rank reads the global positions of its slice of each st
 are the same for any number of loader workers, and a run resumed at step s sees exactly the batches an
 uninterrupted run would have seen from step s on.
 
+A loader worker returns a sample as two uint8 crops and the photometric choices drawn for them
+(`sample_crops`); the trainer applies those batched on its device (vito/data/batch_augment.py). `sample` is
+the per-sample float reference of the same views.
+
 Each sampler (so each loader worker) keeps a bounded `ClipCache` of small clips decoded whole: after the
 first visit a sample costs its augmentations, not an open + seek + decode. Cached or not, the frames and
 therefore the batches are identical; long videos are never cached and are read by seeking.
@@ -26,7 +30,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from vito.config import DataConfig
-from vito.data.augment import augment_view
+from vito.data.augment import augment_view, crop_uint8, draw_view_params
+from vito.data.batch_augment import PairCrops
+from vito.data.loader_plan import LoaderPlan
 from vito.data.manifest import VideoRecord
 from vito.data.video import CLIP_CACHE_BYTES, CLIP_CACHE_MAX_FRAMES, ClipCache, decode_frames_at
 
@@ -112,11 +118,13 @@ class PairSampler:
         self.cfg = data_cfg
         self.seed = seed
         self.skips = SkipCounter(len(records))
+        cacheable = clip_cache_bytes > 0 and any(0 < r.num_frames <= clip_cache_max_frames for r in records)
         self.clip_cache = (
-            ClipCache(max_bytes=clip_cache_bytes, max_clip_frames=clip_cache_max_frames)
-            if clip_cache_bytes > 0 and clip_cache_max_frames > 0
-            else None
+            ClipCache(max_bytes=clip_cache_bytes, max_clip_frames=clip_cache_max_frames) if cacheable else None
         )
+        if self.clip_cache is not None:
+            # Bounded by what it can usefully hold: far larger manifests turn it off (see ClipCache).
+            self.clip_cache.expect([r.num_frames for r in records])
         self._permutation_epoch: int | None = None
         self._permutation: torch.Tensor | None = None
 
@@ -153,8 +161,8 @@ class PairSampler:
         video, gen = self._attempt(position, attempt)
         return (video, *self._draw_timestamps(self.records[video], gen))
 
-    def sample(self, position: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The two augmented views (3, crop, crop) of sample `position`; unreadable videos are skipped."""
+    def _decoded_pair(self, position: int) -> tuple[torch.Generator, np.ndarray, np.ndarray]:
+        """The sample's generator (after its time draws) and its two uint8 frames; unreadable videos skipped."""
         for attempt in range(min(MAX_SKIPS_PER_SAMPLE, len(self.records)) + 1):
             video, gen = self._attempt(position, attempt)
             record = self.records[video]
@@ -167,13 +175,29 @@ class PairSampler:
                                 str(problem).splitlines()[0][:200] if str(problem) else "")
                 self.skips.record(video)
                 continue
-            view_a = augment_view(_to_chw_float(frame_a), self.cfg.augment, self.cfg.crop_size, gen)
-            view_b = augment_view(_to_chw_float(frame_b), self.cfg.augment, self.cfg.crop_size, gen)
-            return view_a, view_b
+            return gen, frame_a, frame_b
         raise RuntimeError(
             f"sample {position}: {attempt + 1} videos in a row could not be decoded (last: {record.uri}); "
             "check the manifest's files and storage access"
         )
+
+    def sample_crops(self, position: int) -> PairCrops:
+        """What a loader worker returns for sample `position`: the two views' uint8 crops (3, crop, crop) and
+        their photometric choices, applied later on the device by `vito.data.batch_augment.augment_pairs`."""
+        gen, frame_a, frame_b = self._decoded_pair(position)
+        size, cfg = self.cfg.crop_size, self.cfg.augment
+        params_a = draw_view_params(*frame_a.shape[:2], cfg, size, gen)
+        params_b = draw_view_params(*frame_b.shape[:2], cfg, size, gen)
+        return PairCrops(crop_uint8(frame_a, params_a, size), crop_uint8(frame_b, params_b, size),
+                         params_a.to_row(), params_b.to_row())
+
+    def sample(self, position: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two augmented views (3, crop, crop) of sample `position`, augmented per sample on the CPU in
+        float (the reference of sample_crops + augment_pairs: same choices, same recipe)."""
+        gen, frame_a, frame_b = self._decoded_pair(position)
+        view_a = augment_view(_to_chw_float(frame_a), self.cfg.augment, self.cfg.crop_size, gen)
+        view_b = augment_view(_to_chw_float(frame_b), self.cfg.augment, self.cfg.crop_size, gen)
+        return view_a, view_b
 
 
 class FramePairDataset(Dataset):
@@ -212,10 +236,10 @@ class FramePairDataset(Dataset):
         step, slot = divmod(index, self.rank_batch)
         return (self.start_step + step) * self.global_batch + self.rank * self.rank_batch + slot
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> PairCrops:
         if not 0 <= index < len(self):
             raise IndexError(index)
-        return self.sampler.sample(self.position(index))
+        return self.sampler.sample_crops(self.position(index))
 
     @property
     def skips(self) -> SkipCounter:
@@ -234,21 +258,30 @@ def build_pair_loader(
     pin_memory: bool = False,
     clip_cache_bytes: int = CLIP_CACHE_BYTES,
     clip_cache_max_frames: int = CLIP_CACHE_MAX_FRAMES,
+    plan: LoaderPlan | None = None,
 ) -> DataLoader:
-    """A loader whose k-th batch is this rank's slice of global step start_step + k.
+    """A loader whose k-th batch is this rank's slice of global step start_step + k, as collated `PairCrops`
+    (uint8 crops + choices; `vito.data.batch_augment.augment_pairs` turns a batch into the two views).
 
-    The clip cache is per worker process (each worker holds up to clip_cache_bytes of decoded clips).
+    plan: workers, pinning and prefetch sized from the allocation (`loader_plan.plan_loader`); without one,
+    data_cfg.num_workers (an integer) and pin_memory as given. The clip cache is per worker process (each
+    worker holds up to clip_cache_bytes of decoded clips).
     """
+    if plan is None:
+        if data_cfg.num_workers == "auto":
+            raise ValueError("data.num_workers 'auto' needs a LoaderPlan (vito.data.loader_plan.plan_loader)")
+        workers = data_cfg.num_workers
+        plan = LoaderPlan(workers, pin_memory, workers > 0, data_cfg.prefetch_factor if workers else None, 1)
     dataset = FramePairDataset(
         records, data_cfg, seed, rank, world_size, start_step, total_steps, clip_cache_bytes, clip_cache_max_frames
     )
-    workers = data_cfg.num_workers
     return DataLoader(
         dataset,
         batch_size=dataset.rank_batch,
         shuffle=False,
-        num_workers=workers,
-        pin_memory=pin_memory,
+        num_workers=plan.num_workers,
+        pin_memory=plan.pin_memory,
         drop_last=False,
-        persistent_workers=workers > 0,
+        persistent_workers=plan.persistent_workers,
+        prefetch_factor=plan.prefetch_factor,
     )

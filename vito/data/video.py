@@ -30,13 +30,17 @@ from av.video.reformatter import VideoReformatter
 # Between two requested times closer than this, decoding forward beats a seek (which restarts at a
 # keyframe that is usually behind us anyway).
 _DECODE_FORWARD_MAX_S = 0.5
-# At or below this many pixels a frame is decoded on one thread: FFmpeg's threaded decoding costs more to
-# start (per opened container) than it saves on frames this small, and loader workers are the parallelism.
-_SINGLE_THREAD_MAX_PIXELS = 256 * 256
+# At or below this many pixels (1080p) a frame is decoded on one thread: FFmpeg's threaded decoding costs
+# more to start and stop (per opened container) than it saves on a seek and a few frames, and loader workers
+# are the parallelism. Measured on prepared 456x256 clips: 1.4-2.2x the pairs/s of threaded decoding.
+_SINGLE_THREAD_MAX_PIXELS = 1920 * 1088
 # Clip cache defaults (per process, so per loader worker): total bytes, and the largest clip admitted.
 CLIP_CACHE_BYTES = 256 * 2**20
 CLIP_CACHE_MAX_FRAMES = 512
 CLIP_CACHE_MAX_CLIP_BYTES = 32 * 2**20
+# Below this share of its working set held, a cache turns itself off: sampling is uniform, so the hit rate
+# is the share held, and a few hits do not repay whole-clip decodes and the memory of every loader worker.
+CLIP_CACHE_MIN_RESIDENT_FRACTION = 0.25
 
 
 # Remote reads: blocks this size, read ahead sequentially (a seek then costs one ranged GET, not the file).
@@ -164,6 +168,10 @@ class ClipCache:
     working set outgrows the budget, clips beyond it are cheaper to keep seeking than to churn through the
     cache (sampling is uniform, so an LRU would hit no more often). `put` evicts least recently used clips.
 
+    Told the frame counts of the clips it will be offered (`expect`), the cache turns itself off at the first
+    admission check (when it learns the frame size) if it could hold under CLIP_CACHE_MIN_RESIDENT_FRACTION
+    of them: a manifest far larger than the cache is read by seeking, and no memory is spent on it.
+
     Each loader worker has its own copy: pickling (spawned workers) drops the contents. Not synchronised:
     use one per thread. A uri is assumed to name immutable content (the synthetic dataset directories are
     content-addressed); call `clear()` after rewriting a file in place.
@@ -184,6 +192,24 @@ class ClipCache:
         self._nbytes = 0
         self.hits = 0
         self.misses = 0
+        self.expected_frames = 0  # frames of the cacheable clips it will be offered (0: unknown)
+        self.disabled = False
+        self._sized = False
+
+    def expect(self, clip_frames: Sequence[int]) -> None:
+        """The frame counts of the clips this cache will be offered (a manifest's), to size itself against."""
+        self.expected_frames = sum(n for n in clip_frames if 0 < n <= self.max_clip_frames)
+        self._sized = False
+
+    def _too_small(self, height: int, width: int) -> bool:
+        if self._sized or not self.expected_frames:
+            return False
+        self._sized = True
+        working_set = self.expected_frames * height * width * 3
+        if self.max_bytes < CLIP_CACHE_MIN_RESIDENT_FRACTION * working_set:
+            self.disabled = True
+            self.clear()
+        return self.disabled
 
     def __len__(self) -> int:
         return len(self._clips)
@@ -197,6 +223,8 @@ class ClipCache:
 
     def admits(self, num_frames: int, height: int, width: int) -> bool:
         """Whether a clip of this size is small enough and fits in the free space (no eviction)."""
+        if self.disabled or self._too_small(height, width):
+            return False
         nbytes = num_frames * height * width * 3
         return (
             0 < num_frames <= self.max_clip_frames

@@ -189,11 +189,11 @@ def _spread(values: list[float]) -> str:
 
 def per_view_augment_ms(cfg: DataConfig, views: int, rounds: int) -> dict[str, list[float]]:
     """CPU ms per view: the old and new worker paths, and the photometric part per sample vs batched."""
+    import numpy as np
+
     from vito.data.augment import augment_view, crop_uint8, draw_view_params
     from vito.data.batch_augment import augment_batch
     from vito.data.pairs import _to_chw_float
-
-    import numpy as np
 
     size = cfg.crop_size
     frames = [np.random.default_rng(k).integers(0, 256, (256, 456, 3), dtype=np.uint8) for k in range(8)]
@@ -243,10 +243,9 @@ def _swept_options() -> dict:
 
 
 def real_resolution(args: argparse.Namespace) -> None:
-    from vito.data.prepare import PrepareOptions, prepare_manifest
-    from vito.data.video import decode_frames_at
     from vito.data.manifest import write_manifest
-    from vito.data.video import probe_video
+    from vito.data.prepare import PrepareOptions, prepare_manifest
+    from vito.data.video import decode_frames_at, probe_video
 
     root = Path(args.data_root or tempfile.mkdtemp(prefix="vito-data-bench-720p-"))
     source = root / "720p"
@@ -315,7 +314,8 @@ def real_resolution(args: argparse.Namespace) -> None:
           f"{args.rounds} rounds")
     print(f"prepare (defaults: short side {options.short_side} px, keyframe every {options.keyframe_interval_s} s, "
           f"fastdecode {options.fast_decode}), 1 worker: {prepare_cpu_s:.1f} CPU-s ({prepare_s:.1f} s wall) for "
-          f"{hours * 3600:.0f} s of video ({hours * 3600 / prepare_cpu_s:.1f}x real time per core); bytes {report.bytes_before / 2**20:.1f} MiB -> "
+          f"{hours * 3600:.0f} s of video ({hours * 3600 / prepare_cpu_s:.1f}x real time per core); "
+          f"bytes {report.bytes_before / 2**20:.1f} MiB -> "
           f"{report.bytes_after / 2**20:.1f} MiB")
     base = statistics.median(arms["before_float"])
     print("\n| arm (one worker core) | pairs per CPU-second median (min-max) | CPU ms/pair | vs before (old worker path) "

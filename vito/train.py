@@ -22,8 +22,8 @@ from vito.checkpoint_manager import CheckpointManager
 from vito.config import VitoConfig
 from vito.data.batch_augment import augment_pairs
 from vito.data.health import SkipReporter
-from vito.data.manifest import VideoRecord, read_manifest
 from vito.data.loader_plan import apply_main_threads, plan_loader
+from vito.data.manifest import VideoRecord, read_manifest
 from vito.data.pairs import build_pair_loader
 from vito.data.synthetic import ensure_synthetic_videos
 from vito.distributed import DistInfo, all_agree, init_distributed, mean_across_ranks

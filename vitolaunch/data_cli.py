@@ -225,14 +225,8 @@ def _submit_prepare_array(manifest: str, output: str, options, storage_options: 
 
 
 def _array_resources(**fields):
-    # The backend's resource type moved (vitolaunch.resources.Resources on main, JobResources before it);
-    # the fields used here are the same in both.
-    try:
-        from vitolaunch.resources import Resources
-    except ImportError:
-        from vitolaunch.backends.base import JobResources
+    from vitolaunch.resources import Resources
 
-        return JobResources(**fields)
     return Resources(cluster="slurm", **fields)
 
 

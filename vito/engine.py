@@ -79,7 +79,8 @@ def memory_format(device: torch.device) -> torch.memory_format:
 
 def to_device(view: torch.Tensor, device: torch.device) -> torch.Tensor:
     """A batch of views on the training device, in the model's memory format (dtype unchanged)."""
-    return view.to(device, non_blocking=True, memory_format=memory_format(device))
+    # Copy first (asynchronous from pinned memory), then relayout on the device, not on the host.
+    return view.to(device, non_blocking=True).contiguous(memory_format=memory_format(device))
 
 
 def check_whole_tensors(optimizer: torch.optim.Optimizer, model: nn.Module) -> None:

@@ -112,6 +112,19 @@ def test_bf16_autocast_keeps_fp32_masters_target_and_gradients():
         assert model.backbone(views()[0])[5].dtype == torch.float32
 
 
+def test_info_nce_logits_stay_fp32_under_bf16_autocast():
+    from vito.loss import info_nce
+
+    generator = torch.Generator().manual_seed(3)
+    a, b = torch.randn(64, 256, generator=generator), torch.randn(64, 256, generator=generator)
+    exact = info_nce(a, b, 0.1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(info_nce(a, b, 0.1), exact)
+        rounded = torch.nn.functional.cross_entropy(  # what an autocast matmul would have given
+            (torch.nn.functional.normalize(a) @ torch.nn.functional.normalize(b).T).float() / 0.1, torch.arange(64))
+    assert not torch.equal(rounded, exact)
+
+
 def test_cpu_keeps_its_memory_format_and_values():
     view = torch.randn(2, 3, 8, 8)
     assert memory_format(torch.device("cpu")) == torch.preserve_format

@@ -249,6 +249,10 @@ def section_vito_step(args, device, work: Path, reference: dict[str, Any] | None
         "steps_timed": timed, "pairs_per_s": batch * timed / seconds, "losses_finite": all(map(math.isfinite, losses)),
         "params_m": sum(p.numel() for p in trainer.model.online_parameters()) / 1e6,
     }
+    if trainer.dist.device.type == "cuda":
+        import torch
+
+        result["max_memory_gib"] = torch.cuda.max_memory_allocated(trainer.dist.device) / 2**30
     result.update(count_flop_limits(cfg))
     if reference and "img_per_s" in reference:
         ratio = result["pairs_per_s"] / reference["img_per_s"]
@@ -369,7 +373,20 @@ def run_sections(args, report: Report, deadline: Deadline, work: Path) -> None:
                       "traceback": traceback.format_exc()[-4000:]}
         values["seconds"] = time.perf_counter() - began
         report.section(name, values)
+        _release_memory(device)
         print(f"gpu_check: {name} {'ok' if values['ok'] else 'FAILED'} in {values['seconds']:.1f} s", flush=True)
+
+
+def _release_memory(device) -> None:
+    """Drop the finished section's engine and cached blocks, so the next one starts with the whole GPU."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
 
 
 def _device_name(device) -> str:

@@ -39,6 +39,7 @@ def test_cpu_tiny_mode_runs_every_section_and_reports_them(tmp_path):
     assert sections["reference"]["img_per_s"] > 0
     step = sections["vito_step"]
     assert step["pairs_per_s"] > 0 and step["losses_finite"] and step["precision"] == "bf16"
+    assert step["masters_fp32"] and not step["channels_last"] and not step["cudnn_benchmark"]  # CPU: NCHW, as before
     assert step["limit_backbone_only"] == pytest.approx(3 / 8)
     assert 0 < step["limit_with_pools"] < 3 / 8  # the pools and heads cost FLOPs of their own
     assert step["ratio_to_reference"] == pytest.approx(step["pairs_per_s"] / sections["reference"]["img_per_s"])
@@ -48,6 +49,7 @@ def test_cpu_tiny_mode_runs_every_section_and_reports_them(tmp_path):
     assert trainer["completed"] and trainer["steps"] == 6 and trainer["committed_step"] == 6
     assert trainer["workers"] == 2 and trainer["losses_finite"]
     assert 0 <= trainer["data_wait_frac"] < 1 and trainer["pairs_per_s"] > 0
+    assert trainer["data_wait_frac_steady"] is None  # 6 steps: none after the 10 start-up steps
     assert len(trainer["checkpoint_save_s"]) == 1 and trainer["checkpoint_save_s"][0] > 0
 
     resume = sections["resume"]

@@ -75,7 +75,7 @@ class _LoopClock:
 
     def summary(self) -> dict[str, float]:
         elapsed = max(time.perf_counter() - self.started, 1e-9)
-        return {"steps_per_s": self.steps / elapsed, "data_wait_frac": self.data_wait / elapsed}
+        return {"steps_per_s": self.steps / elapsed, "data_wait_frac": self.data_wait / elapsed, "steps_timed": self.steps}
 
 
 def load_training_videos(cfg: VitoConfig, data_root: str, dist_info: DistInfo) -> list[VideoRecord]:

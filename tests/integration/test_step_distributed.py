@@ -23,8 +23,8 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _join(rank: int, port: int) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1",
+def _join(rank: int, port: int, world: int = WORLD) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port), VITO_DIST_TIMEOUT_S="120")
     torch.set_num_threads(1)
 
@@ -86,19 +86,24 @@ def test_global_batch_norm_and_gathered_negatives_match_one_big_batch(tmp_path):
     assert not torch.allclose(half.running_mean, reference.running_mean, atol=1e-3)
 
 
-def _stop_worker(rank: int, port: int, work: str) -> None:
-    _join(rank, port)
+def _tiny_config(**train):
     from vito.config import VitoConfig
-    from vito.train import RunContext, Trainer
 
-    cfg = VitoConfig.model_validate({
+    return VitoConfig.model_validate({
         "data": {"synthetic": {"num_videos": 4, "num_frames": 8, "size": 32}, "crop_size": 16, "batch_size": 4},
         "model": {"width": 4, "stem": "small", "pool_hidden": 8, "proj_hidden": 16, "proj_dim": 8, "pred_hidden": 16},
         "optim": {"name": "adamw", "lr": 0.01},
-        "train": {"steps": 20, "log_every": 100, "stop_check_every": 3},
+        "train": {"steps": 20, "log_every": 100, **train},
         "checkpoint": {"every_steps": 100},
         "eval": {"linear_probe": False},
     })
+
+
+def _stop_worker(rank: int, port: int, work: str) -> None:
+    _join(rank, port)
+    from vito.train import RunContext, Trainer
+
+    cfg = _tiny_config(stop_check_every=3)
     asked = []
 
     def stop_requested() -> bool:  # only rank 1 hears the "preemption", from the first step on
@@ -122,3 +127,31 @@ def test_a_stop_heard_by_one_rank_stops_every_rank_at_the_same_check_step(tmp_pa
     from vito.checkpoint import CheckpointStore
 
     assert CheckpointStore(str(tmp_path / "ckpt")).committed_steps() == [3]  # both ranks saved the step they stopped at
+
+
+def _compile_worker(rank: int, port: int, work: str) -> None:
+    _join(rank, port, world=1)
+    os.environ["VITO_COMPILE_BACKEND"] = "eager"  # dynamo tracing without a C++ build: seconds, not minutes
+    from vito.checkpoint import CheckpointStore
+    from vito.train import RunContext, Trainer
+
+    cfg = _tiny_config(steps=5, compile=True, precision="bf16")
+    ctx = RunContext(checkpoint_uri=f"{work}/ckpt", data_root=f"{work}/data", scratch_dir=f"{work}/scratch")
+    trainer = Trainer(cfg, ctx)
+    result = trainer.run()
+    keys = list(trainer.model.state_dict())
+    Path(work, "compile.json").write_text(json.dumps({
+        "completed": result.completed, "steps_timed": result.timing["steps_timed"],
+        "compiled": trainer.model._compiled_call_impl is not None, "keys": keys[:3],
+        "prefixed": any("_orig_mod" in key for key in keys),
+        "committed": CheckpointStore(f"{work}/ckpt").committed_steps(),
+    }))
+
+
+@pytest.mark.timeout(300)
+def test_compiled_training_runs_keeps_checkpoint_names_and_leaves_warmup_out_of_throughput(tmp_path):
+    mp.start_processes(_compile_worker, args=(_free_port(), str(tmp_path)), nprocs=1, start_method="spawn")
+    result = json.loads((tmp_path / "compile.json").read_text())
+    assert result["completed"] and result["compiled"] and result["committed"] == [5]
+    assert not result["prefixed"]  # compiled in place: the eager model's names, so checkpoints interchange
+    assert result["steps_timed"] == 2  # 5 steps, the first 3 (compilation) not counted

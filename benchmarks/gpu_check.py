@@ -267,15 +267,20 @@ def section_vito_step(args, device, work: Path, reference: dict[str, Any] | None
     return result
 
 
-def section_trainer(args, device, work: Path) -> dict[str, Any]:
-    """The real Trainer, data workers included, from clip files to a committed checkpoint."""
+def section_trainer(args, device, work: Path, budget_s: float) -> dict[str, Any]:
+    """The real Trainer, data workers included, from clip files to a committed checkpoint.
+
+    If the steps would outlast `budget_s`, the trainer is asked to stop as a preempted job is (the flag it
+    checks every train.stop_check_every steps): it saves the step it reached and the figures cover what ran.
+    """
     steps = args.trainer_steps or (6 if args.tiny else 300)
     workers = args.workers if args.workers is not None else (2 if args.tiny else 8)
     batch, crop = (8, 32) if args.tiny else (128, 224)
     cfg = cluster_config(args.tiny, batch, crop, steps)
     cfg.data.num_workers = workers
     started = time.perf_counter()
-    trainer = make_trainer(cfg, work, "trainer")
+    stop_at = time.monotonic() + budget_s
+    trainer = make_trainer(cfg, work, "trainer", stop_requested=lambda: time.monotonic() > stop_at)
     setup_s = time.perf_counter() - started
 
     saves: list[float] = []
@@ -325,7 +330,8 @@ def section_trainer(args, device, work: Path) -> dict[str, Any]:
     values = [float(loss) for loss in losses]
     return {
         "steps": result.step, "workers": workers, "batch_pairs": batch, "clip_px": cfg.data.synthetic.size,
-        "completed": result.completed, "setup_s": setup_s,
+        "completed": result.completed, "stopped_by_time_budget": not result.completed, "budget_s": budget_s,
+        "setup_s": setup_s,
         "pairs_per_s": result.timing["steps_per_s"] * batch, "data_wait_frac": result.timing["data_wait_frac"],
         "checkpoint_save_s": saves, "committed_step": trainer.checkpoints.last_committed_step,
         "losses_finite": all(map(math.isfinite, values)), "loss_first": values[0], "loss_last": values[-1],
@@ -386,7 +392,8 @@ def run_sections(args, report: Report, deadline: Deadline, work: Path) -> None:
     calls: dict[str, Callable[[], dict[str, Any]]] = {
         "reference": lambda: section_reference(args, device),
         "vito_step": lambda: section_vito_step(args, device, work, report.data["sections"].get("reference")),
-        "trainer": lambda: section_trainer(args, device, work),
+        # Leaves the resume section its time; compile runs only if the trainer finished early.
+        "trainer": lambda: section_trainer(args, device, work, max(deadline.left() - needs["resume"] - 15, 30)),
         "resume": lambda: section_resume(args, device, work),
         "compile": lambda: section_vito_step(args, device, work, report.data["sections"].get("reference"), True),
     }

@@ -157,6 +157,7 @@ class Trainer:
         batches = self.batches(start)
         window, total = _LoopClock(), _LoopClock()
         self._warmup_left = COMPILE_WARMUP_STEPS if cfg.train.compile else 0
+        stop_every = cfg.train.stop_check_every or (10 if self.dist.device.type == "cuda" else 1)
         step = start
         while step < cfg.train.steps:
             with window.waiting_for_data(), total.waiting_for_data():
@@ -174,7 +175,7 @@ class Trainer:
                 window = _LoopClock()
             # The agreement is a collective plus a host sync that drains the GPU's queue: every
             # train.stop_check_every steps (and at the end), the same steps on every rank.
-            check_stop = step % cfg.train.stop_check_every == 0 or step == cfg.train.steps
+            check_stop = step % stop_every == 0 or step == cfg.train.steps
             stop = check_stop and all_agree(self.ctx.stop_requested(), self.dist.device)
             if step == cfg.train.steps or stop:
                 self.checkpoints.save(step, {"step": step, "config": cfg.to_dict()})

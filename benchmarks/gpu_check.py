@@ -32,8 +32,9 @@ import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = REPO / "sweeps" / "temperature_ablation.yaml"
@@ -350,24 +351,26 @@ def section_resume(args, device, work: Path) -> dict[str, Any]:
     cfg.train.stop_check_every = stop_at
     cfg.data.num_workers = 0 if args.tiny else 4
 
-    whole = make_trainer(cfg, work, "resume_whole")
-    whole_result = whole.run()
-    reference = {k: v.detach().clone() for k, v in whole.model.state_dict().items()}
+    try:
+        whole = make_trainer(cfg, work, "resume_whole")
+        whole_result = whole.run()
+        reference = {k: v.detach().clone() for k, v in whole.model.state_dict().items()}
 
-    first = make_trainer(cfg, work, "resume_split", stop_requested=lambda: True)
-    first_result = first.run()
-    second = make_trainer(cfg, work, "resume_split")
-    second_result = second.run()
-    resumed = second.model.state_dict()
+        first = make_trainer(cfg, work, "resume_split", stop_requested=lambda: True)
+        first_result = first.run()
+        second = make_trainer(cfg, work, "resume_split")
+        second_result = second.run()
+        resumed = second.model.state_dict()
+    finally:
+        if device.type == "cuda":  # leave the later sections their fast kernels, also after a failure
+            torch.use_deterministic_algorithms(False)
+            torch.backends.cudnn.deterministic = False
+            torch.backends.cudnn.benchmark = True
 
     differences = {name: (reference[name].double() - resumed[name].double()).abs().max().item()
                    for name in reference if reference[name].is_floating_point()}
     exact = all(torch.equal(reference[name], resumed[name]) for name in reference)
     worst = max(differences, key=differences.get)
-    if device.type == "cuda":  # leave the later sections their fast kernels
-        torch.use_deterministic_algorithms(False)
-        torch.backends.cudnn.deterministic = False
-        torch.backends.cudnn.benchmark = True
     return {
         "steps": steps, "stopped_at": first_result.step, "resumed_from": second_result.resumed_from,
         "uninterrupted_completed": whole_result.completed, "resumed_completed": second_result.completed,
@@ -405,7 +408,7 @@ def run_sections(args, report: Report, deadline: Deadline, work: Path) -> None:
         began = time.perf_counter()
         try:
             values = {"ok": True, **calls[name]()}
-        except Exception as problem:  # recorded, and the next section still runs
+        except Exception as problem:  # noqa: BLE001 - recorded, and the next section still runs
             values = {"ok": False, "error": f"{type(problem).__name__}: {problem}"[:2000],
                       "traceback": traceback.format_exc()[-4000:]}
         values["seconds"] = time.perf_counter() - began

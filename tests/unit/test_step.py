@@ -10,7 +10,13 @@ import torch
 from torch import nn
 
 from vito.config import LossConfig, ModelConfig, VitoConfig
-from vito.engine import autocast, check_whole_tensors, deepspeed_config, memory_format, to_device
+from vito.engine import (
+    autocast,
+    check_whole_tensors,
+    deepspeed_config,
+    memory_format,
+    to_device,
+)
 from vito.global_bn import GlobalBatchNorm1d, globalise_batch_norms
 from vito.model import VitoModel
 from vito.optim import LARS, param_groups_for
@@ -19,7 +25,7 @@ torch.set_num_threads(1)
 
 
 def tiny_model_cfg(**overrides) -> ModelConfig:
-    fields = dict(arch="resnet18", width=8, pool_hidden=16, proj_hidden=32, proj_dim=16, pred_hidden=32)
+    fields = {"arch": "resnet18", "width": 8, "pool_hidden": 16, "proj_hidden": 32, "proj_dim": 16, "pred_hidden": 32}
     fields.update(overrides)
     return ModelConfig(**fields)
 

@@ -166,12 +166,12 @@ class CheckpointManager:
         if self.dist.is_main:
             committed[0] = self.store.committed_steps()
             self.store.warn_about_unfinished_saves(committed[0])
-        dist.broadcast_object_list(committed, src=0)
+        dist.broadcast_object_list(committed, src=0, group=self.dist.control_group)
         for step in reversed(committed[0]):
             tag = step_name(step)
             problem = self.fetch_rank_files(step)
             verdicts: list[Any] = [None] * self.dist.world_size
-            dist.all_gather_object(verdicts, problem)
+            dist.all_gather_object(verdicts, problem, group=self.dist.control_group)
             failures = [v for v in verdicts if v]
             if failures:
                 shutil.rmtree(self.scratch / tag, ignore_errors=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from contextlib import AbstractContextManager
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -106,8 +107,10 @@ def build_engine(cfg: VitoConfig, dist_info: DistInfo):
     if cfg.train.compile:
         # In place (nn.Module.compile): parameter names, and so checkpoints, stay those of the eager model.
         model.compile(backend=os.environ.get(COMPILE_BACKEND_ENV, "inductor"))
+    # DeepSpeed would pick cuda:LOCAL_RANK itself, an invalid ordinal where each task sees only its own GPU.
+    placement = SimpleNamespace(device_rank=dist_info.device.index) if dist_info.device.type == "cuda" else None
     engine, engine_optimizer, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, config=deepspeed_config(cfg, dist_info.world_size)
+        args=placement, model=model, optimizer=optimizer, config=deepspeed_config(cfg, dist_info.world_size)
     )
     if isinstance(optimizer, LARS):
         check_whole_tensors(optimizer, engine.module)

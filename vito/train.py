@@ -26,7 +26,7 @@ from vito.data.loader_plan import apply_main_threads, plan_loader
 from vito.data.manifest import VideoRecord, read_manifest
 from vito.data.pairs import build_pair_loader
 from vito.data.synthetic import ensure_synthetic_videos
-from vito.distributed import DistInfo, all_agree, init_distributed, mean_across_ranks
+from vito.distributed import DistInfo, all_agree, control_barrier, init_distributed, mean_across_ranks
 from vito.engine import COMPILE_WARMUP_STEPS, autocast, build_engine, to_device
 from vito.metrics import TAG_CHECKPOINT_FAILED_STEP, TAG_RESUMED_FROM_STEP, MetricsLogger
 from vito.model import VitoModel, ema_momentum
@@ -85,7 +85,7 @@ def load_training_videos(cfg: VitoConfig, data_root: str, dist_info: DistInfo) -
     # Rank 0 renders the clips once; the others wait rather than render the same files in parallel.
     if dist_info.is_main:
         manifest = ensure_synthetic_videos(data_root, cfg.data.synthetic, split="train")
-    torch.distributed.barrier()
+    control_barrier(dist_info)
     if not dist_info.is_main:
         manifest = ensure_synthetic_videos(data_root, cfg.data.synthetic, split="train")
     return read_manifest(manifest)
@@ -210,7 +210,7 @@ class Trainer:
     def _finish(self) -> None:
         """Every rank's uploads done and (rank 0) committed before anyone returns."""
         self.checkpoints.wait()
-        torch.distributed.barrier()
+        control_barrier(self.dist)  # rank 0 may still be committing a slow upload: not a step's collective
         if self._owns_metrics:
             self.metrics.close()
         else:

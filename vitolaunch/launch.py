@@ -27,6 +27,8 @@ from vitolaunch.records import (
     TAG_JOB_ID,
     TAG_LOG_DIR,
     TAG_NOTE,
+    TAG_OBJECTIVE_METRIC,
+    TAG_OBJECTIVE_MODE,
     TAG_PRETRAIN_RUN,
     TAG_RESOURCES,
     TAG_SPEC_HASH,
@@ -160,6 +162,7 @@ class Launcher:
         outcomes = self._classify(spec, sweep, trials, target, retry_failed)
         self._create_runs(spec, sweep, target, [o for o in outcomes if o.action is Action.SUBMITTED])
         self._queue(spec, target, [o for o in outcomes if o.action.queues_a_job])
+        self._show_results(spec, sweep, trials, [o for o in outcomes if o.action.queues_a_job])
         return SweepReport(spec.name, sweep.run_id, self.tracking_uri, sweep.experiment_id, target.backend.name, outcomes)
 
     def _preflight(self, spec: SweepSpec, trials: Sequence[Trial]) -> _SweepTarget:
@@ -180,7 +183,9 @@ class Launcher:
     def _find_or_create_sweep(self, spec: SweepSpec, target: _SweepTarget) -> RunRecord:
         experiment = self.registry.experiment_id(spec.tracking.experiment)
         sweep = self.registry.find_sweep(experiment, spec.name)
-        tags = {TAG_SPEC_HASH: spec.spec_hash(), TAG_TASK: spec.task, TAG_BACKEND: target.backend.name}
+        objective = spec.resolved_objective()
+        tags = {TAG_SPEC_HASH: spec.spec_hash(), TAG_TASK: spec.task, TAG_BACKEND: target.backend.name,
+                TAG_OBJECTIVE_METRIC: objective.metric, TAG_OBJECTIVE_MODE: objective.mode}
         if spec.description:
             tags[TAG_NOTE] = spec.description
         if sweep is None:
@@ -191,6 +196,18 @@ class Launcher:
         if spec.source_file:
             self.registry.log_artifact(sweep.run_id, spec.source_file)
         return sweep
+
+    def _show_results(
+        self, spec: SweepSpec, sweep: RunRecord, trials: Sequence[Trial], queued: list[TrialOutcome]
+    ) -> None:
+        """The MLflow UI opens on this sweep's trials (mlflow_ui.py); a sweep with jobs queued again is RUNNING."""
+        from vitolaunch.mlflow_ui import experiment_tags
+        from vitolaunch.results import ranking_of
+
+        swept = list(dict.fromkeys(k for trial in trials for k in trial.params))
+        self.registry.set_experiment_tags(sweep.experiment_id, experiment_tags(spec.name, swept, ranking_of(sweep)))
+        if queued and sweep.status != RunStatus.RUNNING.value:
+            self.registry.set_status(sweep.run_id, RunStatus.RUNNING)
 
     def _classify(
         self, spec: SweepSpec, sweep: RunRecord, trials: Sequence[Trial], target: _SweepTarget, retry_failed: bool
@@ -334,7 +351,13 @@ class Launcher:
             ]
             self._submit(backend, resources, group[0].sweep, queued)
             resubmitted.extend(self.registry.get(t.run_id) for t in group)
+        self._sweeps_running(resubmitted)
         return resubmitted
+
+    def _sweeps_running(self, trials: Sequence[RunRecord]) -> None:
+        """Trials queued again: their sweeps' parent runs are RUNNING again (sweep_summary: status follows trials)."""
+        for parent_id in {t.parent_run_id for t in trials if t.parent_run_id}:
+            self.registry.set_status(parent_id, RunStatus.RUNNING)
 
     # -- cancel and logs -------------------------------------------------------------------------
     def _trials_of(self, run_or_sweep: str) -> list[RunRecord]:

@@ -8,6 +8,8 @@ What the UI allows, read from its bundle (mlflow/server/js) and checked in headl
   UI drops runsExpanded/runsPinned from a shared view, so the view filters on the trials themselves: with
   their parent filtered out they are listed flat, no row to expand by hand. URL search parameters would
   override the shared view, so the URL carries none.
+- `workflowType=machine_learning` in the URL puts the sidebar in "Model training" mode; without it a new
+  browser starts in GenAI mode, where a run's page is filed under "Evaluations".
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from vitolaunch.results import Ranking
 # Shown beside the swept params and the objective: the training loss, and the linear probe's random-init
 # baseline that the README compares against.
 _EXTRA_METRICS = ("train/loss", "eval/linear_probe_acc_random_init")
+WORKFLOW_PARAM = "workflowType=machine_learning"
 
 
 def view_key(sweep_name: str) -> str:
@@ -36,7 +39,13 @@ def view_key(sweep_name: str) -> str:
 
 def runs_page(base_url: str, experiment_id: str, sweep_name: str) -> str:
     """The URL of the sweep's trials in the MLflow UI served at `base_url`."""
-    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={view_key(sweep_name)}"
+    return (f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs"
+            f"?viewStateShareKey={view_key(sweep_name)}&{WORKFLOW_PARAM}")
+
+
+def run_page(base_url: str, experiment_id: str, run_id: str) -> str:
+    """The URL of one run (e.g. the sweep's parent) in the MLflow UI, in "Model training" mode."""
+    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?{WORKFLOW_PARAM}"
 
 
 def _column(kind: str, key: str) -> str:

@@ -24,6 +24,7 @@ from vitolaunch.records import (
     TAG_BEST_RUN,
     TAG_BEST_RUN_NAME,
     TAG_BEST_VALUE,
+    TAG_NOTE,
     TAG_OBJECTIVE_METRIC,
     TAG_OBJECTIVE_MODE,
     TAG_SUMMARY_OF,
@@ -36,6 +37,7 @@ from vitolaunch.states import TrialState, merge_state
 log = logging.getLogger(__name__)
 
 LOSS_METRIC = "train/loss"
+NOTE_ROWS = 20  # rows of the table in the parent's description (MLflow caps a tag's value at a few kB)
 MAX_LOSS_CURVES = 30  # more lines than this make one chart unreadable: the best ones are drawn
 
 
@@ -118,12 +120,37 @@ def update_sweep(registry, sweep: RunRecord, states: dict[str, TrialState] | Non
         # a fixed timestamp and step make a second observer's write the same point, not a new one.
         ended = max((t.end_time or 0.0) for t in trials)
         registry.log_metric(sweep.run_id, ranking.metric, best.objective, step=0, timestamp_ms=int(ended * 1000))
+    tags[TAG_NOTE] = describe(sweep.tags.get(TAG_NOTE, ""), rows, best, ranking)
     registry.set_tags(sweep.run_id, tags)
     registry.set_status(sweep.run_id, wanted)
     # Last: an observer cut short before this line leaves the summary to be redone by the next one.
     registry.set_tags(sweep.run_id, {TAG_SUMMARY_OF: fingerprint(trials, states, ranking)})
     return SweepUpdate(wanted, True, best.run_id if best else None, best.objective if best else None,
                        [f"{SUMMARY_ARTIFACT_DIR}/{n}" for n in names])
+
+
+_RESULTS_HEADING = "\n\n### Results (vitolaunch)\n"
+
+
+def describe(note: str, rows, best, ranking: Ranking) -> str:
+    """The parent run's description in the MLflow UI: the spec's description, then the answer and the table
+    (replacing the results an earlier observer wrote)."""
+    own = note.split(_RESULTS_HEADING, 1)[0]
+    if best is None:
+        answer = f"No trial has {ranking.metric}."
+    else:
+        params = ", ".join(f"{k}={v}" for k, v in best.params.items())
+        answer = f"**Best trial: {best.name}** ({params}): {ranking.metric} = {best.objective:.4g} ({ranking.mode})."
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row.state] = counts.get(row.state, 0) + 1
+    states = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    # Narrow enough to read on the run's page: the full table (run ids too) is the comparison.md artifact.
+    records = [{k: v for k, v in r.items() if k not in ("sweep", "run_id")} for r in as_records(rows, ranking)]
+    more = ""
+    if len(records) > NOTE_ROWS:
+        more = f"\n{len(records) - NOTE_ROWS} more in {SUMMARY_ARTIFACT_DIR}/comparison.md\n"
+    return own + _RESULTS_HEADING + f"{answer} Trials: {states}.\n\n" + to_markdown(records[:NOTE_ROWS]) + more
 
 
 def write_summary_files(registry, folder: Path, trials: Sequence[RunRecord], rows, ranking: Ranking,

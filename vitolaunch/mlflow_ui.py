@@ -54,11 +54,16 @@ def _column(kind: str, key: str) -> str:
 
 def shared_view(sweep_name: str, swept: Sequence[str], ranking: Ranking) -> dict:
     metrics = [ranking.metric, *[m for m in _EXTRA_METRICS if m != ranking.metric]]
+    columns = [*(_column("params", k) for k in swept), *(_column("metrics", m) for m in metrics)]
     return {
         "searchFilter": f"tags.`{TAG_SWEEP}` = '{sweep_name}' and tags.`{TAG_KIND}` = '{KIND_TRIAL}'",
         "orderByKey": _column("metrics", ranking.metric),
         "orderByAsc": ranking.mode == "min",
-        "selectedColumns": [*(_column("params", k) for k in swept), *(_column("metrics", m) for m in metrics)],
+        "selectedColumns": columns,
+        # Swept values, then the objective, right after the run name (the UI puts params last otherwise),
+        # wide enough for keys like eval/linear_probe_acc.
+        "columnOrder": columns,
+        "columnWidths": {column: 190 for column in columns},
     }
 
 

@@ -208,6 +208,8 @@ def status(sweep_id: str | None, watch: bool, interval: float, as_json: bool, st
             rows, problems = _rows(collect_rows, reader, sweep_id)
             live.update(render_table(rows, title=time.strftime("%H:%M:%S"), problems=problems), refresh=True)
     sweeps = list(dict.fromkeys(row.sweep for row in rows))
+    if not console.is_terminal:  # rich's Live leaves its last frame unterminated when piped
+        console.print()
     console.print(f"answer:  vitolaunch compare {' '.join(sweeps)}{_store_option(reader.tracking_uri)}"
                   "   (trials ranked by the objective; --group-by KEY, --plot FILE.png)")
 

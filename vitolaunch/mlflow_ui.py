@@ -60,10 +60,10 @@ def shared_view(sweep_name: str, swept: Sequence[str], ranking: Ranking) -> dict
         "orderByKey": _column("metrics", ranking.metric),
         "orderByAsc": ranking.mode == "min",
         "selectedColumns": columns,
-        # Swept values, then the objective, right after the run name (the UI puts params last otherwise),
-        # wide enough for keys like eval/linear_probe_acc.
+        # Swept values, then the objective, right after the run name (the UI puts params last otherwise);
+        # the objective wide enough for a name like eval/linear_probe_acc, the rest narrow enough to fit.
         "columnOrder": columns,
-        "columnWidths": {column: 190 for column in columns},
+        "columnWidths": {column: 175 if column == columns[len(swept)] else 120 for column in columns},
     }
 
 

@@ -31,7 +31,17 @@ from vitolaunch.records import (
     RunStatus,
 )
 from vitolaunch.registry import RunQueries, RunRecord
-from vitolaunch.results import Ranking, as_records, best_row, rank, ranking_of, result_row, to_csv, to_markdown
+from vitolaunch.results import (
+    Ranking,
+    as_records,
+    best_row,
+    rank,
+    ranking_of,
+    result_row,
+    swept_keys,
+    to_csv,
+    to_markdown,
+)
 from vitolaunch.states import TrialState, merge_state
 
 log = logging.getLogger(__name__)
@@ -145,8 +155,10 @@ def describe(note: str, rows, best, ranking: Ranking) -> str:
     for row in rows:
         counts[row.state] = counts.get(row.state, 0) + 1
     states = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    # Narrow enough to read on the run's page: the full table (run ids too) is the comparison.md artifact.
-    records = [{k: v for k, v in r.items() if k not in ("sweep", "run_id")} for r in as_records(rows, ranking)]
+    # Narrow enough to read on the run's page (rank, trial, state, swept values, the objective and the loss):
+    # the full table is the comparison.md artifact.
+    keep = {"rank", "trial", "state", *swept_keys(rows), ranking.metric, LOSS_METRIC}
+    records = [{k: v for k, v in r.items() if k in keep} for r in as_records(rows, ranking)]
     more = ""
     if len(records) > NOTE_ROWS:
         more = f"\n{len(records) - NOTE_ROWS} more in {SUMMARY_ARTIFACT_DIR}/comparison.md\n"
@@ -157,7 +169,6 @@ def write_summary_files(registry, folder: Path, trials: Sequence[RunRecord], row
                         sweep_name: str) -> list[str]:
     """comparison.csv / .md (ranked), objective_vs_<key>.png per swept key, loss_curves.png."""
     from vitolaunch.result_plots import loss_curves_plot, objective_plot
-    from vitolaunch.results import swept_keys
 
     records = as_records(rows, ranking)
     (folder / "comparison.csv").write_text(to_csv(records))

@@ -96,17 +96,19 @@ class RunStatus(str, enum.Enum):
         return not self.is_active
 
 
-def set_run_status(client: Any, run_id: str, status: RunStatus | str) -> None:
+def set_run_status(client: Any, run_id: str, status: RunStatus | str, end_time_s: float | None = None) -> None:
     """The one place a run's status changes, through an MlflowClient.
 
     Active statuses keep the run open (`update_run`); terminal ones also stamp its end time
-    (`set_terminated`), which is what the MLflow UI and `status` show as the run's duration.
+    (`set_terminated`; now unless `end_time_s` says when, e.g. a sweep's last trial's end), which is
+    what the MLflow UI and `status` show as the run's duration.
     """
     status = RunStatus(status)
     if status.is_active:
         client.update_run(run_id, status=status.value)
     else:
-        client.set_terminated(run_id, status=status.value)
+        end_time = int(end_time_s * 1000) if end_time_s else None
+        client.set_terminated(run_id, status=status.value, end_time=end_time)
 
 
 # -- names ---------------------------------------------------------------------------------------------

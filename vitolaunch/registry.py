@@ -218,8 +218,8 @@ class Registry(RunQueries):
 
         self._client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
-    def set_status(self, run_id: str, status: RunStatus | str) -> None:
-        set_run_status(self._client, run_id, status)
+    def set_status(self, run_id: str, status: RunStatus | str, end_time_s: float | None = None) -> None:
+        set_run_status(self._client, run_id, status, end_time_s)
 
     # -- a sweep's results (vitolaunch/sweep_summary.py, mlflow_ui.py) --------------------------------
     def set_experiment_tags(self, experiment_id: str, tags: dict[str, str]) -> None:

@@ -118,6 +118,7 @@ def update_sweep(registry, sweep: RunRecord, states: dict[str, TrialState] | Non
     ranking = ranking_of(sweep)
     rows = rank((result_row(sweep, t, states[t.run_id].value, ranking) for t in trials), ranking)
     best = best_row(rows, ranking)
+    ended = max((t.end_time or 0.0) for t in trials) or None  # the sweep ended when its last trial did
     with tempfile.TemporaryDirectory() as tmp:
         names = write_summary_files(registry, Path(tmp), trials, rows, ranking, sweep.sweep)
         registry.log_artifacts(sweep.run_id, tmp, SUMMARY_ARTIFACT_DIR)
@@ -128,11 +129,11 @@ def update_sweep(registry, sweep: RunRecord, states: dict[str, TrialState] | Non
                      for k, v in best.params.items()})
         # The same key as the trials' metric, so the parent's row shows the answer in the objective's column;
         # a fixed timestamp and step make a second observer's write the same point, not a new one.
-        ended = max((t.end_time or 0.0) for t in trials)
-        registry.log_metric(sweep.run_id, ranking.metric, best.objective, step=0, timestamp_ms=int(ended * 1000))
+        registry.log_metric(sweep.run_id, ranking.metric, best.objective, step=0,
+                            timestamp_ms=int(ended * 1000) if ended else None)
     tags[TAG_NOTE] = describe(sweep.tags.get(TAG_NOTE, ""), rows, best, ranking)
     registry.set_tags(sweep.run_id, tags)
-    registry.set_status(sweep.run_id, wanted)
+    registry.set_status(sweep.run_id, wanted, end_time_s=ended)
     # Last: an observer cut short before this line leaves the summary to be redone by the next one.
     registry.set_tags(sweep.run_id, {TAG_SUMMARY_OF: fingerprint(trials, states, ranking)})
     return SweepUpdate(wanted, True, best.run_id if best else None, best.objective if best else None,

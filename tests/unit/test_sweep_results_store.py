@@ -141,6 +141,7 @@ def test_status_brings_the_parent_up_to_date_once_and_the_summary_is_idempotent(
     assert {k: v for k, v in again.tags.items() if k.startswith("vitolaunch.")} == \
         {k: v for k, v in parent.tags.items() if k.startswith("vitolaunch.")}
     assert len(registry.metric_history(sweep.run_id, "eval/linear_probe_acc")) == 1
+    assert again.end_time == parent.end_time == max(registry.get(run_id).end_time for run_id in run_ids)
 
 
 def test_a_failed_trial_makes_the_parent_failed_and_resume_makes_it_running_again(tmp_path):

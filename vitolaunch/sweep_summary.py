@@ -177,9 +177,14 @@ def write_summary_files(registry, folder: Path, trials: Sequence[RunRecord], row
     (folder / "comparison.md").write_text(
         f"# {sweep_name}: trials ranked by {ranking.metric} ({better} is better)\n\n" + to_markdown(records))
     names = ["comparison.csv", "comparison.md"]
+    # A swept seed is a repeat, not a setting: the other plots fold it into mean ± std (as `compare --group-by`).
+    seeds = [k for k in swept_keys(rows) if k.split(".")[-1].endswith("seed")]
     for key in swept_keys(rows):
         name = f"objective_vs_{_file_part(key)}.png"
-        objective_plot(rows, ranking, folder / name, key, title=f"{sweep_name}: {ranking.metric} vs {key}")
+        fold = next((s for s in seeds if s != key), None)
+        folded = f"; mean ± std over {fold}" if fold else ""
+        objective_plot(rows, ranking, folder / name, key, fold=fold,
+                       title=f"{sweep_name}: {ranking.metric} vs {key}{folded}")
         names.append(name)
     drawn = [r for r in rows][:MAX_LOSS_CURVES]
     curves = {f"{r.index:03d} " + " ".join(f"{k.split('.')[-1]}={v}" for k, v in r.params.items()):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import logging
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,6 +50,8 @@ from vitolaunch.resources import Resources, resolve_cluster
 from vitolaunch.spec import SweepSpec, Trial
 from vitolaunch.states import TrialState, trial_states
 from vitolaunch.workspace import Workspace, quiet_mlflow_environment
+
+log = logging.getLogger(__name__)
 
 # A few key hyperparameters are logged as params for every trial, swept or not, so the MLflow compare
 # view is useful without opening artifacts. The full config is the config.json artifact.
@@ -374,7 +377,18 @@ class Launcher:
         for backend_name, group in by_backend.items():  # one scancel for a whole sweep, not one per trial
             make_backend(backend_name).cancel([JobHandle(t.tags[TAG_JOB_ID], t.tags.get(TAG_LOG_DIR, "")) for t in group])
             self.registry.set_tags_many({t.run_id: {} for t in group}, status=RunStatus.KILLED)
+        self._update_sweeps(active)
         return active
+
+    def _update_sweeps(self, trials: Sequence[RunRecord]) -> None:
+        """Trials just ended by us: their sweeps' parent runs follow (sweep_summary), best effort."""
+        from vitolaunch.sweep_summary import update_sweep
+
+        for parent_id in {t.parent_run_id for t in trials if t.parent_run_id}:
+            try:
+                update_sweep(self.registry, self.registry.get(parent_id))
+            except Exception as problem:  # noqa: BLE001 - the cancel happened; `status` redoes the summary
+                log.warning("could not update sweep run %s: %s", parent_id, problem)
 
     def log_file(self, run_id: str, rank: int, stderr: bool = False) -> Path:
         trial = self.registry.resolve(run_id)

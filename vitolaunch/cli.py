@@ -119,11 +119,9 @@ def sweep(spec_file: str, overrides: tuple[str, ...], dry_run: bool, retry_faile
 
 def _next_steps(report) -> list[str]:
     """What to run next, verbatim: the commands carry the tracking store when it is not the default one."""
-    from vitolaunch.workspace import Workspace
-
-    store = "" if report.tracking_uri == Workspace.from_env().tracking_uri_or_default(None) else f" --tracking-uri {report.tracking_uri}"
     from vitolaunch.mlflow_ui import runs_page
 
+    store = _store_option(report.tracking_uri)
     if report.tracking_uri.startswith(("http://", "https://")):  # a tracking server serves its own UI
         ui = f"open {runs_page(report.tracking_uri, report.experiment_id, report.sweep_name)}"
     else:
@@ -240,7 +238,7 @@ def _rows(collect_rows, reader, sweep_id) -> tuple[list, list[str]]:
 @click.option("--plot", "plot_file", type=click.Path(dir_okay=False), metavar="FILE.png",
               help="Plot the objective against a swept parameter (one line per other swept value).")
 @click.option("--x", "x_key", metavar="KEY",
-              help="The swept key on the plot's x axis [default: the one with most values].")
+              help="The swept key on the plot's x axis [default: the first swept key that varies, seeds last].")
 @TRACKING_OPTION
 def compare(sweeps: tuple[str, ...], group_by: str | None, as_json: bool, as_csv: bool, plot_file: str | None,
             x_key: str | None, tracking_uri: str | None) -> None:

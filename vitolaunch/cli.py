@@ -128,15 +128,24 @@ def sweep(spec_file: str, overrides: tuple[str, ...], dry_run: bool, retry_faile
 
 def _next_steps(report) -> list[str]:
     """What to run next, verbatim: the commands carry the tracking store when it is not the default one."""
+    from vitolaunch.mlflow_ui import runs_page
+
+    store = _store_option(report.tracking_uri)
+    if report.tracking_uri.startswith(("http://", "https://")):  # a tracking server serves its own UI
+        ui = f"open {runs_page(report.tracking_uri, report.experiment_id, report.sweep_name)}"
+    else:
+        page = runs_page("http://127.0.0.1:5000", report.experiment_id, report.sweep_name)
+        ui = f"mlflow ui --backend-store-uri {report.tracking_uri}, then open {page}"
+    return [f"watch:   vitolaunch status {report.sweep_name} --watch{store}", f"compare: {ui}",
+            f"answer:  vitolaunch compare {report.sweep_name}{store}"]
+
+
+def _store_option(tracking_uri: str) -> str:
+    """` --tracking-uri URI` when the store is not the one the commands find by default."""
     from vitolaunch.workspace import Workspace
 
-    store = "" if report.tracking_uri == Workspace.from_env().tracking_uri_or_default(None) else f" --tracking-uri {report.tracking_uri}"
-    experiment_page = f"#/experiments/{report.experiment_id}"
-    if report.tracking_uri.startswith(("http://", "https://")):  # a tracking server serves its own UI
-        ui = f"open {report.tracking_uri.rstrip('/')}/{experiment_page}"
-    else:
-        ui = f"mlflow ui --backend-store-uri {report.tracking_uri}, then open http://127.0.0.1:5000/{experiment_page}"
-    return [f"watch:   vitolaunch status {report.sweep_name} --watch{store}", f"compare: {ui}"]
+    default = Workspace.from_env().tracking_uri_or_default(None)
+    return "" if tracking_uri == default else f" --tracking-uri {tracking_uri}"
 
 
 def _local_note(console, resources, cluster: str) -> None:
@@ -212,12 +221,21 @@ def status(sweep_id: str | None, watch: bool, interval: float, as_json: bool, st
             time.sleep(interval)
             rows, problems = _rows(collect_rows, reader, sweep_id)
             live.update(render_table(rows, title=time.strftime("%H:%M:%S"), problems=problems), refresh=True)
+    sweeps = list(dict.fromkeys(row.sweep for row in rows))
+    if not console.is_terminal:  # rich's Live leaves its last frame unterminated when piped
+        console.print()
+    console.print(f"answer:  vitolaunch compare {' '.join(sweeps)}{_store_option(reader.tracking_uri)}"
+                  "   (trials ranked by the objective; --group-by KEY, --plot FILE.png)")
 
 
 def _rows(collect_rows, reader, sweep_id) -> tuple[list, list[str]]:
     problems: list[str] = []
+    sweep_problems: list[str] = []  # keeping the sweeps' parent runs true (sweep_summary) is best effort
     try:
-        return collect_rows(reader, sweep_id, problems=problems), problems
+        rows = collect_rows(reader, sweep_id, problems=problems, sweep_problems=sweep_problems)
+        for problem in sweep_problems:
+            click.secho(f"warning: {problem}", fg="yellow", err=True)
+        return rows, problems
     except VitolaunchError:
         raise
     except Exception as problem:
@@ -225,6 +243,55 @@ def _rows(collect_rows, reader, sweep_id) -> tuple[list, list[str]]:
             f"the tracking server {reader.tracking_uri} is unreachable ({type(problem).__name__}): "
             "check that it is up, or pass --tracking-uri"
         ) from problem
+
+
+@main.command()
+@click.argument("sweeps", nargs=-1, required=True)
+@click.option("--group-by", "group_by", metavar="KEY",
+              help="Fold a swept key (e.g. train.seed) into mean ± std and count.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (one record per trial, or per group).")
+@click.option("--csv", "as_csv", is_flag=True, help="CSV on stdout.")
+@click.option("--plot", "plot_file", type=click.Path(dir_okay=False), metavar="FILE.png",
+              help="Plot the objective against a swept parameter (one line per other swept value).")
+@click.option("--x", "x_key", metavar="KEY",
+              help="The swept key on the plot's x axis [default: the first swept key that varies, seeds last].")
+@TRACKING_OPTION
+def compare(sweeps: tuple[str, ...], group_by: str | None, as_json: bool, as_csv: bool, plot_file: str | None,
+            x_key: str | None, tracking_uri: str | None) -> None:
+    """Rank the trials of SWEEPS (names or run ids) by the objective, with swept values and final metrics."""
+    from vitolaunch import results
+    from vitolaunch.compare import collect, render_groups, render_trials
+    from vitolaunch.registry_sqlite import open_run_reader
+    from vitolaunch.workspace import Workspace, quiet_mlflow_environment
+
+    if as_json and as_csv:
+        raise VitolaunchError("--json and --csv: choose one")
+    quiet_mlflow_environment()
+    workspace = Workspace.from_env()
+    uri = workspace.tracking_uri_or_default(tracking_uri)
+    if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///"):]):
+        raise VitolaunchError(f"no sweeps here yet: {uri} does not exist "
+                              "(point --tracking-uri or VITOLAUNCH_HOME at the store that has them)")
+    comparison = collect(open_run_reader(uri, workspace), sweeps)
+    ranking, rows = comparison.ranking, comparison.rows
+    groups = results.group(rows, group_by, ranking) if group_by else None
+    fold = groups[0].folded if groups else None
+    if plot_file:
+        from vitolaunch.result_plots import choose_x, objective_plot
+
+        x = results.resolve_key(rows, x_key) if x_key else choose_x(rows, fold)
+        objective_plot(rows, ranking, plot_file, x, fold=fold)
+        click.echo(f"plot: {plot_file} ({ranking.metric} vs {x})", err=as_json or as_csv)
+    records = results.group_records(groups, ranking) if groups is not None else results.as_records(rows, ranking)
+    for problem in comparison.problems:
+        if as_json or as_csv:
+            click.secho(f"warning: {problem}", fg="yellow", err=True)
+    if as_json:
+        click.echo(results.to_json(records))
+    elif as_csv:
+        click.echo(results.to_csv(records), nl=False)
+    else:
+        _console().print(render_groups(comparison, groups) if groups is not None else render_trials(comparison))
 
 
 @main.command()

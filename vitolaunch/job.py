@@ -105,6 +105,10 @@ class TrialJob:
         finally:
             # Metrics and status are sent by a background thread: drain it before the process ends.
             tracking.close()
+            if rank == 0:  # this trial's status is recorded: the last one to end brings its sweep's run up to date
+                from vitolaunch.sweep_summary import after_trial
+
+                after_trial(self.tracking_uri, self.run_id)
 
     def entry_point(self) -> Callable[[Any, Any], Any]:
         """The vito function this job runs, `(cfg, ctx) -> TrainResult`: training, or evaluating a checkpoint."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import logging
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from vitolaunch.records import (
     TAG_JOB_ID,
     TAG_LOG_DIR,
     TAG_NOTE,
+    TAG_OBJECTIVE_METRIC,
+    TAG_OBJECTIVE_MODE,
     TAG_PRETRAIN_RUN,
     TAG_RESOURCES,
     TAG_SCRATCH,
@@ -49,6 +52,8 @@ from vitolaunch.resources import Resources, resolve_cluster
 from vitolaunch.spec import SweepSpec, Trial, trial_resources
 from vitolaunch.states import TrialState, trial_states
 from vitolaunch.workspace import Workspace, quiet_mlflow_environment
+
+log = logging.getLogger(__name__)
 
 # A few key hyperparameters are logged as params for every trial, swept or not, so the MLflow compare
 # view is useful without opening artifacts. The full config is the config.json artifact.
@@ -171,6 +176,7 @@ class Launcher:
         outcomes = self._classify(spec, sweep, trials, target, retry_failed)
         self._create_runs(spec, sweep, target, [o for o in outcomes if o.action is Action.SUBMITTED])
         self._queue(spec, target, [o for o in outcomes if o.action.queues_a_job])
+        self._show_results(spec, sweep, trials, [o for o in outcomes if o.action.queues_a_job])
         return SweepReport(spec.name, sweep.run_id, self.tracking_uri, sweep.experiment_id, target.backend.name, outcomes)
 
     def _preflight(self, spec: SweepSpec, trials: Sequence[Trial]) -> _SweepTarget:
@@ -192,7 +198,9 @@ class Launcher:
     def _find_or_create_sweep(self, spec: SweepSpec, target: _SweepTarget) -> RunRecord:
         experiment = self.registry.experiment_id(spec.tracking.experiment)
         sweep = self.registry.find_sweep(experiment, spec.name)
-        tags = {TAG_SPEC_HASH: spec.spec_hash(), TAG_TASK: spec.task, TAG_BACKEND: target.backend.name}
+        objective = spec.resolved_objective()
+        tags = {TAG_SPEC_HASH: spec.spec_hash(), TAG_TASK: spec.task, TAG_BACKEND: target.backend.name,
+                TAG_OBJECTIVE_METRIC: objective.metric, TAG_OBJECTIVE_MODE: objective.mode}
         if spec.description:
             tags[TAG_NOTE] = spec.description
         if sweep is None:
@@ -203,6 +211,18 @@ class Launcher:
         if spec.source_file:
             self.registry.log_artifact(sweep.run_id, spec.source_file)
         return sweep
+
+    def _show_results(
+        self, spec: SweepSpec, sweep: RunRecord, trials: Sequence[Trial], queued: list[TrialOutcome]
+    ) -> None:
+        """The MLflow UI opens on this sweep's trials (mlflow_ui.py); a sweep with jobs queued again is RUNNING."""
+        from vitolaunch.mlflow_ui import experiment_tags
+        from vitolaunch.results import ranking_of
+
+        swept = list(dict.fromkeys(k for trial in trials for k in trial.params))
+        self.registry.set_experiment_tags(sweep.experiment_id, experiment_tags(spec.name, swept, ranking_of(sweep)))
+        if queued and sweep.status != RunStatus.RUNNING.value:
+            self.registry.set_status(sweep.run_id, RunStatus.RUNNING)
 
     def _classify(
         self, spec: SweepSpec, sweep: RunRecord, trials: Sequence[Trial], target: _SweepTarget, retry_failed: bool
@@ -353,6 +373,7 @@ class Launcher:
             ]
             self._submit(target.backend, target.resources, group[0].sweep, queued)
             resubmitted.extend(self.registry.get(t.run_id) for t in group)
+        self._sweeps_running(resubmitted)
         return resubmitted
 
     @staticmethod
@@ -365,6 +386,11 @@ class Launcher:
             storage_options=json.loads(trial.tags.get(TAG_STORAGE_OPTIONS, "{}")),
             scratch=trial.tags.get(TAG_SCRATCH),
         )
+
+    def _sweeps_running(self, trials: Sequence[RunRecord]) -> None:
+        """Trials queued again: their sweeps' parent runs are RUNNING again (sweep_summary: status follows trials)."""
+        for parent_id in {t.parent_run_id for t in trials if t.parent_run_id}:
+            self.registry.set_status(parent_id, RunStatus.RUNNING)
 
     # -- cancel and logs -------------------------------------------------------------------------
     def _trials_of(self, run_or_sweep: str) -> list[RunRecord]:
@@ -381,7 +407,18 @@ class Launcher:
         for backend_name, group in by_backend.items():  # one scancel for a whole sweep, not one per trial
             make_backend(backend_name).cancel([JobHandle(t.tags[TAG_JOB_ID], t.tags.get(TAG_LOG_DIR, "")) for t in group])
             self.registry.set_tags_many({t.run_id: {} for t in group}, status=RunStatus.KILLED)
+        self._update_sweeps(active)
         return active
+
+    def _update_sweeps(self, trials: Sequence[RunRecord]) -> None:
+        """Trials just ended by us: their sweeps' parent runs follow (sweep_summary), best effort."""
+        from vitolaunch.sweep_summary import update_sweep
+
+        for parent_id in {t.parent_run_id for t in trials if t.parent_run_id}:
+            try:
+                update_sweep(self.registry, self.registry.get(parent_id))
+            except Exception as problem:  # noqa: BLE001 - the cancel happened; `status` redoes the summary
+                log.warning("could not update sweep run %s: %s", parent_id, problem)
 
     def log_file(self, run_id: str, rank: int, stderr: bool = False) -> Path:
         trial = self.registry.resolve(run_id)

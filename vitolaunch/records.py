@@ -51,6 +51,20 @@ TAG_PRETRAIN_RUN = "vitolaunch.pretrain_run_id"  # on an evaluation trial: the t
 TAG_EVALUATED_STEP = "vitolaunch.evaluated_step"  # on an evaluation trial: the checkpoint step it evaluated
 TAG_EVALUATED_BY_PREFIX = "vitolaunch.evaluated_by."  # + evaluation run id, on the pretraining trial
 
+# -- sweep results (issue 12): the objective, and what the parent run says once its trials have ended --
+TAG_OBJECTIVE_METRIC = "vitolaunch.objective.metric"  # on the sweep: the metric that ranks its trials
+TAG_OBJECTIVE_MODE = "vitolaunch.objective.mode"  # "max" or "min"
+TAG_BEST_RUN = "vitolaunch.best.run_id"  # on the sweep: the trial with the best objective value
+TAG_BEST_RUN_NAME = "vitolaunch.best.run_name"
+TAG_BEST_VALUE = "vitolaunch.best.value"  # the objective's best value, also logged as a metric of that name
+TAG_BEST_PARAM_PREFIX = "vitolaunch.best.param."  # + a swept key: the best trial's value of it
+TAG_SUMMARY_OF = "vitolaunch.summary_of"  # fingerprint of the trial outcomes the summary was made from
+SUMMARY_ARTIFACT_DIR = "summary"  # on the sweep: comparison.csv/.md, objective_vs_<param>.png, loss_curves.png
+# MLflow UI settings on the experiment (what the web UI reads; see vitolaunch/mlflow_ui.py)
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND_TRAINING = "custom_model_development"  # not "genai_development": no GenAI overview page
+TAG_SHARED_VIEW_PREFIX = "mlflow.sharedViewState."  # + a key that the URL's viewStateShareKey names
+
 # -- MLflow's own tags, which vitolaunch sets or reads ------------------------------------------------
 TAG_PARENT = "mlflow.parentRunId"
 TAG_NOTE = "mlflow.note.content"  # the run's description in the MLflow UI
@@ -83,17 +97,19 @@ class RunStatus(str, enum.Enum):
         return not self.is_active
 
 
-def set_run_status(client: Any, run_id: str, status: RunStatus | str) -> None:
+def set_run_status(client: Any, run_id: str, status: RunStatus | str, end_time_s: float | None = None) -> None:
     """The one place a run's status changes, through an MlflowClient.
 
     Active statuses keep the run open (`update_run`); terminal ones also stamp its end time
-    (`set_terminated`), which is what the MLflow UI and `status` show as the run's duration.
+    (`set_terminated`; now unless `end_time_s` says when, e.g. a sweep's last trial's end), which is
+    what the MLflow UI and `status` show as the run's duration.
     """
     status = RunStatus(status)
     if status.is_active:
         client.update_run(run_id, status=status.value)
     else:
-        client.set_terminated(run_id, status=status.value)
+        end_time = int(end_time_s * 1000) if end_time_s else None
+        client.set_terminated(run_id, status=status.value, end_time=end_time)
 
 
 # -- names ---------------------------------------------------------------------------------------------

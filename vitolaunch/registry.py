@@ -218,8 +218,23 @@ class Registry(RunQueries):
 
         self._client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
-    def set_status(self, run_id: str, status: RunStatus | str) -> None:
-        set_run_status(self._client, run_id, status)
+    def set_status(self, run_id: str, status: RunStatus | str, end_time_s: float | None = None) -> None:
+        set_run_status(self._client, run_id, status, end_time_s)
+
+    # -- a sweep's results (vitolaunch/sweep_summary.py, mlflow_ui.py) --------------------------------
+    def set_experiment_tags(self, experiment_id: str, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self._client.set_experiment_tag(experiment_id, key, value)
+
+    def log_artifacts(self, run_id: str, local_dir: str, artifact_path: str | None = None) -> None:
+        self._client.log_artifacts(run_id, local_dir, artifact_path)
+
+    def log_metric(self, run_id: str, key: str, value: float, step: int = 0, timestamp_ms: int | None = None) -> None:
+        self._client.log_metric(run_id, key, value, timestamp=timestamp_ms, step=step)
+
+    def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        """(step, value) of every logged value of a metric, in step order."""
+        return sorted((m.step, m.value) for m in self._client.get_metric_history(run_id, key))
 
     def find_run(self, run_id: str) -> RunRecord | None:
         from vitolaunch.mlflow_compat import is_missing_run

@@ -40,10 +40,11 @@ def _elapsed(record: RunRecord, state: TrialState) -> float | None:
 
 def collect_rows(
     registry: RunQueries, sweep_filter: str | None = None, stalled_after: float | None = None,
-    problems: list[str] | None = None,
+    problems: list[str] | None = None, sweep_problems: list[str] | None = None,
 ) -> list[TrialRow]:
     """One row per trial (of every sweep, or of the one named); what kept the scheduler from vouching for a
-    state is appended to `problems`."""
+    state is appended to `problems`. With `sweep_problems` (a list), the sweeps' parent runs are also brought
+    up to date with what was observed (vitolaunch/sweep_summary.py), and what failed there is appended to it."""
     if sweep_filter:
         target = registry.resolve(sweep_filter)
         sweeps = [registry.sweep_of(target)]
@@ -56,6 +57,10 @@ def collect_rows(
     states = observed.states
     if problems is not None:
         problems.extend(observed.problems)
+    if sweep_problems is not None:
+        from vitolaunch.sweep_summary import update_observed
+
+        sweep_problems.extend(update_observed(registry, [(s, trials_of[s.run_id]) for s in sweeps], states))
     for sweep in sweeps:
         trials = trials_of[sweep.run_id]
         for trial in trials:

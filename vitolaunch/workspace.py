@@ -56,3 +56,6 @@ def quiet_mlflow_environment() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    # Ending a run on a tracking server prints "View run ... at: URL" to stdout, which `status` and
+    # `compare` keep for their own table and JSON (status ends the sweep's parent run, sweep_summary.py).
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")

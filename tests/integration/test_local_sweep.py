@@ -144,14 +144,20 @@ def test_cancelled_trial_saves_the_step_it_stopped_at_and_resumes_from_it(tmp_pa
     assert trial.info.status == "KILLED"
     assert trial.data.tags["vitolaunch.terminated_at_step"] == str(stopped_at)
     assert status_rows(home, "term")[0]["state"] == "CANCELLED"
+    (sweep,) = _runs(home, "sweep")  # its only trial was cancelled: the parent follows (sweep_summary.py)
+    assert sweep.info.status == "KILLED"
     rank0_log = next((home / "logs" / "term").rglob("*_0_log.out")).read_text()
     assert f"terminated: saved step {stopped_at}" in rank0_log
 
     vitolaunch(home, "resume", row["run_id"])
+    (sweep,) = _runs(home, "sweep")
+    assert sweep.info.status == "RUNNING"  # resumed: the parent runs again
     (done,) = wait_until(home, "term", all_ended, timeout=400, what="the resumed trial to end")
     assert done["state"] == "COMPLETED", done
     (trial,) = _runs(home, "trial")
     assert trial.data.tags["vito.resumed_from_step"] == str(stopped_at)
+    (sweep,) = _runs(home, "sweep")
+    assert sweep.info.status == "FINISHED" and sweep.data.tags["vitolaunch.best.run_id"] == trial.info.run_id
     assert _logged_loss_steps(home, trial.info.run_id) == set(range(2, 161, 2))
 
 

@@ -17,6 +17,7 @@ import pytest
 
 from tests.integration.local_sweeps import all_ended, status_rows, vitolaunch, wait_until, write_spec
 from tests.integration.services import remove_tree, s3_filesystem, services_env
+from vitolaunch.mlflow_ui import runs_page
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -254,7 +255,7 @@ def test_commands_printed_after_a_sweep_on_a_server_work_verbatim(server_sweep):
     lines = server_sweep["sweep_output"].splitlines()
     watch = next(line for line in lines if line.startswith("watch:")).removeprefix("watch:").strip()
     compare = next(line for line in lines if line.startswith("compare:")).removeprefix("compare:").strip()
-    assert compare == f"open {server_sweep['uri'].rstrip('/')}/#/experiments/{server_sweep['experiment_id']}"
+    assert compare == f"open {runs_page(server_sweep['uri'], server_sweep['experiment_id'], server_sweep['sweep'])}"
     assert watch.startswith("vitolaunch status ") and f"--tracking-uri {server_sweep['uri']}" in watch
     # Verbatim, in a shell without MLFLOW_TRACKING_URI (the trials have ended, so --watch draws once and returns).
     result = vitolaunch(server_sweep["home"], *shlex.split(watch)[1:], timeout=60)

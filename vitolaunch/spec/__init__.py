@@ -12,14 +12,16 @@ from vitolaunch.spec.expand import Trial, check_trials_fit_resources, expand, tr
 from vitolaunch.spec.load import load_spec
 from vitolaunch.spec.locate import DocPath, Locator
 from vitolaunch.spec.parameters import ZIP_KEY, Axis, RandomDistribution
-from vitolaunch.spec.schema import EvaluateTargets, Storage, SweepSpec, Tracking
+from vitolaunch.spec.schema import DEFAULT_OBJECTIVES, EvaluateTargets, Objective, Storage, SweepSpec, Tracking
 
 __all__ = [
     "ZIP_KEY",
     "Axis",
+    "DEFAULT_OBJECTIVES",
     "DocPath",
     "EvaluateTargets",
     "Locator",
+    "Objective",
     "RandomDistribution",
     "Resources",
     "Retries",

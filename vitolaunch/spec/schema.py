@@ -74,6 +74,19 @@ class Tracking(_Strict):
     experiment: str = Field("vitolaunch", min_length=1)
 
 
+# The metric each task's trials are ranked by when the spec names none: the linear probe is the headline
+# number of both pretraining (VITO's own eval at the end) and the evaluate suite.
+DEFAULT_OBJECTIVES = {"pretrain": ("eval/linear_probe_acc", "max"), "evaluate": ("eval/linear_probe_acc", "max")}
+
+
+class Objective(_Strict):
+    """How a sweep's trials are ranked (`compare`, and the best trial on the sweep's parent run)."""
+
+    metric: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_./ -]+$",
+                        description="an MLflow metric key, e.g. eval/linear_probe_acc")
+    mode: Literal["max", "min"] = "max"
+
+
 class SweepSpec(_Strict):
     """A validated sweep spec. Build it with `load_spec` so errors can name lines."""
 
@@ -89,6 +102,7 @@ class SweepSpec(_Strict):
     storage: Storage = Storage()
     tracking: Tracking = Tracking()
     evaluate: EvaluateTargets | None = None  # task: evaluate only (see vitolaunch/evaluate_targets.py)
+    objective: Objective | None = None  # None: DEFAULT_OBJECTIVES[task]; see `resolved_objective`
     source_file: str | None = Field(None, exclude=True)
 
     _locator: Locator = PrivateAttr(default_factory=Locator)
@@ -158,11 +172,20 @@ class SweepSpec(_Strict):
         """The resolved base vito config as a fresh dict."""
         return self.base_config().to_dict()
 
+    def resolved_objective(self) -> Objective:
+        """The objective the spec names, else the task's default."""
+        if self.objective is not None:
+            return self.objective
+        metric, mode = DEFAULT_OBJECTIVES[self.task]
+        return Objective(metric=metric, mode=mode)
+
     def spec_hash(self) -> str:
         """sha256[:12] of the spec's content, with the base resolved (a path and its inline copy hash alike)."""
         content = self.model_dump(mode="json")
         if content.get("evaluate") is None:
             content.pop("evaluate", None)  # pretraining specs hash as they did before evaluate existed
+        # The objective says how results are read, not what runs: changing it must not make a new sweep.
+        content.pop("objective", None)
         content["base"] = self.base_config_dict()
         content["parameters"] = [[key, value] for key, value in self.parameters.items()]  # order names trials
         canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), default=str)

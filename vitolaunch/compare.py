@@ -1,0 +1,126 @@
+"""`vitolaunch compare`: the trials of one or more sweeps, ranked by the objective, as a rich table.
+
+Reads through any RunQueries (the sqlite reader without MLflow, or the Registry for a tracking server) and
+asks the scheduler for the states of trials MLflow still calls active, like `status`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from vitolaunch.errors import VitolaunchError
+from vitolaunch.registry import RunQueries, RunRecord
+from vitolaunch.results import GroupRow, Ranking, ResultRow, rank, ranking_of, result_row, swept_keys
+from vitolaunch.states import observe_trials
+
+
+@dataclass
+class Comparison:
+    sweeps: list[RunRecord]
+    ranking: Ranking
+    rows: list[ResultRow]  # ranked, best first
+    problems: list[str]  # what kept the scheduler from vouching for a state
+
+
+def collect(reader: RunQueries, names: Sequence[str]) -> Comparison:
+    sweeps = []
+    for name in names:
+        sweep = reader.sweep_of(reader.resolve(name))
+        if sweep.run_id not in {s.run_id for s in sweeps}:
+            sweeps.append(sweep)
+    rankings = {ranking_of(s) for s in sweeps}
+    ranking = ranking_of(sweeps[0])
+    if len(rankings) > 1:
+        listed = ", ".join(f"{s.sweep}: {ranking_of(s).metric} {ranking_of(s).mode}" for s in sweeps)
+        raise VitolaunchError(f"these sweeps rank their trials differently ({listed}): compare them one at a time")
+    trials_of = {s.run_id: reader.trials(s) for s in sweeps}
+    observed = observe_trials([t for trials in trials_of.values() for t in trials])
+    rows = [result_row(s, t, observed.states[t.run_id].value, ranking) for s in sweeps for t in trials_of[s.run_id]]
+    return Comparison(sweeps, ranking, rank(rows, ranking), observed.problems)
+
+
+_STYLE = {"COMPLETED": "green", "RUNNING": "cyan", "QUEUED": "blue", "FAILED": "red", "CANCELLED": "magenta",
+          "INTERRUPTED": "yellow", "UNKNOWN": "dim", "STALLED": "bold yellow"}
+
+
+def _short(metric: str) -> str:
+    return metric.removeprefix("eval/")
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _metric_columns(metrics: Sequence[str], ranking: Ranking, limit: int = 6) -> list[str]:
+    """The objective, then the others: the random-init baselines and rarer evals after the headline ones."""
+    others = sorted((m for m in metrics if m != ranking.metric), key=lambda m: ("random_init" in m, m))
+    return [ranking.metric, *others[: limit - 1]]
+
+
+def _title(comparison: Comparison, grouped: str | None) -> str:
+    names = ", ".join(s.sweep for s in comparison.sweeps)
+    better = "higher" if comparison.ranking.mode == "max" else "lower"
+    folded = f"; mean ± std over {grouped}" if grouped else ""
+    return f"{names}: ranked by {comparison.ranking.metric} ({better} is better){folded}"
+
+
+def render_trials(comparison: Comparison):
+    from rich.table import Table
+
+    rows, ranking = comparison.rows, comparison.ranking
+    params = swept_keys(rows)
+    metrics = _metric_columns(sorted({k for r in rows for k in r.metrics} | {ranking.metric}), ranking)
+    several = len(comparison.sweeps) > 1
+    table = Table(title=_title(comparison, None), header_style="bold", caption=_caption(comparison),
+                  caption_justify="left")
+    for column in ["#", *(["sweep"] if several else []), "trial", "run id", *params, "state", *map(_short, metrics)]:
+        table.add_column(column, no_wrap=True, justify="right" if column in map(_short, metrics) else "left")
+    for position, row in enumerate(rows, 1):
+        cells = [str(position) if row.objective is not None else "-", *([row.sweep] if several else []),
+                 f"{row.index:03d}", row.run_id[:12], *(str(row.params.get(k, "-")) for k in params),
+                 f"[{_STYLE.get(row.state, '')}]{row.state}[/]",
+                 *(_num(row.objective if m == ranking.metric else row.metrics.get(m)) for m in metrics)]
+        if position == 1 and row.objective is not None:
+            cells[0] = "[bold green]1[/]"
+        table.add_row(*cells)
+    return table
+
+
+def render_groups(comparison: Comparison, groups: Sequence[GroupRow]):
+    from rich.table import Table
+
+    ranking = comparison.ranking
+    params = list(dict.fromkeys(k for g in groups for k in g.params))
+    metrics = _metric_columns(sorted({k for g in groups for k in g.metrics} | {ranking.metric}), ranking, limit=4)
+    several = len(comparison.sweeps) > 1
+    folded = groups[0].folded if groups else None
+    table = Table(title=_title(comparison, folded), header_style="bold", caption=_caption(comparison),
+                  caption_justify="left")
+    for column in ["#", *(["sweep"] if several else []), *params, "n", "states", *map(_short, metrics)]:
+        table.add_column(column, no_wrap=True)
+    for position, g in enumerate(groups, 1):
+        stats = [g.objective if m == ranking.metric else g.metrics.get(m) for m in metrics]
+        table.add_row(
+            str(position) if g.objective.mean is not None else "-", *([g.sweep] if several else []),
+            *(str(g.params.get(k, "-")) for k in params), str(g.count),
+            " ".join(f"[{_STYLE.get(s, '')}]{n} {s}[/]" for s, n in sorted(g.states.items())),
+            *(_stat_text(s) for s in stats),
+        )
+    return table
+
+
+def _stat_text(stat) -> str:
+    if stat is None or stat.mean is None:
+        return "-"
+    spread = f" ± {stat.std:.4f}" if stat.std is not None else ""
+    return f"{stat.mean:.4f}{spread} (n={stat.count})"
+
+
+def _caption(comparison: Comparison) -> str | None:
+    lines = [f"[yellow]{p}: states it cannot vouch for show as UNKNOWN[/]" for p in comparison.problems]
+    waiting = sum(1 for r in comparison.rows if r.objective is None)
+    if waiting:
+        lines.append(f"{waiting} trial(s) have no {comparison.ranking.metric} yet "
+                     "(still running, or ended before the evaluation)")
+    return "\n".join(lines) or None

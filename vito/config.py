@@ -90,6 +90,9 @@ class ModelConfig(_Section):
     proj_hidden: int = Field(4096, ge=1)
     proj_dim: int = Field(256, ge=1)
     pred_hidden: int = Field(4096, ge=1)
+    # Batch norm in the projector/predictor heads over the global batch: each rank's own statistics describe
+    # only its shard, while the loss contrasts against every rank's keys. One small all-reduce per BN layer.
+    sync_bn_heads: bool = False
 
     @model_validator(mode="after")
     def _scales_unique(self) -> "ModelConfig":
@@ -126,7 +129,19 @@ class TrainConfig(_Section):
     seed: int = 0
     log_every: int = Field(5, ge=1)
     zero_stage: Literal[0, 1, 2] = 0
+    # bf16: fp32 master weights (and fp32 EMA target, fp32 gradient all-reduce) with the forward passes under
+    # torch.autocast(bfloat16). fp32: no autocast; the path every CPU test runs.
     precision: Literal["fp32", "bf16"] = "fp32"
+    # Ranks agree on a stop request (preemption warning, cancel) every this many steps: the all-reduce and
+    # its host sync stall the GPU's queue. Rule: stop_check_every x step time + one checkpoint save must fit
+    # in the scheduler's warning (USR2 120 s before the limit; a cancel's grace is 10 s locally), e.g.
+    # 10 x 0.4 s on a GPU, 10 x <0.3 s for the CPU test models.
+    stop_check_every: int = Field(10, ge=1)
+    # torch.compile the model (inductor on CUDA). The first steps (compilation) are left out of pairs/s.
+    compile: bool = False
+    # CUDA: deterministic cuDNN/cuBLAS kernels and no cudnn.benchmark, for bitwise-equal resume on a GPU
+    # (slower). The CPU path is deterministic already.
+    deterministic: bool = False
 
 
 class CheckpointConfig(_Section):

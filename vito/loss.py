@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -21,8 +23,13 @@ def info_nce(query: Tensor, key: Tensor, temperature: float, positive_offset: in
         raise ValueError(f"info_nce expects (B, D) and (N, D) tensors, got {tuple(query.shape)} and {tuple(key.shape)}")
     if positive_offset + query.shape[0] > key.shape[0]:
         raise ValueError(f"positives {positive_offset}..{positive_offset + query.shape[0]} outside the {key.shape[0]} keys")
-    q = F.normalize(query.float(), dim=1)
-    k = F.normalize(key.float(), dim=1)
-    logits = q @ k.T / temperature
-    targets = torch.arange(q.shape[0], device=q.device) + positive_offset
-    return F.cross_entropy(logits, targets)
+    # Under the trainer's bf16 autocast the matmul below would run in bf16 despite the .float(): switch it off
+    # (on devices that have autocast at all: meta tensors, used to count FLOPs, do not).
+    device_type = query.device.type
+    no_autocast = torch.autocast(device_type, enabled=False) if torch.amp.is_autocast_available(device_type) else nullcontext()
+    with no_autocast:
+        q = F.normalize(query.float(), dim=1)
+        k = F.normalize(key.float(), dim=1)
+        logits = q @ k.T / temperature
+        targets = torch.arange(q.shape[0], device=q.device) + positive_offset
+        return F.cross_entropy(logits, targets)

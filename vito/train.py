@@ -25,9 +25,10 @@ from vito.data.manifest import VideoRecord, read_manifest
 from vito.data.pairs import build_pair_loader
 from vito.data.synthetic import ensure_synthetic_videos
 from vito.distributed import DistInfo, all_agree, init_distributed, mean_across_ranks
+from vito.engine import COMPILE_WARMUP_STEPS, autocast, build_engine, to_device
 from vito.metrics import TAG_CHECKPOINT_FAILED_STEP, TAG_RESUMED_FROM_STEP, MetricsLogger
 from vito.model import VitoModel, ema_momentum
-from vito.optim import build_optimizer, learning_rate
+from vito.optim import learning_rate
 
 log = logging.getLogger(__name__)
 
@@ -76,26 +77,6 @@ class _LoopClock:
         return {"steps_per_s": self.steps / elapsed, "data_wait_frac": self.data_wait / elapsed}
 
 
-def deepspeed_config(cfg: VitoConfig, world_size: int) -> dict[str, Any]:
-    global_batch = cfg.data.batch_size
-    if global_batch % world_size:
-        raise ValueError(f"data.batch_size={global_batch} is not divisible by the {world_size} ranks of this trial")
-    config: dict[str, Any] = {
-        "train_batch_size": global_batch,
-        "train_micro_batch_size_per_gpu": global_batch // world_size,
-        "gradient_accumulation_steps": 1,
-        "zero_optimization": {"stage": cfg.train.zero_stage},
-        # We pass a torch optimizer object (LARS/AdamW): naming one here would compile DeepSpeed's own.
-        "zero_allow_untested_optimizer": True,
-        "steps_per_print": 10**9,
-        "wall_clock_breakdown": False,
-    }
-    if cfg.train.precision == "bf16":
-        config["bf16"] = {"enabled": True}
-        config["data_types"] = {"buffer_dtype": "bf16"}  # BatchNorm buffers must follow, or bf16 fails
-    return config
-
-
 def load_training_videos(cfg: VitoConfig, data_root: str, dist_info: DistInfo) -> list[VideoRecord]:
     if cfg.data.source != "synthetic":
         return read_manifest(cfg.data.source)
@@ -110,20 +91,12 @@ def load_training_videos(cfg: VitoConfig, data_root: str, dist_info: DistInfo) -
 
 class Trainer:
     def __init__(self, cfg: VitoConfig, ctx: RunContext):
-        import deepspeed
-
         self.cfg = cfg
         self.ctx = ctx
         self.dist = init_distributed()
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         self.videos = load_training_videos(cfg, ctx.data_root, self.dist)
-        model = VitoModel(cfg.model, cfg.loss)
-        optimizer = build_optimizer(model.named_online_parameters(), cfg.optim, cfg.data.batch_size)
-        self.engine, self.optimizer, _, _ = deepspeed.initialize(
-            model=model, optimizer=optimizer, config=deepspeed_config(cfg, self.dist.world_size)
-        )
-        if cfg.train.precision == "bf16":
-            self.model.keep_target_fp32()
+        self.engine, self.optimizer = build_engine(cfg, self.dist)
         torch.manual_seed(cfg.train.seed + 1 + self.dist.rank)
         store = CheckpointStore(ctx.checkpoint_uri, ctx.storage_options)
         if self.dist.is_main:
@@ -153,10 +126,10 @@ class Trainer:
 
     def _train_step(self, step: int, view_a: torch.Tensor, view_b: torch.Tensor) -> dict[str, torch.Tensor]:
         lr = self._set_learning_rate(step)
-        dtype = torch.bfloat16 if self.cfg.train.precision == "bf16" else torch.float32
-        view_a = view_a.to(self.dist.device, dtype, non_blocking=True)
-        view_b = view_b.to(self.dist.device, dtype, non_blocking=True)
-        losses = self.engine(view_a, view_b)
+        view_a = to_device(view_a, self.dist.device)
+        view_b = to_device(view_b, self.dist.device)
+        with autocast(self.cfg, self.dist.device):  # forward only: backward follows the forward's dtypes
+            losses = self.engine(view_a, view_b)
         self.engine.backward(losses["loss"])
         self.engine.step()
         momentum = ema_momentum(step, self.cfg.train.steps, self.cfg.ema)
@@ -182,6 +155,7 @@ class Trainer:
             self.metrics.set_tags({TAG_RESUMED_FROM_STEP: str(start)})
         batches = self.batches(start)
         window, total = _LoopClock(), _LoopClock()
+        self._warmup_left = COMPILE_WARMUP_STEPS if cfg.train.compile else 0
         step = start
         while step < cfg.train.steps:
             with window.waiting_for_data(), total.waiting_for_data():
@@ -190,10 +164,17 @@ class Trainer:
             step += 1
             window.steps += 1
             total.steps += 1
+            if self._warmup_left:
+                self._warmup_left -= 1
+                if not self._warmup_left:  # compilation done: throughput counts from here
+                    window, total = _LoopClock(), _LoopClock()
             if step % cfg.train.log_every == 0 or step == cfg.train.steps:
                 self._log_progress(step, out, window)
                 window = _LoopClock()
-            stop = all_agree(self.ctx.stop_requested(), self.dist.device)
+            # The agreement is a collective plus a host sync that drains the GPU's queue: every
+            # train.stop_check_every steps (and at the end), the same steps on every rank.
+            check_stop = step % cfg.train.stop_check_every == 0 or step == cfg.train.steps
+            stop = check_stop and all_agree(self.ctx.stop_requested(), self.dist.device)
             if step == cfg.train.steps or stop:
                 self.checkpoints.save(step, {"step": step, "config": cfg.to_dict()})
             elif step % cfg.checkpoint.every_steps == 0:
@@ -247,14 +228,13 @@ class Trainer:
             return
         values = {f"train/{k.replace('/', '_')}": v for k, v in losses.items()}
         values.update(skips)  # data/skipped_videos, data/skipped_samples
-        timing = clock.summary()
-        values.update({
-            "train/lr": out["lr"],
-            "train/ema_momentum": out["ema_momentum"],
-            "train/pairs_per_s": timing["steps_per_s"] * self.cfg.data.batch_size,
-            "train/data_wait_frac": timing["data_wait_frac"],
-            "train/step": step,
-        })
+        values.update({"train/lr": out["lr"], "train/ema_momentum": out["ema_momentum"], "train/step": step})
+        if not getattr(self, "_warmup_left", 0) and clock.steps:  # no throughput from compilation steps
+            timing = clock.summary()
+            values.update({
+                "train/pairs_per_s": timing["steps_per_s"] * self.cfg.data.batch_size,
+                "train/data_wait_frac": timing["data_wait_frac"],
+            })
         self.metrics.log(step, values)
         self.metrics.flush()
         log.info("step %d/%d loss %.4f", step, self.cfg.train.steps, values["train/loss"])

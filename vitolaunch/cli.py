@@ -72,7 +72,7 @@ def main() -> None:
 @TRACKING_OPTION
 def sweep(spec_file: str, overrides: tuple[str, ...], dry_run: bool, retry_failed: bool, tracking_uri: str | None) -> None:
     """Submit the trials of SPEC_FILE and return; trials already running or finished are skipped."""
-    from vitolaunch.spec import check_trials_fit_resources, expand, load_spec, resolve_cluster
+    from vitolaunch.spec import check_early_stop, check_trials_fit_resources, expand, load_spec, resolve_cluster
 
     spec = load_spec(spec_file, overrides)
     trials = expand(spec)  # every trial validated before anything is submitted
@@ -84,6 +84,7 @@ def sweep(spec_file: str, overrides: tuple[str, ...], dry_run: bool, retry_faile
         if plan.experiment is not None:  # recorded next to the runs it evaluates
             spec = spec.model_copy(update={"tracking": spec.tracking.model_copy(update={"experiment": plan.experiment})})
     check_trials_fit_resources(spec, trials)
+    check_early_stop(spec, trials)
     console = _console()
     if dry_run:
         from vitolaunch.plan import render_plan
@@ -107,6 +108,7 @@ def sweep(spec_file: str, overrides: tuple[str, ...], dry_run: bool, retry_faile
         "running": "already queued or running: skipped",
         "finished": "already finished: skipped",
         "failed": "failed earlier: skipped (use --retry-failed, or vitolaunch resume RUN_ID)",
+        "pruned": "pruned by early stopping: skipped (vitolaunch resume RUN_ID continues it)",
     }
     for outcome in report.outcomes:
         params = " ".join(f"{k}={v}" for k, v in outcome.trial.params.items())
@@ -223,7 +225,7 @@ def resume(run_id: str, tracking_uri: str | None) -> None:
     resumed = launcher.resume(run_id)
     console = _console()
     if not resumed:
-        console.print("nothing to resume: every trial is running or finished")
+        console.print("nothing to resume: every trial is running, finished or pruned (a pruned trial resumes by its run id)")
     for record in resumed:
         console.print(f"resumed run {record.run_id} ({record.name}) as job {record.tags.get(TAG_JOB_ID)}")
 

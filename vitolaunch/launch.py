@@ -24,11 +24,14 @@ from vitolaunch.records import (
     KIND_TRIAL,
     TAG_BACKEND,
     TAG_CHECKPOINT,
+    TAG_EARLY_STOP,
     TAG_GIT_COMMIT,
     TAG_JOB_ID,
     TAG_LOG_DIR,
     TAG_NOTE,
     TAG_PRETRAIN_RUN,
+    TAG_PRUNE_OVERRIDDEN,
+    TAG_PRUNED_AT_STEP,
     TAG_RESOURCES,
     TAG_SCRATCH,
     TAG_SPEC_HASH,
@@ -46,7 +49,7 @@ from vitolaunch.records import (
 )
 from vitolaunch.registry import NewTrialRun, Registry, RunRecord
 from vitolaunch.resources import Resources, resolve_cluster
-from vitolaunch.spec import SweepSpec, Trial
+from vitolaunch.spec import SweepSpec, Trial, check_early_stop
 from vitolaunch.states import TrialState, trial_states
 from vitolaunch.workspace import Workspace, quiet_mlflow_environment
 
@@ -63,6 +66,7 @@ class Action(str, enum.Enum):
     RUNNING = "running"  # already queued or running: skipped
     FINISHED = "finished"  # already finished: skipped
     FAILED = "failed"  # failed earlier, not retried: skipped
+    PRUNED = "pruned"  # stopped by early stopping: skipped (`vitolaunch resume RUN_ID` continues it)
 
     @property
     def queues_a_job(self) -> bool:
@@ -144,6 +148,8 @@ def _action_for_existing(state: TrialState, retry_failed: bool) -> Action:
         return Action.RUNNING
     if state is TrialState.COMPLETED:
         return Action.FINISHED
+    if state is TrialState.PRUNED:  # stopped on purpose: a re-sweep must not undo early stopping
+        return Action.PRUNED
     return Action.RESUBMITTED if retry_failed else Action.FAILED
 
 
@@ -187,6 +193,7 @@ class Launcher:
         )
         _check_storage(target.checkpoint_root, target.storage_options)
         _check_data(trials)
+        check_early_stop(spec, trials)
         return target
 
     def _find_or_create_sweep(self, spec: SweepSpec, target: _SweepTarget) -> RunRecord:
@@ -240,6 +247,8 @@ class Launcher:
         }
         if target.scratch:
             common_tags[TAG_SCRATCH] = target.scratch
+        if spec.early_stop is not None:
+            common_tags[TAG_EARLY_STOP] = spec.early_stop.to_record()
         commit = _git_commit(spec.folder)
         if commit:
             common_tags[TAG_GIT_COMMIT] = commit
@@ -267,11 +276,12 @@ class Launcher:
     def _queue(self, spec: SweepSpec, target: _SweepTarget, outcomes: list[TrialOutcome]) -> None:
         if not outcomes:
             return
+        early_stop = spec.early_stop.to_record() if spec.early_stop is not None else None
         queued = [
             _QueuedJob(
                 run_id=o.run_id,
                 name=trial_job_name(spec.name, o.trial.index, o.trial.key),
-                job=self._job(o.run_id, spec.task, o.trial.config.to_dict(), o.checkpoint_uri, target),
+                job=self._job(o.run_id, spec.task, o.trial.config.to_dict(), o.checkpoint_uri, target, early_stop),
             )
             for o in outcomes
         ]
@@ -285,7 +295,9 @@ class Launcher:
             return configured
         return str(self.workspace.scratch_root)
 
-    def _job(self, run_id: str, task: Task, config: dict, checkpoint_uri: str, target: _SweepTarget) -> TrialJob:
+    def _job(
+        self, run_id: str, task: Task, config: dict, checkpoint_uri: str, target: _SweepTarget, early_stop: str | None = None
+    ) -> TrialJob:
         resources = target.resources
         return TrialJob(
             run_id=run_id,
@@ -299,6 +311,7 @@ class Launcher:
             max_timeouts=resources.retries.timeout,
             max_crashes=resources.retries.crash,
             storage_options=target.storage_options,
+            early_stop=early_stop,
         )
 
     def _submit(
@@ -327,7 +340,9 @@ class Launcher:
         target = self.registry.resolve(run_or_sweep)
         trials = self.registry.trials(target) if target.kind == KIND_SWEEP else [target]
         states = trial_states(trials)
-        runnable = [t for t in trials if not states[t.run_id].is_active and states[t.run_id] is not TrialState.COMPLETED]
+        # A sweep's pruned trials were stopped on purpose: only naming one resumes it (see _resumed_early_stop).
+        skipped = (TrialState.COMPLETED, TrialState.PRUNED) if target.kind == KIND_SWEEP else (TrialState.COMPLETED,)
+        runnable = [t for t in trials if not states[t.run_id].is_active and states[t.run_id] not in skipped]
         if target.kind == KIND_TRIAL and not runnable:
             state = states[target.run_id]
             raise VitolaunchError(
@@ -340,6 +355,7 @@ class Launcher:
         for trial in runnable:
             where = tuple(trial.tags.get(tag, "") for tag in (TAG_BACKEND, TAG_RESOURCES, TAG_STORAGE_OPTIONS, TAG_SCRATCH))
             groups.setdefault(where, []).append(trial)
+        early_stop = {t.run_id: self._resumed_early_stop(t, states[t.run_id]) for t in runnable}
         for group in groups.values():
             target = self._recorded_target(group[0])
             target.backend.check(target.resources)
@@ -347,13 +363,24 @@ class Launcher:
                 _QueuedJob(
                     run_id=t.run_id,
                     name=trial_job_name(t.sweep, t.trial_index, t.trial_key),
-                    job=self._job(t.run_id, _task_of(t), self.registry.config_of(t), t.tags[TAG_CHECKPOINT], target),
+                    job=self._job(t.run_id, _task_of(t), self.registry.config_of(t), t.tags[TAG_CHECKPOINT], target,
+                                  early_stop[t.run_id]),
                 )
                 for t in group
             ]
             self._submit(target.backend, target.resources, group[0].sweep, queued)
             resubmitted.extend(self.registry.get(t.run_id) for t in group)
         return resubmitted
+
+    def _resumed_early_stop(self, trial: RunRecord, state: TrialState) -> str | None:
+        """The early-stopping rule a resumed trial applies: its sweep's, unless it is a pruned trial resumed by
+        name. That overrides the rule for it (tagged, so later resumes and `status` know): it runs to the end."""
+        if state is TrialState.PRUNED:
+            self.registry.set_tags(trial.run_id, {TAG_PRUNE_OVERRIDDEN: f"resumed at step {trial.tags.get(TAG_PRUNED_AT_STEP)}"})
+            return None
+        if TAG_PRUNE_OVERRIDDEN in trial.tags:
+            return None
+        return trial.tags.get(TAG_EARLY_STOP)
 
     @staticmethod
     def _recorded_target(trial: RunRecord) -> _SweepTarget:

@@ -51,6 +51,19 @@ TAG_PRETRAIN_RUN = "vitolaunch.pretrain_run_id"  # on an evaluation trial: the t
 TAG_EVALUATED_STEP = "vitolaunch.evaluated_step"  # on an evaluation trial: the checkpoint step it evaluated
 TAG_EVALUATED_BY_PREFIX = "vitolaunch.evaluated_by."  # + evaluation run id, on the pretraining trial
 
+# -- early stopping (vitolaunch.early_stop): decided by each trial at its rungs --------------------------
+TAG_EARLY_STOP = "vitolaunch.early_stop"  # JSON: the rule a trial applies at its rungs (spec early_stop), set at submit
+TAG_RUNG_PREFIX = "vitolaunch.rung."  # + rung step: the decision taken there, in words (continue or prune, and why)
+TAG_PRUNED_AT_STEP = "vitolaunch.pruned_at_step"  # stopped by early stopping, checkpoint committed there: PRUNED
+TAG_PRUNE_DECISION = "vitolaunch.prune_decision"  # JSON: rung, metric, mode, value, threshold, compared_with, keep
+TAG_PRUNE_OVERRIDDEN = "vitolaunch.prune_overridden"  # a pruned trial resumed by hand: no more early stopping for it
+
+
+def rung_metric(metric: str, rung: int) -> str:
+    """The metric a trial logs at a rung, a copy of `metric` at that step: siblings read all of them in one search."""
+    return f"early_stop/rung_{rung}/{metric}"
+
+
 # -- MLflow's own tags, which vitolaunch sets or reads ------------------------------------------------
 TAG_PARENT = "mlflow.parentRunId"
 TAG_NOTE = "mlflow.note.content"  # the run's description in the MLflow UI

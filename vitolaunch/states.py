@@ -21,6 +21,8 @@ from vitolaunch.records import (
     TAG_JOB_ID,
     TAG_JOB_STARTED_AT,
     TAG_LOG_DIR,
+    TAG_PRUNE_OVERRIDDEN,
+    TAG_PRUNED_AT_STEP,
     TAG_STOPPED_AT_STEP,
     RunStatus,
 )
@@ -46,6 +48,7 @@ class TrialState(str, enum.Enum):
     INTERRUPTED = "INTERRUPTED"  # stopped without finishing: `vitolaunch resume` continues it
     UNKNOWN = "UNKNOWN"
     STALLED = "STALLED"  # running in the scheduler, but nothing logged for a while
+    PRUNED = "PRUNED"  # stopped by early stopping at a rung, checkpoint kept: `vitolaunch resume` continues it
 
     @property
     def is_active(self) -> bool:
@@ -53,7 +56,8 @@ class TrialState(str, enum.Enum):
 
     @property
     def is_terminal(self) -> bool:
-        return self in (TrialState.COMPLETED, TrialState.FAILED, TrialState.CANCELLED, TrialState.INTERRUPTED)
+        return self in (TrialState.COMPLETED, TrialState.FAILED, TrialState.CANCELLED, TrialState.INTERRUPTED,
+                        TrialState.PRUNED)
 
 
 _FROM_SCHEDULER = {
@@ -74,6 +78,8 @@ def merge_state(record: RunRecord, scheduler: SchedulerState | None) -> TrialSta
         return TrialState.COMPLETED
     if status is RunStatus.FAILED:
         return TrialState.FAILED
+    if status is RunStatus.KILLED and TAG_PRUNED_AT_STEP in record.tags and TAG_PRUNE_OVERRIDDEN not in record.tags:
+        return TrialState.PRUNED
     if status is RunStatus.KILLED:
         return TrialState.INTERRUPTED if TAG_STOPPED_AT_STEP in record.tags else TrialState.CANCELLED
     if scheduler is None:  # queued in MLflow, no job id yet: submission in flight

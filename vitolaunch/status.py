@@ -99,6 +99,7 @@ _STYLE = {
     "INTERRUPTED": "yellow",
     "UNKNOWN": "dim",
     "STALLED": "bold yellow",
+    "PRUNED": "dim yellow",
 }
 
 

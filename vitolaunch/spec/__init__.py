@@ -8,6 +8,7 @@ instantly.
 """
 
 from vitolaunch.resources import Resources, Retries, resolve_cluster
+from vitolaunch.spec.early_stop import EarlyStop, check_early_stop
 from vitolaunch.spec.expand import Trial, check_trials_fit_resources, expand
 from vitolaunch.spec.load import load_spec
 from vitolaunch.spec.locate import DocPath, Locator
@@ -18,6 +19,7 @@ __all__ = [
     "ZIP_KEY",
     "Axis",
     "DocPath",
+    "EarlyStop",
     "EvaluateTargets",
     "Locator",
     "RandomDistribution",
@@ -27,6 +29,7 @@ __all__ = [
     "SweepSpec",
     "Tracking",
     "Trial",
+    "check_early_stop",
     "check_trials_fit_resources",
     "expand",
     "load_spec",

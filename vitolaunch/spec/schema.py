@@ -25,6 +25,7 @@ from vito.config import VitoConfig
 from vitolaunch.errors import SpecError
 from vitolaunch.resources import Resources
 from vitolaunch.spec.base import resolve_base
+from vitolaunch.spec.early_stop import EarlyStop
 from vitolaunch.spec.locate import DocPath, Locator, did_you_mean, dotted
 from vitolaunch.spec.parameters import Axis, parse_parameters
 from vitolaunch.spec.vito_keys import VITO_LEAVES, VITO_SECTIONS
@@ -89,6 +90,7 @@ class SweepSpec(_Strict):
     storage: Storage = Storage()
     tracking: Tracking = Tracking()
     evaluate: EvaluateTargets | None = None  # task: evaluate only (see vitolaunch/evaluate_targets.py)
+    early_stop: EarlyStop | None = None  # asynchronous successive halving (see vitolaunch/early_stop.py)
     source_file: str | None = Field(None, exclude=True)
 
     _locator: Locator = PrivateAttr(default_factory=Locator)
@@ -157,6 +159,8 @@ class SweepSpec(_Strict):
         content = self.model_dump(mode="json")
         if content.get("evaluate") is None:
             content.pop("evaluate", None)  # pretraining specs hash as they did before evaluate existed
+        if content.get("early_stop") is None:
+            content.pop("early_stop", None)  # likewise for specs without early stopping
         content["base"] = self.base_config_dict()
         content["parameters"] = [[key, value] for key, value in self.parameters.items()]  # order names trials
         canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), default=str)

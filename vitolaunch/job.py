@@ -31,6 +31,7 @@ from vitolaunch.records import (
     TAG_SLURM_JOB_ID,
     TAG_SLURM_RESTART_COUNT,
     TAG_STOPPED_AT_STEP,
+    TAG_TARGET_ENDED,
     TAG_TERMINATED_AT_STEP,
     RunStatus,
     set_run_status,
@@ -59,6 +60,8 @@ class TrialJob:
     max_crashes: int = 0
     # The sweep's early-stopping rule (records.TAG_EARLY_STOP's JSON), applied by rank 0 at its rungs; None: off.
     early_stop: str | None = None
+    # An evaluation submitted while its pretraining run still trains: wait for that run (vitolaunch.chaining).
+    wait_for_run: str | None = None
     _stop: bool = field(default=False, repr=False)
     _terminated: bool = field(default=False, repr=False)  # SIGTERM: stop, and leave requeueing to the scheduler
 
@@ -90,6 +93,8 @@ class TrialJob:
 
         cfg = VitoConfig.model_validate(self.config)
         tracking = MetricsLogger(self.tracking_uri, self.run_id, enabled=rank == 0)
+        if self.wait_for_run and not self._target_finished(tracking):
+            return {"step": 0, "completed": False}
         _queue_status(tracking, RunStatus.RUNNING)
         tracking.set_tags(_job_tags())
         context = RunContext(
@@ -156,6 +161,19 @@ class TrialJob:
             tracking.set_tags({TAG_STOPPED_AT_STEP: str(result.step)})
             _queue_status(tracking, RunStatus.KILLED)
         return {"step": result.step, "completed": result.completed, **result.evaluation}
+
+    def _target_finished(self, tracking) -> bool:
+        """Wait for the pretraining run this evaluation needs; False (recorded, tracking closed) if it never finishes."""
+        from vitolaunch.chaining import wait_for_target
+
+        reason = wait_for_target(self.tracking_uri, self.wait_for_run)
+        if not reason:
+            return True
+        log.warning("%s", reason)
+        tracking.set_tags({TAG_TARGET_ENDED: reason[:500]})
+        _queue_status(tracking, RunStatus.KILLED)
+        tracking.close()
+        return False
 
     def _rung_judge(self, tracking):
         """Early stopping's decision at the rungs (every rank knows the rungs; only rank 0's judge is asked)."""

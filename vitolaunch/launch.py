@@ -43,6 +43,7 @@ from vitolaunch.records import (
     TAG_TOTAL_STEPS,
     TAG_TRIAL_INDEX,
     TAG_TRIAL_KEY,
+    TAG_WAITS_FOR_RUN,
     RunStatus,
     trial_job_name,
     trial_run_name,
@@ -97,6 +98,7 @@ class _QueuedJob:
     run_id: str
     name: str  # records.trial_job_name
     job: TrialJob
+    after: str | None = None  # a job id of the same scheduler this one may start only once it succeeded
 
 
 @dataclass(frozen=True)
@@ -168,10 +170,17 @@ class Launcher:
         self.tracking_uri = workspace.tracking_uri_or_default(tracking_uri)
         workspace.root.mkdir(parents=True, exist_ok=True)
         self.registry = Registry(self.tracking_uri, workspace.artifact_root)
+        self._waits_for: dict[str, RunRecord] = {}  # of the sweep being submitted (submit_sweep)
 
     # -- sweep -----------------------------------------------------------------------------------
-    def submit_sweep(self, spec: SweepSpec, trials: Sequence[Trial], retry_failed: bool = False) -> SweepReport:
-        """Record every trial of the sweep in MLflow, then queue the ones that need a job; returns at once."""
+    def submit_sweep(
+        self, spec: SweepSpec, trials: Sequence[Trial], retry_failed: bool = False, waits_for: dict[str, RunRecord] | None = None
+    ) -> SweepReport:
+        """Record every trial of the sweep in MLflow, then queue the ones that need a job; returns at once.
+
+        `waits_for`: trial key -> the pretraining trial an evaluation trial waits for (evaluate_targets.EvaluatePlan).
+        """
+        self._waits_for = waits_for or {}
         target = self._preflight(spec, trials)
         sweep = self._find_or_create_sweep(spec, target)
         outcomes = self._classify(spec, sweep, trials, target, retry_failed)
@@ -253,6 +262,9 @@ class Launcher:
         if commit:
             common_tags[TAG_GIT_COMMIT] = commit
         runs = [self._new_trial_run(spec, outcome, common_tags) for outcome in new]
+        for outcome, run in zip(new, runs):
+            if outcome.trial.key in self._waits_for:
+                run.tags[TAG_WAITS_FOR_RUN] = self._waits_for[outcome.trial.key].run_id
         for outcome, run_id in zip(new, self.registry.create_trials(sweep, runs)):
             outcome.run_id = run_id
 
@@ -277,14 +289,16 @@ class Launcher:
         if not outcomes:
             return
         early_stop = spec.early_stop.to_record() if spec.early_stop is not None else None
-        queued = [
-            _QueuedJob(
-                run_id=o.run_id,
-                name=trial_job_name(spec.name, o.trial.index, o.trial.key),
-                job=self._job(o.run_id, spec.task, o.trial.config.to_dict(), o.checkpoint_uri, target, early_stop),
-            )
-            for o in outcomes
-        ]
+        queued = []
+        for o in outcomes:
+            job = self._job(o.run_id, spec.task, o.trial.config.to_dict(), o.checkpoint_uri, target, early_stop)
+            pretraining = self._waits_for.get(o.trial.key)
+            after = None
+            if pretraining is not None:
+                job.wait_for_run = pretraining.run_id
+                if target.backend.name == "slurm" and pretraining.tags.get(TAG_BACKEND) == "slurm":
+                    after = pretraining.tags.get(TAG_JOB_ID)
+            queued.append(_QueuedJob(o.run_id, trial_job_name(spec.name, o.trial.index, o.trial.key), job, after))
         handles = self._submit(target.backend, target.resources, spec.name, queued)
         for outcome, handle in zip(outcomes, handles):
             outcome.job_id = handle.job_id
@@ -296,7 +310,8 @@ class Launcher:
         return str(self.workspace.scratch_root)
 
     def _job(
-        self, run_id: str, task: Task, config: dict, checkpoint_uri: str, target: _SweepTarget, early_stop: str | None = None
+        self, run_id: str, task: Task, config: dict, checkpoint_uri: str, target: _SweepTarget,
+        early_stop: str | None = None, wait_for_run: str | None = None,
     ) -> TrialJob:
         resources = target.resources
         return TrialJob(
@@ -312,6 +327,7 @@ class Launcher:
             max_crashes=resources.retries.crash,
             storage_options=target.storage_options,
             early_stop=early_stop,
+            wait_for_run=wait_for_run,
         )
 
     def _submit(
@@ -319,8 +335,9 @@ class Launcher:
     ) -> list[JobHandle]:
         """Queue the jobs with the scheduler and record their job ids on their runs."""
         try:
+            kwargs = {"dependencies": [q.after for q in queued]} if any(q.after for q in queued) else {}
             handles = backend.submit(
-                [q.job for q in queued], [q.name for q in queued], resources, self.workspace.log_dir(sweep_name)
+                [q.job for q in queued], [q.name for q in queued], resources, self.workspace.log_dir(sweep_name), **kwargs
             )
         except Exception as problem:
             # Nothing half-submitted: runs we just queued are marked failed, with the reason.
@@ -364,7 +381,7 @@ class Launcher:
                     run_id=t.run_id,
                     name=trial_job_name(t.sweep, t.trial_index, t.trial_key),
                     job=self._job(t.run_id, _task_of(t), self.registry.config_of(t), t.tags[TAG_CHECKPOINT], target,
-                                  early_stop[t.run_id]),
+                                  early_stop[t.run_id], t.tags.get(TAG_WAITS_FOR_RUN)),
                 )
                 for t in group
             ]

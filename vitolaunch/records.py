@@ -64,6 +64,11 @@ def rung_metric(metric: str, rung: int) -> str:
     return f"early_stop/rung_{rung}/{metric}"
 
 
+# -- evaluation chained to pretraining (vitolaunch.chaining) ----------------------------------------------
+TAG_WAITS_FOR_RUN = "vitolaunch.waits_for_run"  # on an evaluation trial: the pretraining run it waits to finish
+TAG_TARGET_ENDED = "vitolaunch.target_ended"  # why an evaluation never ran: its target ended without finishing
+
+
 # -- MLflow's own tags, which vitolaunch sets or reads ------------------------------------------------
 TAG_PARENT = "mlflow.parentRunId"
 TAG_NOTE = "mlflow.note.content"  # the run's description in the MLflow UI

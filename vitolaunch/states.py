@@ -24,6 +24,7 @@ from vitolaunch.records import (
     TAG_PRUNE_OVERRIDDEN,
     TAG_PRUNED_AT_STEP,
     TAG_STOPPED_AT_STEP,
+    TAG_WAITS_FOR_RUN,
     RunStatus,
 )
 from vitolaunch.registry import RunRecord
@@ -85,7 +86,8 @@ def merge_state(record: RunRecord, scheduler: SchedulerState | None) -> TrialSta
     if scheduler is None:  # queued in MLflow, no job id yet: submission in flight
         return TrialState.QUEUED
     if scheduler is SchedulerState.RUNNING and status is RunStatus.SCHEDULED:
-        return TrialState.RUNNING
+        # An evaluation whose job waits for its pretraining run marks itself RUNNING only once that finished.
+        return TrialState.QUEUED if TAG_WAITS_FOR_RUN in record.tags else TrialState.RUNNING
     return _FROM_SCHEDULER[scheduler]
 
 

@@ -49,6 +49,11 @@ class RunContext:
     storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options, e.g. an S3 endpoint
     # The caller's MLflow logger (it owns the run's status); None: the trainer makes and closes its own.
     metrics: MetricsLogger | None = None
+    # Steps at which the trainer asks `consult(step)` (rank 0 only, after that step's metrics are logged) whether
+    # to stop there; a True stops every rank through the same agreement and save as a stop request. What the
+    # answer means (e.g. early stopping) is the caller's business.
+    consult_at: frozenset[int] = frozenset()
+    consult: Callable[[int], bool] = field(default=lambda step: False)
 
 
 @dataclass
@@ -179,8 +184,11 @@ class Trainer:
                 window = _LoopClock()
             # The agreement is a collective plus a host sync that drains the GPU's queue: every
             # train.stop_check_every steps (and at the end), the same steps on every rank.
-            check_stop = step % stop_every == 0 or step == cfg.train.steps
-            stop = check_stop and all_agree(self.ctx.stop_requested(), self.dist.device)
+            consulted = step in self.ctx.consult_at  # the same steps on every rank, like the checks below
+            check_stop = step % stop_every == 0 or step == cfg.train.steps or consulted
+            stop = check_stop and all_agree(
+                self.ctx.stop_requested() or (consulted and self.dist.is_main and self.ctx.consult(step)), self.dist.device
+            )
             if step == cfg.train.steps or stop:
                 self.checkpoints.save(step, {"step": step, "config": cfg.to_dict()})
             elif step % cfg.checkpoint.every_steps == 0:

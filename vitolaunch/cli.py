@@ -72,18 +72,20 @@ def main() -> None:
 @TRACKING_OPTION
 def sweep(spec_file: str, overrides: tuple[str, ...], dry_run: bool, retry_failed: bool, tracking_uri: str | None) -> None:
     """Submit the trials of SPEC_FILE and return; trials already running or finished are skipped."""
-    from vitolaunch.spec import check_trials_fit_resources, expand, load_spec, resolve_cluster
+    from vitolaunch.spec import check_early_stop, check_trials_fit_resources, expand, load_spec, resolve_cluster
 
     spec = load_spec(spec_file, overrides)
-    trials = expand(spec)  # every trial validated before anything is submitted
-    if spec.task == "evaluate":  # (checkpoint x grid): the targets are looked up in MLflow and storage
-        from vitolaunch.evaluate_targets import expand_evaluate
+    then = None
+    if spec.then is not None:  # the evaluation queued after this pretraining, checked before anything is queued
+        from vitolaunch.chained_spec import load_then
 
-        plan = expand_evaluate(spec, trials, _launcher(tracking_uri or spec.tracking.uri).registry)
-        trials = plan.trials
-        if plan.experiment is not None:  # recorded next to the runs it evaluates
-            spec = spec.model_copy(update={"tracking": spec.tracking.model_copy(update={"experiment": plan.experiment})})
+        then = load_then(spec)
+    trials = expand(spec)  # every trial validated before anything is submitted
+    waits_for: dict = {}
+    if spec.task == "evaluate":  # (checkpoint x grid): the targets are looked up in MLflow and storage
+        spec, trials, waits_for = _evaluate_plan(spec, trials, tracking_uri or spec.tracking.uri)
     check_trials_fit_resources(spec, trials)
+    check_early_stop(spec, trials)
     console = _console()
     if dry_run:
         from vitolaunch.plan import render_plan, resource_lines
@@ -97,10 +99,38 @@ def sweep(spec_file: str, overrides: tuple[str, ...], dry_run: bool, retry_faile
         if cluster == "slurm":
             _slurm_dry_run(console, spec, trials)
         console.print(f"dry run: {len(trials)} trials, nothing submitted")
+        if then is not None:
+            console.print(f"then: {then.source_file} would be queued, each evaluation waiting for its pretraining trial")
         return
     _local_note(console, spec.resources, resolve_cluster(spec.resources))
     launcher = _launcher(tracking_uri or spec.tracking.uri)
-    report = launcher.submit_sweep(spec, trials, retry_failed=retry_failed)
+    report = launcher.submit_sweep(spec, trials, retry_failed=retry_failed, waits_for=waits_for)
+    _print_report(console, spec, report)
+    if then is not None:
+        then_trials = expand(then)
+        try:
+            then, then_trials, then_waits = _evaluate_plan(then, then_trials, report.tracking_uri)
+            check_trials_fit_resources(then, then_trials)
+            then_report = _launcher(report.tracking_uri).submit_sweep(then, then_trials, waits_for=then_waits)
+        except VitolaunchError as problem:
+            raise VitolaunchError(f"sweep {spec.name} is queued, but its evaluation {then.source_file} is not: {problem}. "
+                                  f"Fix it, then run `vitolaunch sweep {then.source_file}`") from problem
+        _print_report(console, then, then_report)
+    for line in _next_steps(report):
+        console.print(line, soft_wrap=True)
+
+
+def _evaluate_plan(spec, trials, tracking_uri):
+    """An evaluate spec's trials (checkpoint x grid), the experiment it belongs in, and what its trials wait for."""
+    from vitolaunch.evaluate_targets import expand_evaluate
+
+    plan = expand_evaluate(spec, trials, _launcher(tracking_uri).registry)
+    if plan.experiment is not None:  # recorded next to the runs it evaluates
+        spec = spec.model_copy(update={"tracking": spec.tracking.model_copy(update={"experiment": plan.experiment})})
+    return spec, plan.trials, plan.waits_for
+
+
+def _print_report(console, spec, report) -> None:
     counts: dict[str, int] = {}
     for outcome in report.outcomes:
         counts[outcome.action.value] = counts.get(outcome.action.value, 0) + 1
@@ -112,18 +142,17 @@ def sweep(spec_file: str, overrides: tuple[str, ...], dry_run: bool, retry_faile
         "running": "already queued or running: skipped",
         "finished": "already finished: skipped",
         "failed": "failed earlier: skipped (use --retry-failed, or vitolaunch resume RUN_ID)",
+        "pruned": "pruned by early stopping: skipped (vitolaunch resume RUN_ID continues it)",
     }
     for outcome in report.outcomes:
         params = " ".join(f"{k}={v}" for k, v in outcome.trial.params.items())
         job = f" job {outcome.job_id}" if outcome.job_id else ""
-        trial = outcome.trial
-        console.print(f"  {trial.index:03d} {trial.key[:8]}  run {outcome.run_id}  {params}  {notes[outcome.action.value]}{job}")
+        console.print(f"  {outcome.trial.index:03d} {outcome.trial.key[:8]}  run {outcome.run_id}  {params}  "
+                      f"{notes[outcome.action.value]}{job}")
     queued = counts.get("submitted", 0) + counts.get("resubmitted", 0)
     if queued > spec.resources.array_parallelism:
         console.print(f"at most {spec.resources.array_parallelism} trials run at once (resources.array_parallelism): "
                       "the others are QUEUED until a slot frees")
-    for line in _next_steps(report):
-        console.print(line, soft_wrap=True)
 
 
 def _next_steps(report) -> list[str]:
@@ -305,7 +334,7 @@ def resume(run_id: str, tracking_uri: str | None) -> None:
     resumed = launcher.resume(run_id)
     console = _console()
     if not resumed:
-        console.print("nothing to resume: every trial is running or finished")
+        console.print("nothing to resume: every trial is running, finished or pruned (a pruned trial resumes by its run id)")
     for record in resumed:
         console.print(f"resumed run {record.run_id} ({record.name}) as job {record.tags.get(TAG_JOB_ID)}")
 

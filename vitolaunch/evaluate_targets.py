@@ -2,7 +2,10 @@
 
 A target is a pretraining trial (by run id, or all trials of a sweep by name) or a checkpoint root. Each is
 resolved at submit time, before anything is queued, to its checkpoint root, the committed step to evaluate
-(so the trial key names exactly which weights were evaluated) and the config it was trained with. An
+(so the trial key names exactly which weights were evaluated) and the config it was trained with. A trial still
+queued or running is evaluated at its final step (train.steps, or evaluate.step) once it finishes: the plan's
+`waits_for` says which, and its evaluation trial waits for it (vitolaunch.chaining); the key is the one the
+same evaluation gets after the end. An
 evaluation trial's config is that pretraining config with
 
 - the `eval` section of the evaluate spec (its `base.eval`, defaults filled in) instead of the pretraining one,
@@ -32,6 +35,8 @@ from vitolaunch.registry import Registry, RunRecord
 from vitolaunch.spec import SweepSpec, Trial
 
 CHECKPOINT_KEY = "eval.checkpoint"
+# Trial states (vitolaunch.states.TrialState values) of a target that may still finish: its evaluation waits.
+_STILL_TRAINING = ("QUEUED", "RUNNING", "STALLED", "UNKNOWN")
 
 
 @dataclass
@@ -41,6 +46,7 @@ class Target:
     config: dict[str, Any]  # the pretraining config
     run: RunRecord | None = None  # the pretraining trial, when MLflow knows it
     storage_options: dict[str, Any] = field(default_factory=dict)
+    waits_for: RunRecord | None = None  # a pretraining trial still queued or running: evaluated once it finishes
 
     def params(self) -> dict[str, Any]:
         """What an evaluation trial shows of its target (MLflow params, status table)."""
@@ -99,6 +105,8 @@ class TargetResolver:
         if (config.get("eval") or {}).get("checkpoint"):
             raise VitolaunchError(f"{what} is itself an evaluation: name a pretraining trial or sweep")
         include_unfinished = self.options.include_unfinished if self.options else False
+        if state in _STILL_TRAINING and not include_unfinished:
+            return self._chained(run, config, what)
         if state is not None and state != "COMPLETED" and not include_unfinished:
             raise VitolaunchError(
                 f"{what} is {state}: only finished pretraining trials are evaluated "
@@ -110,6 +118,14 @@ class TargetResolver:
         options = json.loads(run.tags.get(TAG_STORAGE_OPTIONS, "{}"))
         step = _newest_step(uri, options, self.options.step if self.options else None, what)
         return Target(uri, step, config, run, options)
+
+    def _chained(self, run: RunRecord, config: dict[str, Any], what: str) -> Target:
+        """A target still training: its final step (the trial key is then the same once it has finished)."""
+        uri = run.tags.get(TAG_CHECKPOINT)
+        if not uri:
+            raise VitolaunchError(f"{what} has no checkpoint uri tag")
+        step = (self.options.step if self.options else None) or config["train"]["steps"]
+        return Target(uri, step, config, run, json.loads(run.tags.get(TAG_STORAGE_OPTIONS, "{}")), waits_for=run)
 
     def runs(self, reference: str) -> list[Target]:
         from vitolaunch.states import trial_states
@@ -169,6 +185,8 @@ class EvaluatePlan:
     # Where to record the sweep: the experiment of the runs it evaluates when they share one and the spec names
     # none (tracking.experiment); None: the spec's own tracking.experiment.
     experiment: str | None
+    # Evaluation trial key -> the pretraining trial it waits for (targets still queued or running).
+    waits_for: dict[str, RunRecord] = field(default_factory=dict)
 
 
 def expand_evaluate(spec: SweepSpec, grid: list[Trial], registry: Registry) -> EvaluatePlan:
@@ -200,6 +218,7 @@ def expand_evaluate(spec: SweepSpec, grid: list[Trial], registry: Registry) -> E
 
     trials: list[Trial] = []
     seen: set[str] = set()
+    waits_for: dict[str, RunRecord] = {}
     for _, _, target, point in pairs:
         tree = copy.deepcopy(target.config)
         tree["eval"] = copy.deepcopy(eval_section)
@@ -217,6 +236,8 @@ def expand_evaluate(spec: SweepSpec, grid: list[Trial], registry: Registry) -> E
         if key in seen:
             continue  # the same checkpoint named twice (a run and its sweep, say): evaluated once
         seen.add(key)
+        if target.waits_for is not None:
+            waits_for[key] = target.waits_for
         params = {**target.params(), **{k: v for k, v in point.params.items() if k != CHECKPOINT_KEY}}
         trials.append(Trial(index=len(trials), params=params, config=config, key=key))
 
@@ -225,4 +246,4 @@ def expand_evaluate(spec: SweepSpec, grid: list[Trial], registry: Registry) -> E
         experiments = {t.run.experiment_id for t in shared if t.run is not None}
         if len(experiments) == 1:
             experiment = registry.experiment_name(experiments.pop())
-    return EvaluatePlan(trials, experiment)
+    return EvaluatePlan(trials, experiment, waits_for)

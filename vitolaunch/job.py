@@ -31,6 +31,7 @@ from vitolaunch.records import (
     TAG_SLURM_JOB_ID,
     TAG_SLURM_RESTART_COUNT,
     TAG_STOPPED_AT_STEP,
+    TAG_TARGET_ENDED,
     TAG_TERMINATED_AT_STEP,
     RunStatus,
     set_run_status,
@@ -57,6 +58,10 @@ class TrialJob:
     # Requeues by cause on SLURM (vitolaunch.backends.slurm_retry); preemption always requeues.
     max_timeouts: int = 0
     max_crashes: int = 0
+    # The sweep's early-stopping rule (records.TAG_EARLY_STOP's JSON), applied by rank 0 at its rungs; None: off.
+    early_stop: str | None = None
+    # An evaluation submitted while its pretraining run still trains: wait for that run (vitolaunch.chaining).
+    wait_for_run: str | None = None
     _stop: bool = field(default=False, repr=False)
     _terminated: bool = field(default=False, repr=False)  # SIGTERM: stop, and leave requeueing to the scheduler
 
@@ -88,6 +93,8 @@ class TrialJob:
 
         cfg = VitoConfig.model_validate(self.config)
         tracking = MetricsLogger(self.tracking_uri, self.run_id, enabled=rank == 0)
+        if self.wait_for_run and not self._target_finished(tracking):
+            return {"step": 0, "completed": False}
         _queue_status(tracking, RunStatus.RUNNING)
         tracking.set_tags(_job_tags())
         context = RunContext(
@@ -100,8 +107,11 @@ class TrialJob:
             storage_options=self.storage_options,
             metrics=tracking,
         )
+        judge = self._rung_judge(tracking)
+        if judge is not None:
+            context.consult_at, context.consult = judge.rungs, judge
         try:
-            return self._train_and_record(cfg, context, tracking, rank)
+            return self._train_and_record(cfg, context, tracking, rank, judge)
         finally:
             # Metrics and status are sent by a background thread: drain it before the process ends.
             tracking.close()
@@ -120,7 +130,7 @@ class TrialJob:
 
         return train
 
-    def _train_and_record(self, cfg, context, tracking, rank: int) -> dict[str, Any]:
+    def _train_and_record(self, cfg, context, tracking, rank: int, judge=None) -> dict[str, Any]:
         try:
             result = self.entry_point()(cfg, context)
         except BaseException as problem:
@@ -134,6 +144,12 @@ class TrialJob:
             if self.task == "evaluate" and rank == 0:
                 self._link_evaluation(tracking, cfg.eval.pretrain_run_id, result.step)
             _queue_status(tracking, RunStatus.FINISHED)
+        elif judge is not None and judge.decision is not None:
+            # Pruned: the checkpoint of this step is committed; exiting (never requeued) frees the slot.
+            log.warning("pruned by early stopping at step %d (%s): `vitolaunch resume %s` continues it",
+                        result.step, judge.decision.summary(), self.run_id)
+            tracking.set_tags(judge.decision.pruned_tags())
+            _queue_status(tracking, RunStatus.KILLED)
         elif self._terminated:
             # Cancelled, or preempted by a scheduler that requeues by itself: the canceller and the scheduler's
             # view say which, so on SLURM the run's status is left to them (it reads CANCELLED or QUEUED).
@@ -149,6 +165,29 @@ class TrialJob:
             tracking.set_tags({TAG_STOPPED_AT_STEP: str(result.step)})
             _queue_status(tracking, RunStatus.KILLED)
         return {"step": result.step, "completed": result.completed, **result.evaluation}
+
+    def _target_finished(self, tracking) -> bool:
+        """Wait for the pretraining run this evaluation needs; False (recorded, tracking closed) if it never finishes."""
+        from vitolaunch.chaining import wait_for_target
+
+        reason = wait_for_target(self.tracking_uri, self.wait_for_run)
+        if not reason:
+            return True
+        log.warning("%s", reason)
+        tracking.set_tags({TAG_TARGET_ENDED: reason[:500]})
+        _queue_status(tracking, RunStatus.KILLED)
+        tracking.close()
+        return False
+
+    def _rung_judge(self, tracking):
+        """Early stopping's decision at the rungs (every rank knows the rungs; only rank 0's judge is asked)."""
+        if not self.early_stop or self.task != "pretrain":
+            return None
+        from vitolaunch.early_stop import RungJudge
+        from vitolaunch.spec.early_stop import EarlyStop
+
+        return RungJudge(EarlyStop.from_record(self.early_stop), self.tracking_uri, self.run_id,
+                         drain=lambda: tracking.drain(timeout_s=120), set_tags=tracking.set_tags)
 
     def _link_evaluation(self, tracking, pretrain_run_id: str | None, step: int) -> None:
         """Record which checkpoint step this evaluation read, and tag the pretraining run with this evaluation.

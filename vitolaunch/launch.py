@@ -25,6 +25,7 @@ from vitolaunch.records import (
     KIND_TRIAL,
     TAG_BACKEND,
     TAG_CHECKPOINT,
+    TAG_EARLY_STOP,
     TAG_GIT_COMMIT,
     TAG_JOB_ID,
     TAG_LOG_DIR,
@@ -32,6 +33,8 @@ from vitolaunch.records import (
     TAG_OBJECTIVE_METRIC,
     TAG_OBJECTIVE_MODE,
     TAG_PRETRAIN_RUN,
+    TAG_PRUNE_OVERRIDDEN,
+    TAG_PRUNED_AT_STEP,
     TAG_RESOURCES,
     TAG_SCRATCH,
     TAG_SPEC_HASH,
@@ -43,13 +46,14 @@ from vitolaunch.records import (
     TAG_TOTAL_STEPS,
     TAG_TRIAL_INDEX,
     TAG_TRIAL_KEY,
+    TAG_WAITS_FOR_RUN,
     RunStatus,
     trial_job_name,
     trial_run_name,
 )
 from vitolaunch.registry import NewTrialRun, Registry, RunRecord
 from vitolaunch.resources import Resources, resolve_cluster
-from vitolaunch.spec import SweepSpec, Trial, trial_resources
+from vitolaunch.spec import SweepSpec, Trial, check_early_stop, trial_resources
 from vitolaunch.states import TrialState, trial_states
 from vitolaunch.workspace import Workspace, quiet_mlflow_environment
 
@@ -68,6 +72,7 @@ class Action(str, enum.Enum):
     RUNNING = "running"  # already queued or running: skipped
     FINISHED = "finished"  # already finished: skipped
     FAILED = "failed"  # failed earlier, not retried: skipped
+    PRUNED = "pruned"  # stopped by early stopping: skipped (`vitolaunch resume RUN_ID` continues it)
 
     @property
     def queues_a_job(self) -> bool:
@@ -98,6 +103,7 @@ class _QueuedJob:
     run_id: str
     name: str  # records.trial_job_name
     job: TrialJob
+    after: str | None = None  # a job id of the same scheduler this one may start only once it succeeded
 
 
 @dataclass(frozen=True)
@@ -149,6 +155,8 @@ def _action_for_existing(state: TrialState, retry_failed: bool) -> Action:
         return Action.RUNNING
     if state is TrialState.COMPLETED:
         return Action.FINISHED
+    if state is TrialState.PRUNED:  # stopped on purpose: a re-sweep must not undo early stopping
+        return Action.PRUNED
     return Action.RESUBMITTED if retry_failed else Action.FAILED
 
 
@@ -167,10 +175,17 @@ class Launcher:
         self.tracking_uri = workspace.tracking_uri_or_default(tracking_uri)
         workspace.root.mkdir(parents=True, exist_ok=True)
         self.registry = Registry(self.tracking_uri, workspace.artifact_root)
+        self._waits_for: dict[str, RunRecord] = {}  # of the sweep being submitted (submit_sweep)
 
     # -- sweep -----------------------------------------------------------------------------------
-    def submit_sweep(self, spec: SweepSpec, trials: Sequence[Trial], retry_failed: bool = False) -> SweepReport:
-        """Record every trial of the sweep in MLflow, then queue the ones that need a job; returns at once."""
+    def submit_sweep(
+        self, spec: SweepSpec, trials: Sequence[Trial], retry_failed: bool = False, waits_for: dict[str, RunRecord] | None = None
+    ) -> SweepReport:
+        """Record every trial of the sweep in MLflow, then queue the ones that need a job; returns at once.
+
+        `waits_for`: trial key -> the pretraining trial an evaluation trial waits for (evaluate_targets.EvaluatePlan).
+        """
+        self._waits_for = waits_for or {}
         target = self._preflight(spec, trials)
         sweep = self._find_or_create_sweep(spec, target)
         outcomes = self._classify(spec, sweep, trials, target, retry_failed)
@@ -193,6 +208,7 @@ class Launcher:
         )
         _check_storage(target.checkpoint_root, target.storage_options)
         _check_data(trials)
+        check_early_stop(spec, trials)
         return target
 
     def _find_or_create_sweep(self, spec: SweepSpec, target: _SweepTarget) -> RunRecord:
@@ -260,10 +276,15 @@ class Launcher:
         }
         if target.scratch:
             common_tags[TAG_SCRATCH] = target.scratch
+        if spec.early_stop is not None:
+            common_tags[TAG_EARLY_STOP] = spec.early_stop.to_record()
         commit = _git_commit(spec.folder)
         if commit:
             common_tags[TAG_GIT_COMMIT] = commit
         runs = [self._new_trial_run(spec, outcome, common_tags) for outcome in new]
+        for outcome, run in zip(new, runs):
+            if outcome.trial.key in self._waits_for:
+                run.tags[TAG_WAITS_FOR_RUN] = self._waits_for[outcome.trial.key].run_id
         for outcome, run_id in zip(new, self.registry.create_trials(sweep, runs)):
             outcome.run_id = run_id
 
@@ -287,14 +308,17 @@ class Launcher:
     def _queue(self, spec: SweepSpec, target: _SweepTarget, outcomes: list[TrialOutcome]) -> None:
         if not outcomes:
             return
-        queued = [
-            _QueuedJob(
-                run_id=o.run_id,
-                name=trial_job_name(spec.name, o.trial.index, o.trial.key),
-                job=self._job(o.run_id, spec.task, o.trial.config.to_dict(), o.checkpoint_uri, target),
-            )
-            for o in outcomes
-        ]
+        early_stop = spec.early_stop.to_record() if spec.early_stop is not None else None
+        queued = []
+        for o in outcomes:
+            job = self._job(o.run_id, spec.task, o.trial.config.to_dict(), o.checkpoint_uri, target, early_stop)
+            pretraining = self._waits_for.get(o.trial.key)
+            after = None
+            if pretraining is not None:
+                job.wait_for_run = pretraining.run_id
+                if target.backend.name == "slurm" and pretraining.tags.get(TAG_BACKEND) == "slurm":
+                    after = pretraining.tags.get(TAG_JOB_ID)
+            queued.append(_QueuedJob(o.run_id, trial_job_name(spec.name, o.trial.index, o.trial.key), job, after))
         handles = self._submit(target.backend, target.resources, spec.name, queued)
         for outcome, handle in zip(outcomes, handles):
             outcome.job_id = handle.job_id
@@ -305,7 +329,10 @@ class Launcher:
             return configured
         return str(self.workspace.scratch_root)
 
-    def _job(self, run_id: str, task: Task, config: dict, checkpoint_uri: str, target: _SweepTarget) -> TrialJob:
+    def _job(
+        self, run_id: str, task: Task, config: dict, checkpoint_uri: str, target: _SweepTarget,
+        early_stop: str | None = None, wait_for_run: str | None = None,
+    ) -> TrialJob:
         resources = target.resources
         return TrialJob(
             run_id=run_id,
@@ -319,6 +346,8 @@ class Launcher:
             max_timeouts=resources.retries.timeout,
             max_crashes=resources.retries.crash,
             storage_options=target.storage_options,
+            early_stop=early_stop,
+            wait_for_run=wait_for_run,
         )
 
     def _submit(
@@ -326,8 +355,9 @@ class Launcher:
     ) -> list[JobHandle]:
         """Queue the jobs with the scheduler and record their job ids on their runs."""
         try:
+            kwargs = {"dependencies": [q.after for q in queued]} if any(q.after for q in queued) else {}
             handles = backend.submit(
-                [q.job for q in queued], [q.name for q in queued], resources, self.workspace.log_dir(sweep_name)
+                [q.job for q in queued], [q.name for q in queued], resources, self.workspace.log_dir(sweep_name), **kwargs
             )
         except Exception as problem:
             # Nothing half-submitted: runs we just queued are marked failed, with the reason.
@@ -347,7 +377,9 @@ class Launcher:
         target = self.registry.resolve(run_or_sweep)
         trials = self.registry.trials(target) if target.kind == KIND_SWEEP else [target]
         states = trial_states(trials)
-        runnable = [t for t in trials if not states[t.run_id].is_active and states[t.run_id] is not TrialState.COMPLETED]
+        # A sweep's pruned trials were stopped on purpose: only naming one resumes it (see _resumed_early_stop).
+        skipped = (TrialState.COMPLETED, TrialState.PRUNED) if target.kind == KIND_SWEEP else (TrialState.COMPLETED,)
+        runnable = [t for t in trials if not states[t.run_id].is_active and states[t.run_id] not in skipped]
         if target.kind == KIND_TRIAL and not runnable:
             state = states[target.run_id]
             raise VitolaunchError(
@@ -360,6 +392,7 @@ class Launcher:
         for trial in runnable:
             where = tuple(trial.tags.get(tag, "") for tag in (TAG_BACKEND, TAG_RESOURCES, TAG_STORAGE_OPTIONS, TAG_SCRATCH))
             groups.setdefault(where, []).append(trial)
+        early_stop = {t.run_id: self._resumed_early_stop(t, states[t.run_id]) for t in runnable}
         for group in groups.values():
             target = self._recorded_target(group[0])
             target.backend.check(target.resources)
@@ -367,7 +400,8 @@ class Launcher:
                 _QueuedJob(
                     run_id=t.run_id,
                     name=trial_job_name(t.sweep, t.trial_index, t.trial_key),
-                    job=self._job(t.run_id, _task_of(t), self.registry.config_of(t), t.tags[TAG_CHECKPOINT], target),
+                    job=self._job(t.run_id, _task_of(t), self.registry.config_of(t), t.tags[TAG_CHECKPOINT], target,
+                                  early_stop[t.run_id], t.tags.get(TAG_WAITS_FOR_RUN)),
                 )
                 for t in group
             ]
@@ -375,6 +409,16 @@ class Launcher:
             resubmitted.extend(self.registry.get(t.run_id) for t in group)
         self._sweeps_running(resubmitted)
         return resubmitted
+
+    def _resumed_early_stop(self, trial: RunRecord, state: TrialState) -> str | None:
+        """The early-stopping rule a resumed trial applies: its sweep's, unless it is a pruned trial resumed by
+        name. That overrides the rule for it (tagged, so later resumes and `status` know): it runs to the end."""
+        if state is TrialState.PRUNED:
+            self.registry.set_tags(trial.run_id, {TAG_PRUNE_OVERRIDDEN: f"resumed at step {trial.tags.get(TAG_PRUNED_AT_STEP)}"})
+            return None
+        if TAG_PRUNE_OVERRIDDEN in trial.tags:
+            return None
+        return trial.tags.get(TAG_EARLY_STOP)
 
     @staticmethod
     def _recorded_target(trial: RunRecord) -> _SweepTarget:

@@ -65,6 +65,24 @@ TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_KIND_TRAINING = "custom_model_development"  # not "genai_development": no GenAI overview page
 TAG_SHARED_VIEW_PREFIX = "mlflow.sharedViewState."  # + a key that the URL's viewStateShareKey names
 
+# -- early stopping (vitolaunch.early_stop): decided by each trial at its rungs --------------------------
+TAG_EARLY_STOP = "vitolaunch.early_stop"  # JSON: the rule a trial applies at its rungs (spec early_stop), set at submit
+TAG_RUNG_PREFIX = "vitolaunch.rung."  # + rung step: the decision taken there, in words (continue or prune, and why)
+TAG_PRUNED_AT_STEP = "vitolaunch.pruned_at_step"  # stopped by early stopping, checkpoint committed there: PRUNED
+TAG_PRUNE_DECISION = "vitolaunch.prune_decision"  # JSON: rung, metric, mode, value, threshold, compared_with, keep
+TAG_PRUNE_OVERRIDDEN = "vitolaunch.prune_overridden"  # a pruned trial resumed by hand: no more early stopping for it
+
+
+def rung_metric(metric: str, rung: int) -> str:
+    """The metric a trial logs at a rung, a copy of `metric` at that step: siblings read all of them in one search."""
+    return f"early_stop/rung_{rung}/{metric}"
+
+
+# -- evaluation chained to pretraining (vitolaunch.chaining) ----------------------------------------------
+TAG_WAITS_FOR_RUN = "vitolaunch.waits_for_run"  # on an evaluation trial: the pretraining run it waits to finish
+TAG_TARGET_ENDED = "vitolaunch.target_ended"  # why an evaluation never ran: its target ended without finishing
+
+
 # -- MLflow's own tags, which vitolaunch sets or reads ------------------------------------------------
 TAG_PARENT = "mlflow.parentRunId"
 TAG_NOTE = "mlflow.note.content"  # the run's description in the MLflow UI

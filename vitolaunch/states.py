@@ -21,7 +21,10 @@ from vitolaunch.records import (
     TAG_JOB_ID,
     TAG_JOB_STARTED_AT,
     TAG_LOG_DIR,
+    TAG_PRUNE_OVERRIDDEN,
+    TAG_PRUNED_AT_STEP,
     TAG_STOPPED_AT_STEP,
+    TAG_WAITS_FOR_RUN,
     RunStatus,
 )
 from vitolaunch.registry import RunRecord
@@ -46,6 +49,7 @@ class TrialState(str, enum.Enum):
     INTERRUPTED = "INTERRUPTED"  # stopped without finishing: `vitolaunch resume` continues it
     UNKNOWN = "UNKNOWN"
     STALLED = "STALLED"  # running in the scheduler, but nothing logged for a while
+    PRUNED = "PRUNED"  # stopped by early stopping at a rung, checkpoint kept: `vitolaunch resume` continues it
 
     @property
     def is_active(self) -> bool:
@@ -53,7 +57,8 @@ class TrialState(str, enum.Enum):
 
     @property
     def is_terminal(self) -> bool:
-        return self in (TrialState.COMPLETED, TrialState.FAILED, TrialState.CANCELLED, TrialState.INTERRUPTED)
+        return self in (TrialState.COMPLETED, TrialState.FAILED, TrialState.CANCELLED, TrialState.INTERRUPTED,
+                        TrialState.PRUNED)
 
 
 _FROM_SCHEDULER = {
@@ -74,12 +79,15 @@ def merge_state(record: RunRecord, scheduler: SchedulerState | None) -> TrialSta
         return TrialState.COMPLETED
     if status is RunStatus.FAILED:
         return TrialState.FAILED
+    if status is RunStatus.KILLED and TAG_PRUNED_AT_STEP in record.tags and TAG_PRUNE_OVERRIDDEN not in record.tags:
+        return TrialState.PRUNED
     if status is RunStatus.KILLED:
         return TrialState.INTERRUPTED if TAG_STOPPED_AT_STEP in record.tags else TrialState.CANCELLED
     if scheduler is None:  # queued in MLflow, no job id yet: submission in flight
         return TrialState.QUEUED
     if scheduler is SchedulerState.RUNNING and status is RunStatus.SCHEDULED:
-        return TrialState.RUNNING
+        # An evaluation whose job waits for its pretraining run marks itself RUNNING only once that finished.
+        return TrialState.QUEUED if TAG_WAITS_FOR_RUN in record.tags else TrialState.RUNNING
     return _FROM_SCHEDULER[scheduler]
 
 

@@ -104,6 +104,7 @@ _STYLE = {
     "INTERRUPTED": "yellow",
     "UNKNOWN": "dim",
     "STALLED": "bold yellow",
+    "PRUNED": "dim yellow",
 }
 
 

@@ -99,4 +99,4 @@ def wait_until(
 
 
 def all_ended(rows: list[dict]) -> bool:
-    return all(r["state"] in ("COMPLETED", "FAILED", "CANCELLED", "INTERRUPTED") for r in rows)
+    return all(r["state"] in ("COMPLETED", "FAILED", "CANCELLED", "INTERRUPTED", "PRUNED") for r in rows)

@@ -40,9 +40,12 @@ class Backend(ABC):
 
     @abstractmethod
     def submit(
-        self, jobs: Sequence[Callable[[], object]], names: Sequence[str], resources: Resources, log_dir: Path
+        self, jobs: Sequence[Callable[[], object]], names: Sequence[str], resources: Resources, log_dir: Path,
+        dependencies: Sequence[str | None] | None = None,
     ) -> list[JobHandle]:
-        """Queue one job per callable; returns at once."""
+        """Queue one job per callable; returns at once. `dependencies`: per job, a job id of this scheduler it
+        may start only after that one succeeded (None: none); a backend without dependencies leaves the waiting
+        to the job (vitolaunch.chaining)."""
 
     @abstractmethod
     def states(self, handles: Sequence[JobHandle]) -> dict[str, SchedulerState]:

@@ -112,7 +112,8 @@ class LocalBackend(Backend):
                 )
 
     def submit(
-        self, jobs: Sequence[Callable[[], object]], names: Sequence[str], resources: Resources, log_dir: Path
+        self, jobs: Sequence[Callable[[], object]], names: Sequence[str], resources: Resources, log_dir: Path,
+        dependencies: Sequence[str | None] | None = None,  # the jobs wait themselves (vitolaunch.chaining)
     ) -> list[JobHandle]:
         # SLURM-only site settings (account, setup, ...) have no meaning here; the CLI says they are ignored.
         executor = _DetachedLocalExecutor(log_dir / "%j", log_dir / _SLOTS_DIR, resources.array_parallelism, resources.env)

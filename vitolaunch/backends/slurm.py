@@ -375,7 +375,32 @@ class SlurmBackend(Backend):
 
     # -- submit ----------------------------------------------------------------------------------
     def submit(
-        self, jobs: Sequence[Callable[[], object]], names: Sequence[str], resources: Resources, log_dir: Path
+        self, jobs: Sequence[Callable[[], object]], names: Sequence[str], resources: Resources, log_dir: Path,
+        dependencies: Sequence[str | None] | None = None,
+    ) -> list[JobHandle]:
+        """One array per distinct dependency (sbatch's --dependency is per array): `afterok:<array>_<task>` with
+        --kill-on-invalid-dep, so a task whose pretraining failed is cancelled instead of pending forever. Arrays
+        already queued are cancelled if a later one cannot be (nothing half-submitted)."""
+        groups: dict[str | None, list[int]] = {}
+        for index, after in enumerate(dependencies or [None] * len(jobs)):
+            groups.setdefault(after, []).append(index)
+        handles: list[JobHandle | None] = [None] * len(jobs)
+        done: list[JobHandle] = []
+        try:
+            for after, indexes in groups.items():
+                group = self._submit_arrays([jobs[k] for k in indexes], [names[k] for k in indexes], resources, log_dir, after)
+                done.extend(group)
+                for k, handle in zip(indexes, group):
+                    handles[k] = handle
+        except BaseException:
+            if done:
+                subprocess.run(["scancel", *cancel_targets(done)], capture_output=True, timeout=CLI_TIMEOUT_S)
+            raise
+        return handles  # type: ignore[return-value]
+
+    def _submit_arrays(
+        self, jobs: Sequence[Callable[[], object]], names: Sequence[str], resources: Resources, log_dir: Path,
+        after: str | None,
     ) -> list[JobHandle]:
         from submitit.core.utils import DelayedSubmission, JobPaths
 
@@ -393,9 +418,12 @@ class SlurmBackend(Backend):
             for chunk, lane in zip(chunks, array_lanes(len(chunks), resources.array_parallelism)):
                 params = sbatch_parameters(resources, name, log_dir, len(chunk), python)
                 params["array_parallelism"] = lane.limit
-                if lane.after is not None:
-                    params["additional_parameters"] = {**params["additional_parameters"],
-                                                       "dependency": f"afterany:{submitted[lane.after]}"}
+                waits = ([f"afterok:{after}"] if after else []) + ([f"afterany:{submitted[lane.after]}"] if lane.after is not None else [])
+                if waits:
+                    extra = {"dependency": ",".join(waits)}
+                    if after:
+                        extra["kill_on_invalid_dep"] = "yes"
+                    params["additional_parameters"] = {**params["additional_parameters"], **extra}
                 # Pickles first (the slow part), then sbatch --hold, then move them into place, then release.
                 pickles = []
                 for index in chunk:

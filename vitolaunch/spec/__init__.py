@@ -8,6 +8,7 @@ instantly.
 """
 
 from vitolaunch.resources import Resources, Retries, resolve_cluster
+from vitolaunch.spec.early_stop import EarlyStop, check_early_stop
 from vitolaunch.spec.expand import Trial, check_trials_fit_resources, expand, trial_resources
 from vitolaunch.spec.load import load_spec
 from vitolaunch.spec.locate import DocPath, Locator
@@ -19,6 +20,7 @@ __all__ = [
     "Axis",
     "DEFAULT_OBJECTIVES",
     "DocPath",
+    "EarlyStop",
     "EvaluateTargets",
     "Locator",
     "Objective",
@@ -29,6 +31,7 @@ __all__ = [
     "SweepSpec",
     "Tracking",
     "Trial",
+    "check_early_stop",
     "check_trials_fit_resources",
     "expand",
     "load_spec",

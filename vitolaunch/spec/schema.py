@@ -25,6 +25,7 @@ from vito.config import VitoConfig
 from vitolaunch.errors import SpecError
 from vitolaunch.resources import Resources
 from vitolaunch.spec.base import resolve_base
+from vitolaunch.spec.early_stop import EarlyStop
 from vitolaunch.spec.locate import DocPath, Locator, did_you_mean, dotted
 from vitolaunch.spec.parameters import Axis, parse_parameters
 from vitolaunch.spec.vito_keys import VITO_LEAVES, VITO_SECTIONS
@@ -103,6 +104,10 @@ class SweepSpec(_Strict):
     tracking: Tracking = Tracking()
     evaluate: EvaluateTargets | None = None  # task: evaluate only (see vitolaunch/evaluate_targets.py)
     objective: Objective | None = None  # None: DEFAULT_OBJECTIVES[task]; see `resolved_objective`
+    early_stop: EarlyStop | None = None  # asynchronous successive halving (see vitolaunch/early_stop.py)
+    # An evaluate spec (path relative to this one) queued by the same `vitolaunch sweep`, its trials waiting for
+    # the pretraining trials they evaluate (see vitolaunch/chaining.py).
+    then: str | None = Field(None, min_length=1)
     source_file: str | None = Field(None, exclude=True)
 
     _locator: Locator = PrivateAttr(default_factory=Locator)
@@ -186,6 +191,9 @@ class SweepSpec(_Strict):
             content.pop("evaluate", None)  # pretraining specs hash as they did before evaluate existed
         # The objective says how results are read, not what runs: changing it must not make a new sweep.
         content.pop("objective", None)
+        for optional in ("early_stop", "then"):  # specs without them hash as they did before these keys existed
+            if content.get(optional) is None:
+                content.pop(optional, None)
         content["base"] = self.base_config_dict()
         content["parameters"] = [[key, value] for key, value in self.parameters.items()]  # order names trials
         canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), default=str)
@@ -206,6 +214,9 @@ def _check_task(spec: SweepSpec, locator: Locator) -> None:
     if spec.task == "pretrain" and spec.evaluate is not None:
         raise locator.error(("evaluate",), "applies only to task: evaluate", key="evaluate",
                             hint="Set task: evaluate, or remove the evaluate section.")
+    if spec.task == "evaluate" and spec.then is not None:
+        raise locator.error(("then",), "applies only to task: pretrain (it names the evaluation of this pretraining)",
+                            key="then", hint="Remove it.")
     if spec.task == "pretrain" and "eval.checkpoint" in spec.parameters:
         raise locator.error(("parameters", "eval.checkpoint"), "names a checkpoint to evaluate: that is an evaluate sweep",
                             key="eval.checkpoint", hint="Set task: evaluate.")

@@ -1,0 +1,37 @@
+"""What an evaluation waiting for its pretraining run makes of that run's record."""
+
+from __future__ import annotations
+
+import pytest
+
+from vitolaunch.backends import SchedulerState
+from vitolaunch.chaining import target_outcome
+from vitolaunch.records import TAG_PRUNED_AT_STEP, TAG_STOPPED_AT_STEP, TAG_WAITS_FOR_RUN
+from vitolaunch.registry import RunRecord
+from vitolaunch.states import TrialState, merge_state
+
+
+@pytest.mark.parametrize(
+    ("status", "tags", "expected"),
+    [
+        ("SCHEDULED", {}, None),  # queued, or requeued after a preemption: keep waiting
+        ("RUNNING", {TAG_PRUNED_AT_STEP: "4"}, None),  # a pruned trial resumed by hand trains again
+        ("FINISHED", {}, ""),
+        ("FAILED", {}, "failed"),
+        ("KILLED", {}, "cancelled"),
+        ("KILLED", {TAG_PRUNED_AT_STEP: "4"}, "pruned by early stopping at step 4"),
+        ("KILLED", {TAG_STOPPED_AT_STEP: "40"}, "stopped at step 40"),
+    ],
+)
+def test_target_outcome(status, tags, expected):
+    assert target_outcome(status, tags) == expected
+
+
+def test_an_evaluation_whose_job_waits_for_its_target_shows_queued_until_it_starts_evaluating():
+    def run(status: str, **tags: str) -> RunRecord:
+        return RunRecord(run_id="r", name="n", status=status, start_time=0, end_time=None, tags=tags)
+
+    waiting = {TAG_WAITS_FOR_RUN: "pretraining"}
+    assert merge_state(run("SCHEDULED", **waiting), SchedulerState.RUNNING) is TrialState.QUEUED
+    assert merge_state(run("RUNNING", **waiting), SchedulerState.RUNNING) is TrialState.RUNNING
+    assert merge_state(run("SCHEDULED"), SchedulerState.RUNNING) is TrialState.RUNNING

@@ -42,7 +42,8 @@ from vitolaunch.records import (
     trial_job_name,
     trial_run_name,
 )
-from vitolaunch.registry import NewTrialRun, Registry, RunRecord
+from vitolaunch.registry import NewTrialRun, RunRecord
+from vitolaunch.registry_open import open_registry
 from vitolaunch.resources import Resources, resolve_cluster
 from vitolaunch.spec import SweepSpec, Trial
 from vitolaunch.states import TrialState, trial_states
@@ -150,7 +151,7 @@ class Launcher:
         self.workspace = workspace
         self.tracking_uri = workspace.tracking_uri_or_default(tracking_uri)
         workspace.root.mkdir(parents=True, exist_ok=True)
-        self.registry = Registry(self.tracking_uri, workspace.artifact_root)
+        self.registry = open_registry(self.tracking_uri, workspace.artifact_root)
 
     # -- sweep -----------------------------------------------------------------------------------
     def submit_sweep(self, spec: SweepSpec, trials: Sequence[Trial], retry_failed: bool = False) -> SweepReport:

@@ -12,7 +12,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from mlflow.tracking import MlflowClient
 
 from tests.integration import services
@@ -67,7 +66,8 @@ def test_sqlite_runs_written_with_the_standard_library_equal_mlflows(tmp_path):
     client = MlflowClient(uri)
 
     # the experiment, created on each side under its own name
-    by_mlflow, by_stdlib = client.get_experiment(mlflow.experiment_id("by-mlflow")), client.get_experiment(registry.experiment_id("by-stdlib"))
+    by_mlflow = client.get_experiment(mlflow.experiment_id("by-mlflow"))
+    by_stdlib = client.get_experiment(registry.experiment_id("by-stdlib"))
     assert by_stdlib.artifact_location == (tmp_path / "artifacts" / "by-stdlib").as_uri()
     assert (by_stdlib.lifecycle_stage, by_stdlib.tags) == (by_mlflow.lifecycle_stage, by_mlflow.tags)
     assert by_stdlib.creation_time > 0 and client.get_experiment_by_name("by-stdlib").experiment_id == by_stdlib.experiment_id

@@ -80,7 +80,6 @@ def sweep(spec_file: str, overrides: tuple[str, ...], dry_run: bool, retry_faile
         from vitolaunch.evaluate_targets import expand_evaluate
 
         trials = expand_evaluate(spec, trials, _launcher(tracking_uri or spec.tracking.uri).registry)
-    check_trials_fit_resources(spec, trials)
     console = _console()
     if dry_run:
         from vitolaunch.plan import render_plan
@@ -89,6 +88,7 @@ def sweep(spec_file: str, overrides: tuple[str, ...], dry_run: bool, retry_faile
         console.print(render_plan(spec, trials, cluster))
         if cluster == "slurm":
             _slurm_dry_run(console, spec, trials)
+        check_trials_fit_resources(spec, trials)  # after the cluster's facts; a real sweep checks both in preflight
         console.print(f"dry run: {len(trials)} trials, nothing submitted")
         return
     launcher = _launcher(tracking_uri or spec.tracking.uri)
@@ -139,6 +139,7 @@ def _slurm_dry_run(console, spec, trials) -> None:
     """The sbatch script, then (where SLURM answers) the partition checks and `sbatch --test-only`."""
     from vitolaunch.backends.slurm import SlurmBackend, render_script
     from vitolaunch.records import trial_job_name
+    from vitolaunch.resource_check import check_resources
     from vitolaunch.workspace import Workspace
 
     resources = spec.resources
@@ -153,7 +154,7 @@ def _slurm_dry_run(console, spec, trials) -> None:
     if not reachable:
         console.print("SLURM is not reachable from here: partition checks and sbatch --test-only skipped")
         return
-    backend.check(resources)  # a missing partition, too many nodes, too long: one clear error, exit 2
+    check_resources(spec, backend)  # a missing partition, too many nodes, too long: one located error, exit 2
     console.print(f"sbatch --test-only: {backend.test_only(resources, names, log_root)}")
 
 

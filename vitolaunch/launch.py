@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import json
 import subprocess
 from collections.abc import Sequence
@@ -44,8 +45,9 @@ from vitolaunch.records import (
 )
 from vitolaunch.registry import NewTrialRun, RunRecord
 from vitolaunch.registry_open import open_registry
+from vitolaunch.resource_check import check_resources
 from vitolaunch.resources import Resources, resolve_cluster
-from vitolaunch.spec import SweepSpec, Trial
+from vitolaunch.spec import SweepSpec, Trial, check_trials_fit_resources
 from vitolaunch.states import TrialState, trial_states
 from vitolaunch.workspace import Workspace, quiet_mlflow_environment
 
@@ -151,7 +153,11 @@ class Launcher:
         self.workspace = workspace
         self.tracking_uri = workspace.tracking_uri_or_default(tracking_uri)
         workspace.root.mkdir(parents=True, exist_ok=True)
-        self.registry = open_registry(self.tracking_uri, workspace.artifact_root)
+
+    @functools.cached_property
+    def registry(self):
+        """Opened on first use: a sweep refused in preflight must not create a tracking store."""
+        return open_registry(self.tracking_uri, self.workspace.artifact_root)
 
     # -- sweep -----------------------------------------------------------------------------------
     def submit_sweep(self, spec: SweepSpec, trials: Sequence[Trial], retry_failed: bool = False) -> SweepReport:
@@ -167,7 +173,8 @@ class Launcher:
         """The scheduler can run these resources, the checkpoints can be written, the data exists."""
         backend = make_backend(resolve_cluster(spec.resources))
         resources = spec.resources
-        backend.check(resources)
+        check_resources(spec, backend)  # the cluster's facts first: they decide what else is worth saying
+        check_trials_fit_resources(spec, trials)
         target = _SweepTarget(
             backend=backend,
             resources=resources,

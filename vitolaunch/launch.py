@@ -49,6 +49,7 @@ from vitolaunch.resource_check import check_resources
 from vitolaunch.resources import Resources, resolve_cluster
 from vitolaunch.spec import SweepSpec, Trial, check_trials_fit_resources
 from vitolaunch.states import TrialState, trial_states
+from vitolaunch.sweep_lock import sweep_lock
 from vitolaunch.workspace import Workspace, quiet_mlflow_environment
 
 # A few key hyperparameters are logged as params for every trial, swept or not, so the MLflow compare
@@ -163,10 +164,13 @@ class Launcher:
     def submit_sweep(self, spec: SweepSpec, trials: Sequence[Trial], retry_failed: bool = False) -> SweepReport:
         """Record every trial of the sweep in MLflow, then queue the ones that need a job; returns at once."""
         target = self._preflight(spec, trials)
-        sweep = self._find_or_create_sweep(spec, target)
-        outcomes = self._classify(spec, sweep, trials, target, retry_failed)
-        self._create_runs(spec, sweep, target, [o for o in outcomes if o.action is Action.SUBMITTED])
-        self._queue(spec, target, [o for o in outcomes if o.action.queues_a_job])
+        # Held from reading what the sweep has to recording the new job ids: a concurrent sweep of the same
+        # spec then finds these trials queued instead of submitting them again.
+        with sweep_lock(self.tracking_uri, self.workspace.root, spec.tracking.experiment, spec.name):
+            sweep = self._find_or_create_sweep(spec, target)
+            outcomes = self._classify(spec, sweep, trials, target, retry_failed)
+            self._create_runs(spec, sweep, target, [o for o in outcomes if o.action is Action.SUBMITTED])
+            self._queue(spec, target, [o for o in outcomes if o.action.queues_a_job])
         return SweepReport(spec.name, sweep.run_id, self.tracking_uri, sweep.experiment_id, target.backend.name, outcomes)
 
     def _preflight(self, spec: SweepSpec, trials: Sequence[Trial]) -> _SweepTarget:

@@ -13,6 +13,7 @@ any other store, a missing database, or a non-local artifact location is left to
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
 import time
@@ -167,12 +168,16 @@ class SqliteRegistry(SqliteRunReader):
             params.extend((k, v, run_id) for k, v in spec.params.items())
             created.append((run_id, artifact_uri, spec.artifacts))
         self._write([(self._INSERT_RUN, runs), (self._UPSERT_TAG, tags), (self._INSERT_PARAM, params)])
-        # Artifacts after the commit: a run exists before anything refers to it.
+        # Artifacts after the commit: a run exists before anything refers to it. Two plain mkdirs per run
+        # (mkdir is the dearest call here, ~0.2 ms on a busy disk): the experiment's folder is made once.
+        local_path(location).mkdir(parents=True, exist_ok=True)
         for _, artifact_uri, artifacts in created:
             folder = local_path(artifact_uri)
-            folder.mkdir(parents=True, exist_ok=True)
+            os.mkdir(folder.parent)
+            os.mkdir(folder)
             for name, payload in artifacts.items():
-                (folder / name).write_text(json.dumps(payload, indent=2))  # as MlflowClient.log_dict writes JSON
+                with open(folder / name, "w") as handle:
+                    handle.write(json.dumps(payload, indent=2))  # as MlflowClient.log_dict writes JSON
         return [run_id for run_id, _, _ in created]
 
     def log_artifact(self, run_id: str, local_file: str) -> None:

@@ -164,7 +164,7 @@ def main() -> None:
     args = parser.parse_args()
     sizes = sorted(args.trials)
 
-    with tempfile.TemporaryDirectory(prefix="vl-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="vl-bench-", ignore_cleanup_errors=True) as tmp:  # cancelled tasks may still write logs
         root = Path(tmp)
         base_env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
         base_env.pop("MLFLOW_TRACKING_URI", None)

@@ -144,3 +144,27 @@ def test_runs_written_through_the_rest_api_equal_mlflows_on_the_real_server(tmp_
     registry.log_artifact(sweep_s.run_id, str(spec))
     assert [f.path for f in client.list_artifacts(sweep_s.run_id)] == ["eq.yaml"]
     _sweep_life(registry, client, rest_runs[0])
+
+
+@pytest.mark.timeout(300)
+def test_a_sweep_into_an_existing_sqlite_store_imports_neither_mlflow_nor_sqlalchemy(slurm_cluster, tmp_path):
+    import subprocess
+
+    import yaml
+
+    from tests.integration.local_sweeps import vitolaunch, write_spec
+
+    home, name = tmp_path / "home", f"noimport-{uuid.uuid4().hex[:6]}"
+    path = write_spec(tmp_path, name, {"loss.temperature": [0.1, 0.2]}, tasks_per_node=1)
+    spec = yaml.safe_load(path.read_text())
+    spec["resources"] = {"cluster": "slurm", "nodes": 1, "tasks_per_node": 1, "cpus_per_task": 1, "mem_gb": 1, "timeout_min": 5}
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    vitolaunch(home, "status")  # the store exists, as for any sweep but a workspace's first
+    try:
+        result = vitolaunch(home, "sweep", str(path), env={"PYTHONPROFILEIMPORTTIME": "1"})
+    finally:
+        subprocess.run(["scancel", "--name", name], capture_output=True, timeout=60)
+    assert "2 submitted" in result.stdout
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    assert "vitolaunch.registry_sqlite_store" in imported
+    assert not {m for m in imported if m.split(".")[0] in ("mlflow", "sqlalchemy", "alembic")}, sorted(imported)

@@ -84,8 +84,6 @@ def sweep(spec_file: str, overrides: tuple[str, ...], dry_run: bool, retry_faile
     waits_for: dict = {}
     if spec.task == "evaluate":  # (checkpoint x grid): the targets are looked up in MLflow and storage
         spec, trials, waits_for = _evaluate_plan(spec, trials, tracking_uri or spec.tracking.uri)
-    check_trials_fit_resources(spec, trials)
-    check_early_stop(spec, trials)
     console = _console()
     if dry_run:
         from vitolaunch.plan import render_plan, resource_lines
@@ -98,6 +96,8 @@ def sweep(spec_file: str, overrides: tuple[str, ...], dry_run: bool, retry_faile
         _local_note(console, spec.resources, cluster)
         if cluster == "slurm":
             _slurm_dry_run(console, spec, trials)
+        check_trials_fit_resources(spec, trials)  # after the cluster's facts; a real sweep checks both in preflight
+        check_early_stop(spec, trials)
         console.print(f"dry run: {len(trials)} trials, nothing submitted")
         if then is not None:
             console.print(f"then: {then.source_file} would be queued, each evaluation waiting for its pretraining trial")
@@ -144,11 +144,15 @@ def _print_report(console, spec, report) -> None:
         "failed": "failed earlier: skipped (use --retry-failed, or vitolaunch resume RUN_ID)",
         "pruned": "pruned by early stopping: skipped (vitolaunch resume RUN_ID continues it)",
     }
+    lines = []
     for outcome in report.outcomes:
         params = " ".join(f"{k}={v}" for k, v in outcome.trial.params.items())
         job = f" job {outcome.job_id}" if outcome.job_id else ""
-        console.print(f"  {outcome.trial.index:03d} {outcome.trial.key[:8]}  run {outcome.run_id}  {params}  "
-                      f"{notes[outcome.action.value]}{job}")
+        note = notes[outcome.action.value]
+        lines.append(f"  {outcome.trial.index:03d} {outcome.trial.key[:8]}  run {outcome.run_id}  {params}  {note}{job}")
+    # One plain write: rich's per-line markup and highlighting cost ~1 ms a line (1 s for 1000 trials), and a
+    # swept value such as [4, 5] is data, not markup.
+    click.echo("\n".join(lines))
     queued = counts.get("submitted", 0) + counts.get("resubmitted", 0)
     if queued > spec.resources.array_parallelism:
         console.print(f"at most {spec.resources.array_parallelism} trials run at once (resources.array_parallelism): "
@@ -189,6 +193,7 @@ def _slurm_dry_run(console, spec, trials) -> None:
     """The sbatch script, then (where SLURM answers) the partition checks and `sbatch --test-only`."""
     from vitolaunch.backends.slurm import SlurmBackend, render_script
     from vitolaunch.records import trial_job_name
+    from vitolaunch.resource_check import check_resources
     from vitolaunch.spec import trial_resources
     from vitolaunch.workspace import Workspace
 
@@ -204,7 +209,7 @@ def _slurm_dry_run(console, spec, trials) -> None:
     if not reachable:
         console.print("SLURM is not reachable from here: partition checks and sbatch --test-only skipped")
         return
-    backend.check(resources)  # a missing partition, too many nodes, too long: one clear error, exit 2
+    check_resources(spec, backend, resources)  # a missing partition, too many nodes, too long: one located error
     console.print(f"sbatch --test-only: {backend.test_only(resources, names, log_root)}")
 
 

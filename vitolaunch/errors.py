@@ -7,6 +7,15 @@ class VitolaunchError(Exception):
     """Base of every user-facing error: the CLI prints str(error) and exits non-zero."""
 
 
+class ResourceError(VitolaunchError):
+    """Resources the scheduler cannot provide. `key` is the spec key at fault (e.g. "resources.nodes"), so a
+    caller holding the spec can point at its line (vitolaunch.resource_check)."""
+
+    def __init__(self, message: str, *, key: str, hint: str | None = None) -> None:
+        super().__init__(f"{message}. {hint}" if hint else message)
+        self.message, self.key, self.hint = message, key, hint
+
+
 class SpecError(VitolaunchError):
     """A problem in a sweep spec, a base config or a `-o` override, located as precisely as known.
 

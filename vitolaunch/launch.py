@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import json
 import logging
 import subprocess
@@ -51,10 +52,13 @@ from vitolaunch.records import (
     trial_job_name,
     trial_run_name,
 )
-from vitolaunch.registry import NewTrialRun, Registry, RunRecord
+from vitolaunch.registry import NewTrialRun, RunRecord
+from vitolaunch.registry_open import open_registry
+from vitolaunch.resource_check import check_resources
 from vitolaunch.resources import Resources, resolve_cluster
-from vitolaunch.spec import SweepSpec, Trial, check_early_stop, trial_resources
+from vitolaunch.spec import SweepSpec, Trial, check_early_stop, check_trials_fit_resources, trial_resources
 from vitolaunch.states import TrialState, trial_states
+from vitolaunch.sweep_lock import sweep_lock
 from vitolaunch.workspace import Workspace, quiet_mlflow_environment
 
 log = logging.getLogger(__name__)
@@ -174,8 +178,12 @@ class Launcher:
         self.workspace = workspace
         self.tracking_uri = workspace.tracking_uri_or_default(tracking_uri)
         workspace.root.mkdir(parents=True, exist_ok=True)
-        self.registry = Registry(self.tracking_uri, workspace.artifact_root)
         self._waits_for: dict[str, RunRecord] = {}  # of the sweep being submitted (submit_sweep)
+
+    @functools.cached_property
+    def registry(self):
+        """Opened on first use: a sweep refused in preflight must not create a tracking store."""
+        return open_registry(self.tracking_uri, self.workspace.artifact_root)
 
     # -- sweep -----------------------------------------------------------------------------------
     def submit_sweep(
@@ -187,10 +195,13 @@ class Launcher:
         """
         self._waits_for = waits_for or {}
         target = self._preflight(spec, trials)
-        sweep = self._find_or_create_sweep(spec, target)
-        outcomes = self._classify(spec, sweep, trials, target, retry_failed)
-        self._create_runs(spec, sweep, target, [o for o in outcomes if o.action is Action.SUBMITTED])
-        self._queue(spec, target, [o for o in outcomes if o.action.queues_a_job])
+        # Held from reading what the sweep has to recording the new job ids: a concurrent sweep of the same
+        # spec then finds these trials queued instead of submitting them again.
+        with sweep_lock(self.tracking_uri, self.workspace.root, spec.tracking.experiment, spec.name):
+            sweep = self._find_or_create_sweep(spec, target)
+            outcomes = self._classify(spec, sweep, trials, target, retry_failed)
+            self._create_runs(spec, sweep, target, [o for o in outcomes if o.action is Action.SUBMITTED])
+            self._queue(spec, target, [o for o in outcomes if o.action.queues_a_job])
         self._show_results(spec, sweep, trials, [o for o in outcomes if o.action.queues_a_job])
         return SweepReport(spec.name, sweep.run_id, self.tracking_uri, sweep.experiment_id, target.backend.name, outcomes)
 
@@ -198,7 +209,8 @@ class Launcher:
         """The scheduler can run these resources, the checkpoints can be written, the data exists."""
         backend = make_backend(resolve_cluster(spec.resources))
         resources = trial_resources(spec, trials)
-        backend.check(resources)
+        check_resources(spec, backend, resources)  # the cluster's facts first: they decide what else is worth saying
+        check_trials_fit_resources(spec, trials)
         target = _SweepTarget(
             backend=backend,
             resources=resources,

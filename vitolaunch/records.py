@@ -10,6 +10,7 @@ own metrics and `vito.*` facts (vito.metrics), and the launcher side links runs 
 from __future__ import annotations
 
 import enum
+import time
 from typing import Any
 
 # -- identity: what a run is ------------------------------------------------------------------------
@@ -115,18 +116,25 @@ class RunStatus(str, enum.Enum):
         return not self.is_active
 
 
-def set_run_status(client: Any, run_id: str, status: RunStatus | str, end_time_s: float | None = None) -> None:
-    """The one place a run's status changes, through an MlflowClient.
+def status_change(status: RunStatus | str, end_time_s: float | None = None) -> tuple[RunStatus, int | None]:
+    """The rule of every status change: (the status, the end time to stamp in epoch ms, or None to keep it).
 
-    Active statuses keep the run open (`update_run`); terminal ones also stamp its end time
-    (`set_terminated`; now unless `end_time_s` says when, e.g. a sweep's last trial's end), which is
-    what the MLflow UI and `status` show as the run's duration.
+    Active statuses keep the run open; terminal ones stamp its end time (now unless `end_time_s` says when,
+    e.g. a sweep's last trial's end), which is what the MLflow UI and `status` show as the run's duration.
+    Every writer (MLflow's client below, the standard-library sqlite and REST writers) applies it.
     """
     status = RunStatus(status)
     if status.is_active:
+        return status, None
+    return status, int((end_time_s if end_time_s else time.time()) * 1000)
+
+
+def set_run_status(client: Any, run_id: str, status: RunStatus | str, end_time_s: float | None = None) -> None:
+    """A run's status change through an MlflowClient (`status_change` says what it writes)."""
+    status, end_time = status_change(status, end_time_s)
+    if end_time is None:
         client.update_run(run_id, status=status.value)
     else:
-        end_time = int(end_time_s * 1000) if end_time_s else None
         client.set_terminated(run_id, status=status.value, end_time=end_time)
 
 

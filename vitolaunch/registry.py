@@ -195,14 +195,14 @@ class Registry(RunQueries):
         """The trials' runs (SCHEDULED until a job picks them up), in order; one transaction on a SQL store."""
         from vitolaunch.tracking_bulk import create_runs
 
-        runs = [_new_run(sweep, trial) for trial in trials]
+        runs = [new_run(sweep, trial) for trial in trials]
         return create_runs(self._client, sweep.experiment_id, runs, status=RunStatus.SCHEDULED)
 
     def create_trial(self, sweep: RunRecord, trial: NewTrialRun) -> str:
         """One trial's run through MLflow's public API alone (what `create_trials` must be equivalent to)."""
         from vitolaunch.tracking_bulk import create_run_one_by_one
 
-        return create_run_one_by_one(self._client, sweep.experiment_id, _new_run(sweep, trial), RunStatus.SCHEDULED)
+        return create_run_one_by_one(self._client, sweep.experiment_id, new_run(sweep, trial), RunStatus.SCHEDULED)
 
     def log_artifact(self, run_id: str, local_path: str) -> None:
         self._client.log_artifact(run_id, local_path)
@@ -269,7 +269,7 @@ class Registry(RunQueries):
                 return runs
 
 
-def _new_run(sweep: RunRecord, trial: NewTrialRun):
+def new_run(sweep: RunRecord, trial: NewTrialRun):
     from vitolaunch.tracking_bulk import NewRun
 
     return NewRun(

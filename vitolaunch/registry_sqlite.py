@@ -2,8 +2,8 @@
 
 Importing mlflow and its SQLAlchemy store costs 2-3 s, most of the time `status` takes on the embedded
 default. Reading the few tables status needs (runs, tags, latest_metrics) with the standard library takes
-milliseconds. Writes always go through MLflow (registry.Registry); any surprise in the schema falls back
-to it.
+milliseconds. Any surprise in the schema falls back to MLflow (registry.Registry). The write side on the
+same tables, for a schema version checked against MLflow, is registry_sqlite_store.SqliteRegistry.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from submitit.core.utils import JobPaths, pickle_load
 from vitolaunch.backends import local_slots
 from vitolaunch.backends.base import Backend, JobHandle, SchedulerState
 from vitolaunch.backends.submitit_compat import LOCAL_CONTROLLER_MODULE
-from vitolaunch.errors import VitolaunchError
+from vitolaunch.errors import ResourceError
 from vitolaunch.resources import Resources
 
 _SLOTS_DIR = ".slots"
@@ -98,17 +98,19 @@ class LocalBackend(Backend):
 
     def check(self, resources: Resources) -> None:
         if resources.nodes != 1:
-            raise VitolaunchError(
+            raise ResourceError(
                 f"resources.nodes is {resources.nodes}, but the local backend runs on this one machine: "
-                "set resources.nodes: 1, or run on a SLURM cluster (resources.cluster: slurm)"
+                "set resources.nodes: 1, or run on a SLURM cluster (resources.cluster: slurm)",
+                key="resources.nodes",
             )
         if resources.gpus_per_node:
             import torch
 
             available = torch.cuda.device_count()
             if resources.gpus_per_node > available:
-                raise VitolaunchError(
-                    f"resources.gpus_per_node is {resources.gpus_per_node}, but this machine has {available} GPUs"
+                raise ResourceError(
+                    f"resources.gpus_per_node is {resources.gpus_per_node}, but this machine has {available} GPUs",
+                    key="resources.gpus_per_node",
                 )
 
     def submit(

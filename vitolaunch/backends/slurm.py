@@ -31,7 +31,7 @@ from vitolaunch.backends import slurm_site
 from vitolaunch.backends.base import Backend, JobHandle, SchedulerState
 from vitolaunch.backends.slurm_retry import SIGNAL_DELAY_ENV, parse_duration_s
 from vitolaunch.backends.submitit_compat import sbatch_script
-from vitolaunch.errors import VitolaunchError
+from vitolaunch.errors import ResourceError, VitolaunchError
 from vitolaunch.records import sweep_of_job_name
 from vitolaunch.resources import Resources
 
@@ -323,25 +323,27 @@ class SlurmBackend(Backend):
         if resources.partition:
             partition = partitions.get(resources.partition)
             if partition is None:
-                raise VitolaunchError(
-                    f"resources.partition '{resources.partition}' does not exist on this cluster (partitions: {known})"
+                raise ResourceError(
+                    f"resources.partition '{resources.partition}' does not exist on this cluster (partitions: {known})",
+                    key="resources.partition",
                 )
         else:
             partition = next((p for p in partitions.values() if p.default), None)
             if partition is None:
-                raise VitolaunchError(f"resources.partition is not set and the cluster has no default partition: "
-                                      f"choose one of {known}")
+                raise ResourceError(f"resources.partition is not set and the cluster has no default partition: "
+                                    f"choose one of {known}", key="resources.partition")
         where = f"partition '{partition.name}'"
         if resources.nodes > partition.total_nodes:
-            raise VitolaunchError(
-                f"resources.nodes is {resources.nodes}, but {where} has {partition.total_nodes} node(s)"
-            )
+            raise ResourceError(f"resources.nodes is {resources.nodes}, but {where} has {partition.total_nodes} node(s)",
+                                key="resources.nodes", hint=f"Ask for at most {partition.total_nodes}")
         if partition.max_nodes is not None and resources.nodes > partition.max_nodes:
-            raise VitolaunchError(f"resources.nodes is {resources.nodes}, over the MaxNodes={partition.max_nodes} of {where}")
+            raise ResourceError(f"resources.nodes is {resources.nodes}, over the MaxNodes={partition.max_nodes} of {where}",
+                                key="resources.nodes", hint=f"Ask for at most {partition.max_nodes}, or another partition")
         if partition.max_time_min is not None and resources.timeout_min > partition.max_time_min:
-            raise VitolaunchError(
+            raise ResourceError(
                 f"resources.timeout_min is {resources.timeout_min}, over the {partition.max_time_min:g} min "
-                f"time limit (MaxTime) of {where}"
+                f"time limit (MaxTime) of {where}",
+                key="resources.timeout_min",
             )
         self._check_site(resources, partition.name)
 

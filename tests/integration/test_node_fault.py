@@ -1,0 +1,88 @@
+"""Node n2 fails during a 2-node trial on the loopback cluster: its slurmd and the trial's job step on it are
+killed (SIGKILL), then n2 is brought back with scripts/slurm-up.sh. The trial must be retried from its last
+committed checkpoint within the crash retry policy, finish, and lose no committed step.
+
+Only n2's slurmd and this trial's own processes on n2 are killed: other users of the shared cluster keep
+their jobs (a job step outlives its node's slurmd), and n2 is restarted at once, passed or not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.integration.local_sweeps import vitolaunch
+from tests.integration.test_slurm_backend import (  # noqa: F401 - fixtures, found by name
+    LONG,
+    _committed,
+    _long_spec,
+    _loss_steps,
+    _rank_pid,
+    _trials,
+    _wait_run,
+    cancel_on_exit,
+    job_environment,
+)
+
+pytestmark = pytest.mark.usefixtures("slurm_cluster", "job_environment")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _slurmd(node: str) -> psutil.Process | None:
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = process.info["cmdline"] or []
+        if cmdline[:1] and cmdline[0].endswith("slurmd") and cmdline[-2:] == ["-N", node]:
+            return process
+    return None
+
+
+def _bring_back_n2() -> None:
+    subprocess.run(["bash", str(REPO / "scripts" / "slurm-up.sh")], capture_output=True, timeout=180)
+
+
+@pytest.mark.timeout(900)
+def test_node_failure_mid_trial_retries_from_the_last_checkpoint(tmp_path, cancel_on_exit):  # noqa: F811
+    home = tmp_path / "home"
+    cancel_on_exit("it-node")
+    vitolaunch(home, "sweep", str(_long_spec(tmp_path, "it-node", retries={"crash": 1, "timeout": 0})))
+    (trial,) = _trials(home)
+    run_id, job = trial.info.run_id, trial.data.tags["vitolaunch.job_id"]
+    uri = trial.data.tags["vitolaunch.checkpoint_uri"]
+
+    deadline = time.monotonic() + 300
+    while not [s for s in _committed(uri) if s >= 25]:
+        assert time.monotonic() < deadline, "no checkpoint at step >= 25 in time"
+        time.sleep(0.2)
+    rank_1 = psutil.Process(_rank_pid(job, 1))
+    assert rank_1.environ().get("SLURMD_NODENAME") == "n2", "rank 1 is expected on n2"
+    step_n2 = rank_1.parent()  # n2's slurmstepd of this trial's step
+    slurmd_n2 = _slurmd("n2")
+    assert slurmd_n2 is not None and "slurmstepd" in step_n2.name(), (slurmd_n2, step_n2.cmdline())
+    try:
+        for process in (slurmd_n2, step_n2, rank_1):
+            os.kill(process.pid, signal.SIGKILL)
+        committed = _committed(uri)[-1]
+        assert committed < LONG["steps"], "the trial finished before the fault: make it longer"
+        time.sleep(5)  # the node stays dead a moment, as a real one does
+    finally:
+        _bring_back_n2()
+    assert _slurmd("n2") is not None, "scripts/slurm-up.sh did not bring n2's slurmd back"
+
+    resumed = _wait_run(home, run_id, lambda r: r.data.tags.get("vito.resumed_from_step") is not None
+                        or r.info.status in ("FINISHED", "FAILED", "KILLED"), 400, "the retry after the node fault")
+    assert resumed.data.tags.get("vito.resumed_from_step") == str(committed), resumed.data.tags
+    done = _wait_run(home, run_id, lambda r: r.info.status in ("FINISHED", "FAILED", "KILLED"), 400, "the trial to end")
+    assert done.info.status == "FINISHED", done.data.tags
+    retries = json.loads(done.data.tags.get("vitolaunch.retries", "{}"))
+    print("node fault:", {k: v for k, v in done.data.tags.items() if k.startswith(("vitolaunch.retries", "vitolaunch.last",
+                                                                                   "vito.resumed", "vitolaunch.slurm"))})
+    assert sum(retries.values()) >= 1 and retries.get("crash", 0) <= 1, retries
+    # every logged step is there: none committed before the fault was lost, the lost ones were redone
+    assert sorted(set(_loss_steps(home, run_id))) == list(range(LONG["log_every"], LONG["steps"] + 1, LONG["log_every"]))

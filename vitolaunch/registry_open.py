@@ -1,0 +1,36 @@
+"""Which registry writes to a tracking store: the standard-library ones where they are verified, else MLflow's.
+
+`vitolaunch sweep` spends most of its time importing mlflow and SQLAlchemy (~2.5 s) unless the store is
+written without them: a sqlite store of a verified MLflow schema directly (registry_sqlite_store), a
+tracking server through its REST API (registry_rest). Everything else (other databases, a new sqlite file
+whose schema MLflow must create, TLS settings only MLflow's client understands) goes through MlflowClient.
+VITOLAUNCH_TRACKING_CLIENT=mlflow forces MLflow's client everywhere, should a store ever disagree.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+_MLFLOW_ONLY_SETTINGS = ("MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_TRACKING_SERVER_CERT_PATH",
+                         "MLFLOW_TRACKING_CLIENT_CERT_PATH", "MLFLOW_TRACKING_AUTH")
+
+
+def open_registry(tracking_uri: str, artifact_root: Path):
+    if os.environ.get("VITOLAUNCH_TRACKING_CLIENT", "").lower() != "mlflow":
+        if tracking_uri.startswith("sqlite:///") and Path(tracking_uri[len("sqlite:///"):]).exists():
+            from vitolaunch.registry_sqlite import SchemaMismatch
+            from vitolaunch.registry_sqlite_store import SqliteRegistry
+
+            try:
+                return SqliteRegistry(tracking_uri, artifact_root)
+            except (SchemaMismatch, sqlite3.Error):
+                pass
+        if tracking_uri.startswith(("http://", "https://")) and not any(os.environ.get(k) for k in _MLFLOW_ONLY_SETTINGS):
+            from vitolaunch.registry_rest import RestRegistry
+
+            return RestRegistry(tracking_uri)
+    from vitolaunch.registry import Registry
+
+    return Registry(tracking_uri, artifact_root)

@@ -69,3 +69,12 @@ def slurm_cluster() -> None:
     acct = _query(["sacct", "-n", "-X", "-S", "now"])
     if acct.returncode != 0:
         _slurm_unavailable(f"`sacct` failed (accounting down?): {acct.stderr.strip()}")
+
+
+@pytest.fixture
+def cancel_on_exit():
+    """Whatever a test queued is cancelled when it ends, passed or not."""
+    names: list[str] = []
+    yield names.append
+    for name in names:
+        subprocess.run(["scancel", "--name", name], capture_output=True, timeout=30)

@@ -13,10 +13,10 @@ import pytest
 import yaml
 
 from tests.integration.local_sweeps import all_ended, wait_until
-from tests.integration.test_slurm_backend import _slurm_spec, _trials, _wait_sacct, cancel_on_exit, job_environment, vitolaunch
+from tests.integration.test_slurm_backend import _slurm_spec, _trials, _wait_sacct, job_environment, vitolaunch
 
 pytestmark = pytest.mark.usefixtures("slurm_cluster", "job_environment")
-__all__ = ["cancel_on_exit", "job_environment"]  # fixtures, used by name
+__all__ = ["job_environment"]  # a fixture, used by name
 
 GOOD, BAD = [0.01, 0.005], [20.0, 50.0]
 

@@ -27,7 +27,6 @@ from tests.integration.test_slurm_backend import (  # noqa: F401 - fixtures, fou
     _rank_pid,
     _trials,
     _wait_run,
-    cancel_on_exit,
     job_environment,
 )
 
@@ -48,7 +47,7 @@ def _bring_back_n2() -> None:
 
 
 @pytest.mark.timeout(900)
-def test_node_failure_mid_trial_retries_from_the_last_checkpoint(tmp_path, cancel_on_exit):  # noqa: F811
+def test_node_failure_mid_trial_retries_from_the_last_checkpoint(tmp_path, cancel_on_exit):
     home = tmp_path / "home"
     cancel_on_exit("it-node")
     vitolaunch(home, "sweep", str(_long_spec(tmp_path, "it-node", retries={"crash": 1, "timeout": 0})))

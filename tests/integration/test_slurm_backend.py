@@ -112,15 +112,6 @@ def _wait_sacct(job: str, state: str, timeout: float = 40) -> dict:
     raise AssertionError(f"sacct shows {job} as {rows}, not {state}")
 
 
-@pytest.fixture
-def cancel_on_exit():
-    """Whatever a test queued is cancelled when it ends, passed or not."""
-    names: list[str] = []
-    yield names.append
-    for name in names:
-        subprocess.run(["scancel", "--name", name], capture_output=True, timeout=30)
-
-
 def _rank_pid(job: str, rank: int) -> int | None:
     """The pid of one rank of an array task: the process whose SLURM environment says so."""
     import psutil

@@ -28,14 +28,6 @@ RANK_FACTS = ('printf "%s|%s|%s|%s|%s|%s\\n" "$SLURM_PROCID" "$SLURMD_NODENAME" 
               '"$VITO_SITE_GREETING" "$VITO_SETUP_MARK" "$(nproc)"')
 
 
-@pytest.fixture
-def cancel_on_exit():
-    names: list[str] = []
-    yield names.append
-    for name in names:
-        subprocess.run(["scancel", "--name", name], capture_output=True, timeout=30)
-
-
 def _wait_done(backend, handles, timeout: float = 120) -> None:
     from vitolaunch.backends import SchedulerState
 

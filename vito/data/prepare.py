@@ -365,16 +365,20 @@ def prepare_manifest(
     if progress:
         progress(completed, len(mine))
     tasks = [_Task(r, relative_output(r.uri), output, options, storage_options) for r in todo]
+
+    def record(uri: str, marker: dict[str, Any] | None, reason: str | None) -> None:
+        nonlocal completed
+        completed += 1
+        if reason:
+            failures[uri] = reason
+        else:
+            markers[uri] = marker
+        if progress:
+            progress(completed, len(mine))
+
     if workers == 1:
-        results = map(_run_one, tasks)
-        for uri, marker, reason in results:
-            completed += 1
-            if reason:
-                failures[uri] = reason
-            else:
-                markers[uri] = marker
-            if progress:
-                progress(completed, len(mine))
+        for result in map(_run_one, tasks):
+            record(*result)
     else:
         # Forked workers would inherit whatever threads the parent runs; spawn starts them clean.
         import multiprocessing
@@ -384,14 +388,7 @@ def prepare_manifest(
             while pending:
                 finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in finished:
-                    uri, marker, reason = future.result()
-                    completed += 1
-                    if reason:
-                        failures[uri] = reason
-                    else:
-                        markers[uri] = marker
-                    if progress:
-                        progress(completed, len(mine))
+                    record(*future.result())
     if only is None:  # array tasks may share the scratch folder; a whole run owns it
         out.drop_scratch()
     new_manifest = out.uri("manifest.jsonl")

@@ -193,7 +193,7 @@ def per_view_augment_ms(cfg: DataConfig, views: int, rounds: int) -> dict[str, l
 
     from vito.data.augment import augment_view, crop_uint8, draw_view_params
     from vito.data.batch_augment import augment_batch
-    from vito.data.pairs import _to_chw_float
+    from vito.data.pairs import to_chw_float
 
     size = cfg.crop_size
     frames = [np.random.default_rng(k).integers(0, 256, (256, 456, 3), dtype=np.uint8) for k in range(8)]
@@ -214,7 +214,7 @@ def per_view_augment_ms(cfg: DataConfig, views: int, rounds: int) -> dict[str, l
             height, width = image.shape[:2]
             started = time.process_time()
             for k in range(few):  # as the old worker: the whole frame to float, then the view
-                augment_view(_to_chw_float(image), cfg.augment, size, torch.Generator().manual_seed(k))
+                augment_view(to_chw_float(image), cfg.augment, size, torch.Generator().manual_seed(k))
             out[f"old_{name}"].append(1e3 * (time.process_time() - started) / few)
             drawn = [draw_view_params(height, width, cfg.augment, size, torch.Generator().manual_seed(k)) for k in range(few)]
             started = time.process_time()

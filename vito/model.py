@@ -259,7 +259,7 @@ class VitoModel(nn.Module):
             target_a, target_b = target[:batch], target[batch:]
             offset = 0
             if self.global_negatives:
-                (target_a, target_b), offset = _gather_across_ranks(target_a, target_b)
+                (target_a, target_b), offset = gather_across_ranks(target_a, target_b)
             loss = info_nce(pred_a, target_b, self.temperature, offset)
             if self.symmetric:
                 loss = 0.5 * (loss + info_nce(pred_b, target_a, self.temperature, offset))
@@ -307,7 +307,7 @@ class VitoModel(nn.Module):
                 module.train(mode)
 
 
-def _gather_across_ranks(*keys: Tensor) -> tuple[list[Tensor], int]:
+def gather_across_ranks(*keys: Tensor) -> tuple[list[Tensor], int]:
     """All ranks' target keys (no gradient flows to the target), and where this rank's rows start."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return list(keys), 0

@@ -228,15 +228,15 @@ def status(sweep_id: str | None, watch: bool, interval: float, as_json: bool, st
     from functools import partial
 
     from vitolaunch.registry_sqlite import open_run_reader
-    from vitolaunch.status import all_terminal, collect_rows as _collect, render_table, rows_as_json
+    from vitolaunch.status import all_terminal, collect_rows, render_table, rows_as_json
     from vitolaunch.workspace import Workspace, quiet_mlflow_environment
 
     quiet_mlflow_environment()
     workspace = Workspace.from_env()
-    collect_rows = partial(_collect, stalled_after=stalled_after)
+    rows_of = partial(collect_rows, stalled_after=stalled_after)
     reader = open_run_reader(workspace.tracking_uri_or_default(tracking_uri), workspace)
     console = _console()
-    rows, problems = _rows(collect_rows, reader, sweep_id)
+    rows, problems = _rows(rows_of, reader, sweep_id)
     if as_json:
         click.echo(rows_as_json(rows))
         for problem in problems:  # stdout stays valid JSON
@@ -253,7 +253,7 @@ def status(sweep_id: str | None, watch: bool, interval: float, as_json: bool, st
     with Live(render_table(rows, problems=problems), console=console, auto_refresh=False) as live:
         while not all_terminal(rows):
             time.sleep(interval)
-            rows, problems = _rows(collect_rows, reader, sweep_id)
+            rows, problems = _rows(rows_of, reader, sweep_id)
             live.update(render_table(rows, title=time.strftime("%H:%M:%S"), problems=problems), refresh=True)
     sweeps = list(dict.fromkeys(row.sweep for row in rows))
     if not console.is_terminal:  # rich's Live leaves its last frame unterminated when piped

@@ -47,10 +47,10 @@ def _batch_norm_worker(rank: int, port: int, out: str) -> None:
     weight_grad = norm.weight.grad.clone()
     torch.distributed.all_reduce(weight_grad)  # what DDP-style gradient averaging (x world) gives
 
-    from vito.model import _gather_across_ranks
+    from vito.model import gather_across_ranks
 
     key_a, key_b = torch.full((3, 4), float(rank)), torch.full((3, 4), 10.0 + rank)
-    (all_a, all_b), offset = _gather_across_ranks(key_a, key_b)
+    (all_a, all_b), offset = gather_across_ranks(key_a, key_b)
     torch.save({"x_grad": x.grad, "weight_grad": weight_grad,
                 "running_mean": norm.running_mean, "running_var": norm.running_var, "all_a": all_a, "all_b": all_b,
                 "offset": offset}, Path(out) / f"bn{rank}.pt")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from vito.config import AugmentConfig, DataConfig, SyntheticConfig
-from vito.data.augment import PHOTOMETRIC_FIELDS, _resize, augment_view, crop_uint8, draw_view_params
+from vito.data.augment import PHOTOMETRIC_FIELDS, augment_view, crop_uint8, draw_view_params, resize_square
 from vito.data.batch_augment import PairCrops, augment_batch, augment_pairs
 from vito.data.manifest import read_manifest
 from vito.data.pairs import FramePairDataset, PairSampler, build_pair_loader
@@ -63,7 +63,7 @@ def test_uint8_crop_is_within_one_grey_level_of_the_float_crop() -> None:
         crop = crop_uint8(image, params, 40)
         assert crop.dtype == torch.uint8 and crop.shape == (3, 40, 40)
         window = to_float(image)[:, params.top : params.top + params.height, params.left : params.left + params.width]
-        reference = _resize(window, 40).clamp(0, 1) * 255
+        reference = resize_square(window, 40).clamp(0, 1) * 255
         assert (crop.float() - reference).abs().max() <= 1.05  # fixed-point weights: just over 1 at worst
 
 

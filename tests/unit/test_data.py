@@ -16,11 +16,11 @@ import torch.nn.functional as F
 
 from vito.config import AugmentConfig, DataConfig, SyntheticConfig
 from vito.data import video as video_module
-from vito.data.augment import _gaussian_blur, augment_view, eval_view
+from vito.data.augment import augment_view, eval_view, gaussian_blur
 from vito.data.manifest import VideoRecord, read_manifest, write_manifest
 from vito.data.pairs import FramePairDataset, PairSampler, build_pair_loader
 from vito.data.synthetic import CLASS_NAMES, ensure_synthetic_videos, render_clip
-from vito.data.video import ClipCache, _to_rgb, decode_all_frames, decode_frames_at, probe_video
+from vito.data.video import ClipCache, decode_all_frames, decode_frames_at, probe_video, to_rgb
 
 torch.set_num_threads(1)
 
@@ -194,7 +194,7 @@ def test_rgb_conversion_matches_pyav_default(records: list[VideoRecord]) -> None
     with av.open(records[0].uri) as container:
         frames = list(container.decode(container.streams.video[0]))
     for frame in frames:
-        np.testing.assert_array_equal(_to_rgb(frame), frame.to_ndarray(format="rgb24"))
+        np.testing.assert_array_equal(to_rgb(frame), frame.to_ndarray(format="rgb24"))
 
 
 # ------------------------------------------------------------------------------------------ clip cache
@@ -310,7 +310,7 @@ def _conv_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
 def test_blur_matches_depthwise_conv(sigma: float) -> None:
     image = torch.rand(3, 24, 30, generator=torch.Generator().manual_seed(4))
     for view in (image, image[:1].expand(3, -1, -1)):  # also the expanded grayscale the pipeline blurs
-        blurred = _gaussian_blur(view, sigma)
+        blurred = gaussian_blur(view, sigma)
         assert blurred.shape == view.shape
         torch.testing.assert_close(blurred, _conv_blur(view, sigma), rtol=0, atol=1e-6)
 

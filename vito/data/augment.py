@@ -21,11 +21,11 @@ from vito.config import AugmentConfig
 
 MEAN = torch.tensor([0.485, 0.456, 0.406])
 STD = torch.tensor([0.229, 0.224, 0.225])
-_LUMA = torch.tensor([0.299, 0.587, 0.114])
+LUMA = torch.tensor([0.299, 0.587, 0.114])
 # Broadcastable (3, 1, 1) views, made once: per-call indexing costs more than the arithmetic on small views.
 _MEAN_CHW = MEAN[:, None, None]
 _STD_CHW = STD[:, None, None]
-_LUMA_CHW = _LUMA[:, None, None]
+_LUMA_CHW = LUMA[:, None, None]
 _RATIO_RANGE = (3 / 4, 4 / 3)
 # BYOL blurs 224-px images with sigma in [0.1, 2.0] px; scale by image size to keep the same relative blur.
 _BLUR_SIGMA_AT_224 = (0.1, 2.0)
@@ -47,7 +47,7 @@ def _randint(gen: torch.Generator, high: int) -> int:
     return int(torch.randint(high, (), generator=gen).item())
 
 
-def _resize(image: torch.Tensor, out_size: int) -> torch.Tensor:
+def resize_square(image: torch.Tensor, out_size: int) -> torch.Tensor:
     resized = F.interpolate(image[None], size=(out_size, out_size), mode="bilinear", align_corners=False, antialias=False)
     return resized[0]
 
@@ -72,15 +72,15 @@ def _grayscale(image: torch.Tensor) -> torch.Tensor:
 
 
 # RGB <-> YIQ: a hue rotation is a rotation of the (I, Q) chroma plane.
-_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
-_FROM_YIQ = torch.linalg.inv(_TO_YIQ)
+TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+FROM_YIQ = torch.linalg.inv(TO_YIQ)
 
 
 def _hue_rotate(image: torch.Tensor, turns: float) -> torch.Tensor:
     angle = 2 * math.pi * turns
     cos, sin = math.cos(angle), math.sin(angle)
     rotation = torch.tensor([[1.0, 0.0, 0.0], [0.0, cos, -sin], [0.0, sin, cos]])
-    matrix = _FROM_YIQ @ rotation @ _TO_YIQ
+    matrix = FROM_YIQ @ rotation @ TO_YIQ
     return torch.einsum("ij,jhw->ihw", matrix, image).clamp_(0, 1)
 
 
@@ -100,7 +100,7 @@ def _colour_jitter(image: torch.Tensor, strength: float, gen: torch.Generator, h
     return _hue_rotate(image, turns) if turns else image
 
 
-def _blur_kernel(sigma: float, dtype: torch.dtype) -> list[torch.Tensor]:
+def blur_kernel(sigma: float, dtype: torch.dtype) -> list[torch.Tensor]:
     """The normalised 1-D Gaussian taps, each a 0-dim tensor (a multiplier for one shifted slice)."""
     radius = max(1, math.ceil(3 * sigma))
     offsets = torch.arange(-radius, radius + 1, dtype=dtype)
@@ -117,13 +117,13 @@ def _blur_pass(padded: torch.Tensor, taps: list[torch.Tensor], dim: int) -> torc
     return out
 
 
-def _gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
+def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
     # Separable Gaussian as multiply-adds of shifted slices. A depthwise conv2d computes the same sums,
     # but at these sizes oneDNN spends ~60 us per call on setup against ~3 us per tap here. The taps are
     # accumulated in order k = 0..2r, one fused multiply-add each, as the previous depthwise conv2d did:
     # outputs were bit-identical to it on the AVX-512 machine this was written on, and the tests hold
     # them to within float rounding of it anywhere.
-    taps = _blur_kernel(sigma, image.dtype)
+    taps = blur_kernel(sigma, image.dtype)
     radius = len(taps) // 2
     padded = F.pad(image, (radius, radius, radius, radius), mode="reflect")
     return _blur_pass(_blur_pass(padded, taps, 2), taps, 1)
@@ -205,7 +205,7 @@ def augment_view(frame: torch.Tensor, cfg: AugmentConfig, out_size: int, gen: to
     which draws the same choices from the same generator."""
     _, height, width = frame.shape
     top, left, h, w = _crop_box(height, width, cfg.crop_scale_min, gen)
-    image = _resize(frame[:, top : top + h, left : left + w], out_size).clamp(0, 1)
+    image = resize_square(frame[:, top : top + h, left : left + w], out_size).clamp(0, 1)
     if _coin(gen, cfg.flip_p):
         image = image.flip(-1)
     if _coin(gen, cfg.color_jitter_p):
@@ -215,7 +215,7 @@ def augment_view(frame: torch.Tensor, cfg: AugmentConfig, out_size: int, gen: to
     if _coin(gen, cfg.blur_p):
         low, high = _BLUR_SIGMA_AT_224
         sigma = _uniform(gen, low, high) * out_size / 224
-        image = _gaussian_blur(image, sigma)
+        image = gaussian_blur(image, sigma)
     if _coin(gen, cfg.solarize_p):
         image = torch.where(image < 0.5, image, 1 - image)
     return normalize(image.contiguous())
@@ -226,4 +226,4 @@ def eval_view(frame: torch.Tensor, out_size: int) -> torch.Tensor:
     _, height, width = frame.shape
     side = min(height, width)
     top, left = (height - side) // 2, (width - side) // 2
-    return normalize(_resize(frame[:, top : top + side, left : left + side], out_size).clamp(0, 1))
+    return normalize(resize_square(frame[:, top : top + side, left : left + side], out_size).clamp(0, 1))

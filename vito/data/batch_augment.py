@@ -18,7 +18,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from vito.data.augment import _FROM_YIQ, _LUMA, _TO_YIQ, MEAN, PHOTOMETRIC_FIELDS, STD, _blur_kernel
+from vito.data.augment import FROM_YIQ, LUMA, MEAN, PHOTOMETRIC_FIELDS, STD, TO_YIQ, blur_kernel
 
 _COLUMN = {name: index for index, name in enumerate(PHOTOMETRIC_FIELDS)}
 
@@ -39,7 +39,7 @@ def _per_row(values: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def _grayscale(image: torch.Tensor) -> torch.Tensor:
-    return (image * _LUMA.to(image.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    return (image * LUMA.to(image.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
 
 
 def _hue_matrices(turns: torch.Tensor) -> torch.Tensor:
@@ -49,7 +49,7 @@ def _hue_matrices(turns: torch.Tensor) -> torch.Tensor:
         angle = 2 * math.pi * value
         cos, sin = math.cos(angle), math.sin(angle)
         rotation = torch.tensor([[1.0, 0.0, 0.0], [0.0, cos, -sin], [0.0, sin, cos]])
-        matrices.append(_FROM_YIQ @ rotation @ _TO_YIQ)
+        matrices.append(FROM_YIQ @ rotation @ TO_YIQ)
     return torch.stack(matrices)
 
 
@@ -75,7 +75,7 @@ def _colour_jitter(image: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
 
 def _blur_taps(sigmas: torch.Tensor) -> torch.Tensor:
     """(n, 2R+1) Gaussian taps, each row augment's kernel for its sigma, zero-padded to the widest radius."""
-    kernels = [torch.stack(_blur_kernel(sigma, torch.float32)) for sigma in sigmas.tolist()]
+    kernels = [torch.stack(blur_kernel(sigma, torch.float32)) for sigma in sigmas.tolist()]
     width = max(len(kernel) for kernel in kernels)
     return torch.stack([F.pad(kernel, ((width - len(kernel)) // 2,) * 2) for kernel in kernels])
 
@@ -92,7 +92,7 @@ def _blur_pass(padded: torch.Tensor, taps: torch.Tensor, dim: int) -> torch.Tens
     return out
 
 
-def _gaussian_blur(image: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+def gaussian_blur(image: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
     taps = _blur_taps(sigmas).to(image.device, non_blocking=True)
     radius = taps.shape[1] // 2
     padded = F.pad(image, (radius, radius, radius, radius), mode="reflect")
@@ -142,7 +142,7 @@ def _augment_rows(crops: torch.Tensor, params: torch.Tensor, out: torch.Tensor) 
 
     apply(params[:, _COLUMN["jitter"]] > 0, lambda x, rows: _colour_jitter(x, params[rows]))
     apply(params[:, _COLUMN["grayscale"]] > 0, lambda x, rows: _grayscale(x).expand(-1, 3, -1, -1))
-    apply(params[:, _COLUMN["blur_sigma"]] > 0, lambda x, rows: _gaussian_blur(x, params[rows, _COLUMN["blur_sigma"]]))
+    apply(params[:, _COLUMN["blur_sigma"]] > 0, lambda x, rows: gaussian_blur(x, params[rows, _COLUMN["blur_sigma"]]))
     apply(params[:, _COLUMN["solarize"]] > 0, lambda x, rows: torch.where(x < 0.5, x, 1 - x))
     mean, std = _normalisation(image.device)
     image.sub_(mean).div_(std)

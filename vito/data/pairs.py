@@ -96,7 +96,7 @@ def _generator(*parts: int) -> torch.Generator:
     return torch.Generator().manual_seed(_derived_seed(*parts))
 
 
-def _to_chw_float(frame: np.ndarray) -> torch.Tensor:
+def to_chw_float(frame: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(frame).permute(2, 0, 1).float().div_(255)
 
 
@@ -195,8 +195,8 @@ class PairSampler:
         """The two augmented views (3, crop, crop) of sample `position`, augmented per sample on the CPU in
         float (the reference of sample_crops + augment_pairs: same choices, same recipe)."""
         gen, frame_a, frame_b = self._decoded_pair(position)
-        view_a = augment_view(_to_chw_float(frame_a), self.cfg.augment, self.cfg.crop_size, gen)
-        view_b = augment_view(_to_chw_float(frame_b), self.cfg.augment, self.cfg.crop_size, gen)
+        view_a = augment_view(to_chw_float(frame_a), self.cfg.augment, self.cfg.crop_size, gen)
+        view_b = augment_view(to_chw_float(frame_b), self.cfg.augment, self.cfg.crop_size, gen)
         return view_a, view_b
 
 

@@ -38,7 +38,7 @@ from typing import Any
 import av
 
 from vito.data.manifest import VideoRecord, read_manifest, record_to_dict
-from vito.data.video import _open_container, is_remote, probe_video
+from vito.data.video import is_remote, open_container, probe_video
 
 # Defaults measured with benchmarks/data_pipeline.py --real-resolution --sweep-options (720p noise clips, one
 # worker core, pairs per CPU-second): 256 px / 0.5 s / fastdecode 66; 0.25 s 79 for 12% more bytes (more on
@@ -91,7 +91,7 @@ def reencode(
     after. Audio and other streams are dropped. One thread each for decoding and encoding: the caller runs
     one process per core.
     """
-    with _open_container(src_uri, storage_options) as source:
+    with open_container(src_uri, storage_options) as source:
         if not source.streams.video:
             raise ValueError("no video stream")
         in_stream = source.streams.video[0]

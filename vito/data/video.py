@@ -62,7 +62,7 @@ def _local_path(uri: str) -> str:
 
 
 @contextmanager
-def _open_container(uri: str, storage_options: dict[str, Any] | None = None) -> Iterator[av.container.InputContainer]:
+def open_container(uri: str, storage_options: dict[str, Any] | None = None) -> Iterator[av.container.InputContainer]:
     """The single place a uri becomes a container: a local path directly, a remote URL through fsspec."""
     if not is_remote(uri):
         with av.open(_local_path(uri), mode="r") as container:
@@ -78,7 +78,7 @@ def _open_container(uri: str, storage_options: dict[str, Any] | None = None) -> 
 
 def probe_video(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[float, float, int]:
     """(duration_s, fps, num_frames) of the first video stream."""
-    with _open_container(uri, storage_options) as container:
+    with open_container(uri, storage_options) as container:
         stream = container.streams.video[0]
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         fps = float(rate) if rate else 0.0
@@ -116,7 +116,7 @@ def _reformatter() -> VideoReformatter:
 _REFORMAT_THREADS: dict[str, int] | None = {"threads": 1}  # PyAV < 17 has no threads argument (nor pool)
 
 
-def _to_rgb(frame: av.VideoFrame) -> np.ndarray:
+def to_rgb(frame: av.VideoFrame) -> np.ndarray:
     global _REFORMAT_THREADS
     if _REFORMAT_THREADS is not None:
         try:
@@ -128,10 +128,10 @@ def _to_rgb(frame: av.VideoFrame) -> np.ndarray:
 
 def decode_all_frames(uri: str, storage_options: dict[str, Any] | None = None) -> np.ndarray:
     """Every frame as uint8 (T, H, W, 3), decoded sequentially (slow reference path)."""
-    with _open_container(uri, storage_options) as container:
+    with open_container(uri, storage_options) as container:
         stream = container.streams.video[0]
         _configure_decoder(stream)
-        frames = [_to_rgb(frame) for frame in container.decode(stream)]
+        frames = [to_rgb(frame) for frame in container.decode(stream)]
     return np.stack(frames)
 
 
@@ -282,7 +282,7 @@ def _decode_clip(container: av.container.InputContainer, max_frames: int) -> Dec
     for frame in container.decode(stream):
         if frame.pts is None or (pts and frame.pts <= pts[-1]) or len(frames) == max_frames:
             return None
-        frames.append(_to_rgb(frame))
+        frames.append(to_rgb(frame))
         pts.append(frame.pts)
     if not frames:
         return None
@@ -373,7 +373,7 @@ def decode_frames_at(uri: str, timestamps_s: Sequence[float], cache: ClipCache |
             return _frames_from_clip(clip, timestamps_s)
     order = sorted(range(len(timestamps_s)), key=lambda k: timestamps_s[k])
     results: list[np.ndarray | None] = [None] * len(timestamps_s)
-    with _open_container(uri) as container:
+    with open_container(uri) as container:
         stream = container.streams.video[0]
         _configure_decoder(stream)
         codec = stream.codec_context
@@ -387,7 +387,7 @@ def decode_frames_at(uri: str, timestamps_s: Sequence[float], cache: ClipCache |
         for k in order:
             frame = reader.frame_at(max(float(timestamps_s[k]), 0.0))
             if frame.pts != last_pts:
-                last_pts, last_rgb = frame.pts, _to_rgb(frame)
+                last_pts, last_rgb = frame.pts, to_rgb(frame)
                 results[k] = last_rgb
             else:  # equal times (a same-frame pair) convert once; copy so callers never share a buffer
                 results[k] = last_rgb.copy()

@@ -186,7 +186,8 @@ def server_sweep(tmp_path_factory):
     home = tmp_path / "home"
     spec = write_spec(tmp_path, sweep, {"loss.temperature": [0.1, 0.2]}, storage={"checkpoint_root": prefix},
                       tracking={"uri": uri, "experiment": experiment}, train={"steps": 40, "log_every": 2})
-    submitted = vitolaunch(home, "sweep", str(spec), env=job_env)
+    # The spec names the server; the shell that submits does not (what the printed commands must carry).
+    submitted = vitolaunch(home, "sweep", str(spec), env={k: v for k, v in job_env.items() if k != "MLFLOW_TRACKING_URI"})
 
     from mlflow.tracking import MlflowClient
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import signal
 import socket
 import sys
@@ -247,8 +248,20 @@ class TrialJob:
             os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
         else:
             env.master_addr = master_address(env.master_addr, int(os.environ.get("SLURM_JOB_NUM_NODES", "1")))
+        if "MASTER_PORT" not in os.environ:  # a site or user that sets it keeps it
+            env.master_port = rendezvous_port(submitit.JobEnvironment().job_id)
         env.export(set_cuda_visible_devices=False, overwrite=True)
         return env.rank
+
+
+def rendezvous_port(job_id: str) -> int:
+    """The rendezvous port of a job, the same on every rank: derived from the job id (`<array>_<task>`).
+
+    Kept below Linux's ephemeral range (32768-60999 by default): submitit's own choice (20000-60000) falls in
+    it 70% of the time, and a busy master node's outgoing connections then hold the port now and then
+    (EADDRINUSE, seen on the loopback cluster), and again on the requeued attempt with the same job id.
+    """
+    return 20000 + random.Random(f"vitolaunch-{job_id}").randrange(12000)
 
 
 def node_scratch(configured: str | None) -> str:

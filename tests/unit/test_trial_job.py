@@ -53,3 +53,12 @@ def test_scratch_is_node_local_unless_configured(monkeypatch, tmp_path):
     assert node_scratch(None) == str(tmp_path / "tmp" / "vitolaunch-scratch")
     monkeypatch.setenv("LOCAL_DISK", "/local")
     assert node_scratch("$LOCAL_DISK/me") == "/local/me"  # expanded on the node, not where vitolaunch ran
+
+
+def test_the_rendezvous_port_is_per_job_and_below_the_ephemeral_range():
+    from vitolaunch.job import rendezvous_port
+
+    ports = {rendezvous_port(f"549_{task}") for task in range(200)}
+    assert all(20000 <= port < 32768 for port in ports)  # Linux hands out 32768-60999 to outgoing connections
+    assert len(ports) > 190  # tasks of one array (one node on the loopback cluster) rarely share a port
+    assert rendezvous_port("549_1") == rendezvous_port("549_1")  # every rank and a requeued attempt agree

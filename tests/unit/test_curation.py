@@ -40,6 +40,8 @@ def test_balanced_counts_exact_proportions() -> None:
     assert balanced_counts({0: 9, 2: 4}, uniform) == {0: 4, 2: 4}
     assert balanced_counts({}, uniform) == {}
     assert balanced_counts({0: 50, 1: 50}, {0: 0.5, 1: 0.5}, max_total=10) == {0: 5, 1: 5}
+    # 1:2 with room for 4.5 circles and 9 squares: flooring at the limit gives 4 and 9; 4 and 8 is exact.
+    assert balanced_counts({0: 5, 1: 9}, {0: 1 / 3, 1: 2 / 3}) == {0: 4, 1: 8}
 
 
 def test_balanced_counts_tolerance_keeps_more_within_the_bound() -> None:

@@ -195,7 +195,7 @@ def balanced_counts(available: dict[int, int], target: dict[int, float], toleran
     ceiling = max(available[c] / w for c, w in weights.items())
     if max_total is not None:
         exact, ceiling = min(exact, max_total), min(ceiling, max_total)
-    best = counts_at(exact)
+    best = _closest_floored(counts_at, weights, exact, target)
     if tolerance > 0:
         floor_tv = total_variation(best, target)
         low, high = exact, ceiling
@@ -211,6 +211,19 @@ def balanced_counts(available: dict[int, int], target: dict[int, float], toleran
             largest = max(best, key=lambda c: best[c])
             best[largest] -= 1
     return {c: n for c, n in best.items() if n > 0}
+
+
+def _closest_floored(counts_at: Callable[[float], dict[int, int]], weights: dict[int, float], limit: float,
+                     target: dict[int, float]) -> dict[int, int]:
+    """The floored counts nearest the target among totals up to `limit`, the largest total on a tie.
+
+    Flooring at the limit alone can break the proportions (1:2 with room for 4.5 and 9 gives 4 and 9, not 4
+    and 8): the counts only change where some N * p_c crosses an integer, so those points are all there is
+    to compare.
+    """
+    points = {limit} | {k / w for c, w in weights.items() for k in range(1, math.floor(limit * w + 1e-9) + 1)}
+    candidates = [counts_at(n) for n in sorted(points, reverse=True) if n <= limit + 1e-9]
+    return min(candidates, key=lambda counts: (round(total_variation(counts, target), 12), -sum(counts.values())))
 
 
 # ------------------------------------------------------------------------------------------ curation

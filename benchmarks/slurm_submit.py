@@ -99,8 +99,8 @@ def _shim(folder: Path) -> Path:
     return shim
 
 
-IMPORTS = "import vitolaunch.cli, vitolaunch.launch, vitolaunch.spec, vitolaunch.backends.slurm, vitolaunch.registry_sqlite_store, " \
-          "submitit, rich.console"
+IMPORTS = ("import vitolaunch.cli, vitolaunch.launch.launcher, vitolaunch.spec, vitolaunch.backends.slurm, "
+           "vitolaunch.tracking.sqlite_store, submitit, rich.console")
 
 def _max_array_size() -> int:
     from vitolaunch.backends.slurm import SlurmBackend

@@ -41,7 +41,7 @@ from vito.evaluate import evaluate_suite, evaluation_splits
 from vito.model import VitoModel
 from vito.train import RunContext, Trainer
 from vitolaunch.spec import load_spec
-from vitolaunch.yaml_lines import parse_value
+from vitolaunch.spec.yaml_lines import parse_value
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = REPO / "sweeps" / "evidence.yaml"

@@ -29,7 +29,7 @@ def _console():
 
 
 def _launcher(tracking_uri: str | None):
-    from vitolaunch.launch import Launcher
+    from vitolaunch.launch.launcher import Launcher
     from vitolaunch.workspace import Workspace
 
     return Launcher(Workspace.from_env(), tracking_uri)
@@ -77,7 +77,7 @@ def sweep(spec_file: str, overrides: tuple[str, ...], dry_run: bool, retry_faile
     spec = load_spec(spec_file, overrides)
     then = None
     if spec.then is not None:  # the evaluation queued after this pretraining, checked before anything is queued
-        from vitolaunch.chained_spec import load_then
+        from vitolaunch.launch.chained import load_then
 
         then = load_then(spec)
     trials = expand(spec)  # every trial validated before anything is submitted
@@ -86,7 +86,7 @@ def sweep(spec_file: str, overrides: tuple[str, ...], dry_run: bool, retry_faile
         spec, trials, waits_for = _evaluate_plan(spec, trials, tracking_uri or spec.tracking.uri)
     console = _console()
     if dry_run:
-        from vitolaunch.plan import render_plan, resource_lines
+        from vitolaunch.launch.plan import render_plan, resource_lines
         from vitolaunch.spec import trial_resources
 
         cluster = resolve_cluster(spec.resources)
@@ -122,7 +122,7 @@ def sweep(spec_file: str, overrides: tuple[str, ...], dry_run: bool, retry_faile
 
 def _evaluate_plan(spec, trials, tracking_uri):
     """An evaluate spec's trials (checkpoint x grid), the experiment it belongs in, and what its trials wait for."""
-    from vitolaunch.evaluate_targets import expand_evaluate
+    from vitolaunch.launch.evaluate_targets import expand_evaluate
 
     plan = expand_evaluate(spec, trials, _launcher(tracking_uri).registry)
     if plan.experiment is not None:  # recorded next to the runs it evaluates
@@ -161,7 +161,7 @@ def _print_report(console, spec, report) -> None:
 
 def _next_steps(report) -> list[str]:
     """What to run next, verbatim: the commands carry the tracking store when it is not the default one."""
-    from vitolaunch.mlflow_ui import runs_page
+    from vitolaunch.results.mlflow_ui import runs_page
 
     store = _store_option(report.tracking_uri)
     if report.tracking_uri.startswith(("http://", "https://")):  # a tracking server serves its own UI
@@ -192,9 +192,9 @@ def _local_note(console, resources, cluster: str) -> None:
 def _slurm_dry_run(console, spec, trials) -> None:
     """The sbatch script, then (where SLURM answers) the partition checks and `sbatch --test-only`."""
     from vitolaunch.backends.slurm import SlurmBackend, render_script
-    from vitolaunch.records import trial_job_name
-    from vitolaunch.resource_check import check_resources
+    from vitolaunch.launch.resource_check import check_resources
     from vitolaunch.spec import trial_resources
+    from vitolaunch.tracking.records import trial_job_name
     from vitolaunch.workspace import Workspace
 
     resources = trial_resources(spec, trials)
@@ -227,8 +227,8 @@ def status(sweep_id: str | None, watch: bool, interval: float, as_json: bool, st
     """Show every sweep and trial (or one sweep: SWEEP_ID is its name or run id)."""
     from functools import partial
 
-    from vitolaunch.registry_sqlite import open_run_reader
-    from vitolaunch.status import all_terminal, collect_rows, render_table, rows_as_json
+    from vitolaunch.results.status_table import all_terminal, collect_rows, render_table, rows_as_json
+    from vitolaunch.tracking.sqlite_reader import open_run_reader
     from vitolaunch.workspace import Workspace, quiet_mlflow_environment
 
     quiet_mlflow_environment()
@@ -293,9 +293,9 @@ def _rows(collect_rows, reader, sweep_id) -> tuple[list, list[str]]:
 def compare(sweeps: tuple[str, ...], group_by: str | None, as_json: bool, as_csv: bool, plot_file: str | None,
             x_key: str | None, tracking_uri: str | None) -> None:
     """Rank the trials of SWEEPS (names or run ids) by the objective, with swept values and final metrics."""
-    from vitolaunch import results
-    from vitolaunch.compare import collect, render_groups, render_trials
-    from vitolaunch.registry_sqlite import open_run_reader
+    from vitolaunch.results.compare import collect, render_groups, render_trials
+    from vitolaunch.results import ranking as results
+    from vitolaunch.tracking.sqlite_reader import open_run_reader
     from vitolaunch.workspace import Workspace, quiet_mlflow_environment
 
     if as_json and as_csv:
@@ -311,7 +311,7 @@ def compare(sweeps: tuple[str, ...], group_by: str | None, as_json: bool, as_csv
     groups = results.group(rows, group_by, ranking) if group_by else None
     fold = groups[0].folded if groups else None
     if plot_file:
-        from vitolaunch.result_plots import choose_x, objective_plot
+        from vitolaunch.results.plots import choose_x, objective_plot
 
         x = results.resolve_key(rows, x_key) if x_key else choose_x(rows, fold)
         objective_plot(rows, ranking, plot_file, x, fold=fold)
@@ -333,7 +333,7 @@ def compare(sweeps: tuple[str, ...], group_by: str | None, as_json: bool, as_csv
 @TRACKING_OPTION
 def resume(run_id: str, tracking_uri: str | None) -> None:
     """Continue a trial (RUN_ID) or every unfinished trial of a sweep from the last committed checkpoint."""
-    from vitolaunch.records import TAG_JOB_ID
+    from vitolaunch.tracking.records import TAG_JOB_ID
 
     launcher = _existing_launcher(tracking_uri)
     resumed = launcher.resume(run_id)

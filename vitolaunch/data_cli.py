@@ -225,7 +225,7 @@ def _submit_prepare_array(manifest: str, output: str, options, storage_options: 
 
 
 def _array_resources(**fields):
-    from vitolaunch.resources import Resources
+    from vitolaunch.spec.resources import Resources
 
     return Resources(cluster="slurm", **fields)
 

@@ -9,7 +9,7 @@ class VitolaunchError(Exception):
 
 class ResourceError(VitolaunchError):
     """Resources the scheduler cannot provide. `key` is the spec key at fault (e.g. "resources.nodes"), so a
-    caller holding the spec can point at its line (vitolaunch.resource_check)."""
+    caller holding the spec can point at its line (vitolaunch.launch.resource_check)."""
 
     def __init__(self, message: str, *, key: str, hint: str | None = None) -> None:
         super().__init__(f"{message}. {hint}" if hint else message)

@@ -1,4 +1,4 @@
-"""MLflow internals that vitolaunch relies on (vitolaunch/mlflow_compat.py) are still there and mean what
+"""MLflow internals that vitolaunch relies on (vitolaunch/tracking/mlflow_compat.py) are still there and mean what
 they meant. A failure here means an MLflow upgrade moved one: fix the adapter, not its callers."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from vitolaunch import mlflow_compat
+from vitolaunch.tracking import mlflow_compat
 
 pytestmark = pytest.mark.timeout(120)
 

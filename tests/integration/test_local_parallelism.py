@@ -15,7 +15,7 @@ import pytest
 from vitolaunch.backends import local_slots
 from vitolaunch.backends.base import SchedulerState
 from vitolaunch.backends.local import LocalBackend
-from vitolaunch.resources import Resources
+from vitolaunch.spec.resources import Resources
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -10,7 +10,7 @@ import pytest
 
 from vitolaunch.backends.base import SchedulerState
 from vitolaunch.backends.local import LocalBackend
-from vitolaunch.resources import Resources
+from vitolaunch.spec.resources import Resources
 
 
 @pytest.mark.timeout(120)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from mlflow.tracking import MlflowClient
 
-from vitolaunch.registry import NewTrialRun, Registry
-from vitolaunch.registry_sqlite import SqliteRunReader, open_run_reader
+from vitolaunch.tracking.mlflow_store import NewTrialRun, Registry
+from vitolaunch.tracking.sqlite_reader import SqliteRunReader, open_run_reader
 from vitolaunch.workspace import Workspace
 
 

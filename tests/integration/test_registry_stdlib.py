@@ -15,11 +15,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.integration import services
-from vitolaunch.records import CONFIG_ARTIFACT
-from vitolaunch.registry import NewTrialRun, Registry
-from vitolaunch.registry_open import open_registry
-from vitolaunch.registry_rest import RestRegistry
-from vitolaunch.registry_sqlite_store import SqliteRegistry
+from vitolaunch.tracking.chooser import open_registry
+from vitolaunch.tracking.mlflow_store import NewTrialRun, Registry
+from vitolaunch.tracking.records import CONFIG_ARTIFACT
+from vitolaunch.tracking.rest_store import RestRegistry
+from vitolaunch.tracking.sqlite_store import SqliteRegistry
 
 PARAMS = {"loss.temperature": 0.1, "model.scales": [4, 5], "optim.lr": 0.001}
 TAGS = {"vitolaunch.sweep": "eq", "vitolaunch.trial_key": "k0", "vitolaunch.trial_index": "0"}
@@ -166,5 +166,5 @@ def test_a_sweep_into_an_existing_sqlite_store_imports_neither_mlflow_nor_sqlalc
         subprocess.run(["scancel", "--name", name], capture_output=True, timeout=60)
     assert "2 submitted" in result.stdout
     imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
-    assert "vitolaunch.registry_sqlite_store" in imported
+    assert "vitolaunch.tracking.sqlite_store" in imported
     assert not {m for m in imported if m.split(".")[0] in ("mlflow", "sqlalchemy", "alembic")}, sorted(imported)

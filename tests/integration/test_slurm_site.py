@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from tests.integration.local_sweeps import TINY_BASE, vitolaunch
-from vitolaunch.records import TAG_JOB_ID
+from vitolaunch.tracking.records import TAG_JOB_ID
 
 pytestmark = pytest.mark.usefixtures("slurm_cluster")
 
@@ -66,7 +66,7 @@ def _sacct(job: str, fields: str) -> list[str]:
 @pytest.mark.timeout(180)
 def test_setup_and_env_reach_every_rank_of_a_two_node_job_and_srun_gives_each_its_cpus(tmp_path, cancel_on_exit):
     from vitolaunch.backends.slurm import SlurmBackend
-    from vitolaunch.resources import Resources
+    from vitolaunch.spec.resources import Resources
 
     cancel_on_exit("it-site-env")
     resources = Resources(
@@ -95,7 +95,7 @@ def test_setup_and_env_reach_every_rank_of_a_two_node_job_and_srun_gives_each_it
 def test_a_constraint_lands_on_the_node_with_that_feature_and_an_unknown_one_is_refused(tmp_path, cancel_on_exit):
     from vitolaunch.backends.slurm import SlurmBackend
     from vitolaunch.errors import VitolaunchError
-    from vitolaunch.resources import Resources
+    from vitolaunch.spec.resources import Resources
 
     cancel_on_exit("it-site-feature")
     backend = SlurmBackend()

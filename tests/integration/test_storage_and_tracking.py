@@ -17,7 +17,7 @@ import pytest
 
 from tests.integration.local_sweeps import all_ended, status_rows, vitolaunch, wait_until, write_spec
 from tests.integration.services import remove_tree, s3_filesystem, services_env
-from vitolaunch.mlflow_ui import runs_page
+from vitolaunch.results.mlflow_ui import runs_page
 
 REPO = Path(__file__).resolve().parents[2]
 

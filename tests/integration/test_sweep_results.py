@@ -18,8 +18,8 @@ import yaml
 
 from tests.integration.local_sweeps import vitolaunch, write_spec
 from tests.integration.services import services_env
-from vitolaunch.mlflow_ui import runs_page, view_key
-from vitolaunch.records import (
+from vitolaunch.results.mlflow_ui import runs_page, view_key
+from vitolaunch.tracking.records import (
     EXPERIMENT_KIND_TRAINING,
     SUMMARY_ARTIFACT_DIR,
     TAG_BEST_PARAM_PREFIX,

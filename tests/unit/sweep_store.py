@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from vitolaunch.records import (
+from vitolaunch.tracking.records import (
     TAG_OBJECTIVE_METRIC,
     TAG_OBJECTIVE_MODE,
     TAG_SWEEP,
@@ -26,7 +26,7 @@ ACC = {(0.1, 0): 0.50, (0.1, 1): 0.54, (0.1, 2): 0.52, (0.3, 0): 0.40, (0.3, 1):
 
 def build(home: Path, statuses: dict[int, RunStatus] | None = None):
     """The store under `home` (a VITOLAUNCH_HOME); returns (registry, sweep record, trial run ids in index order)."""
-    from vitolaunch.registry import NewTrialRun, Registry
+    from vitolaunch.tracking.mlflow_store import NewTrialRun, Registry
     from vitolaunch.workspace import Workspace
 
     workspace = Workspace(home)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from vitolaunch.backends import SchedulerState
-from vitolaunch.chaining import target_outcome
-from vitolaunch.records import TAG_PRUNED_AT_STEP, TAG_STOPPED_AT_STEP, TAG_WAITS_FOR_RUN
-from vitolaunch.registry import RunRecord
-from vitolaunch.states import TrialState, merge_state
+from vitolaunch.job.chained_wait import target_outcome
+from vitolaunch.results.states import TrialState, merge_state
+from vitolaunch.tracking.mlflow_store import RunRecord
+from vitolaunch.tracking.records import TAG_PRUNED_AT_STEP, TAG_STOPPED_AT_STEP, TAG_WAITS_FOR_RUN
 
 
 @pytest.mark.parametrize(

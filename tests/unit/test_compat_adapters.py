@@ -14,7 +14,7 @@ import submitit
 
 from vitolaunch.backends import submitit_compat
 from vitolaunch.backends.slurm import sbatch_parameters
-from vitolaunch.resources import Resources
+from vitolaunch.spec.resources import Resources
 
 
 def test_entry_modules_exist():

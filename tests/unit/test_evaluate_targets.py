@@ -14,10 +14,10 @@ import pytest
 from vito.checkpoint import MARKER_CONFIG, CheckpointStore
 from vito.config import VitoConfig
 from vitolaunch.errors import SpecError, VitolaunchError
-from vitolaunch.evaluate_targets import expand_evaluate
-from vitolaunch.records import TAG_CHECKPOINT, TAG_KIND, TAG_SWEEP, TAG_SWEPT
-from vitolaunch.registry import RunRecord
+from vitolaunch.launch.evaluate_targets import expand_evaluate
 from vitolaunch.spec import expand, load_spec
+from vitolaunch.tracking.mlflow_store import RunRecord
+from vitolaunch.tracking.records import TAG_CHECKPOINT, TAG_KIND, TAG_SWEEP, TAG_SWEPT
 
 PRETRAIN = VitoConfig.model_validate({"model": {"width": 8}, "train": {"steps": 7}, "eval": {"train_clips": 9}})
 
@@ -33,7 +33,7 @@ def committed_store(root: Path, steps: tuple[int, ...]) -> str:
 
 
 class FakeRegistry:
-    """The registry's public queries over a fixed set of records, as vitolaunch.registry.Registry answers them."""
+    """The registry's public queries over a fixed set of records, as vitolaunch.tracking.mlflow_store.Registry answers them."""
 
     def __init__(self, sweeps: dict[str, list[RunRecord]], configs: dict[str, dict]):
         self.sweeps = sweeps
@@ -207,7 +207,7 @@ def test_a_marker_without_config_is_one_clear_error(tmp_path: Path, registry: Fa
 RESOLVE_WITHOUT_TORCH = """
 import sys
 from tests.unit.test_evaluate_targets import FakeRegistry
-from vitolaunch.evaluate_targets import expand_evaluate
+from vitolaunch.launch.evaluate_targets import expand_evaluate
 from vitolaunch.spec import expand, load_spec
 
 spec = load_spec(sys.argv[1])

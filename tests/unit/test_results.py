@@ -9,19 +9,8 @@ import json
 import pytest
 
 from vitolaunch.errors import SpecError, VitolaunchError
-from vitolaunch.mlflow_ui import experiment_tags, runs_page, shared_view, view_key
-from vitolaunch.records import (
-    EXPERIMENT_KIND_TRAINING,
-    TAG_EXPERIMENT_KIND,
-    TAG_OBJECTIVE_METRIC,
-    TAG_OBJECTIVE_MODE,
-    TAG_SHARED_VIEW_PREFIX,
-    TAG_SUMMARY_OF,
-    TAG_TASK,
-    RunStatus,
-)
-from vitolaunch.registry import RunRecord
-from vitolaunch.results import (
+from vitolaunch.results.mlflow_ui import experiment_tags, runs_page, shared_view, view_key
+from vitolaunch.results.ranking import (
     Ranking,
     ResultRow,
     as_records,
@@ -34,8 +23,19 @@ from vitolaunch.results import (
     to_csv,
     to_markdown,
 )
-from vitolaunch.states import TrialState
-from vitolaunch.sweep_summary import fingerprint, fold_status, needs_update
+from vitolaunch.results.states import TrialState
+from vitolaunch.results.sweep_summary import fingerprint, fold_status, needs_update
+from vitolaunch.tracking.mlflow_store import RunRecord
+from vitolaunch.tracking.records import (
+    EXPERIMENT_KIND_TRAINING,
+    TAG_EXPERIMENT_KIND,
+    TAG_OBJECTIVE_METRIC,
+    TAG_OBJECTIVE_MODE,
+    TAG_SHARED_VIEW_PREFIX,
+    TAG_SUMMARY_OF,
+    TAG_TASK,
+    RunStatus,
+)
 
 MAX = Ranking("eval/acc", "max")
 MIN = Ranking("train/loss", "min")

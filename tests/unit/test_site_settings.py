@@ -13,9 +13,9 @@ import pytest
 
 from vitolaunch.backends.slurm import render_script
 from vitolaunch.errors import SpecError
-from vitolaunch.resources import Resources, checkpoint_size_class, default_signal_delay_s, with_signal_delay
 from vitolaunch.spec import expand, load_spec, trial_resources
 from vitolaunch.spec.profile import PROFILE_ENV
+from vitolaunch.spec.resources import Resources, checkpoint_size_class, default_signal_delay_s, with_signal_delay
 
 REPO = Path(__file__).resolve().parents[2]
 

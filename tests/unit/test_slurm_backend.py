@@ -19,10 +19,10 @@ from vitolaunch.backends.slurm import (
     signal_delay_s,
     slurm_state,
 )
-from vitolaunch.records import TAG_JOB_STARTED_AT
-from vitolaunch.registry import RunRecord
-from vitolaunch.resources import Resources
-from vitolaunch.states import TrialState as T, trial_states
+from vitolaunch.results.states import TrialState as T, trial_states
+from vitolaunch.spec.resources import Resources
+from vitolaunch.tracking.mlflow_store import RunRecord
+from vitolaunch.tracking.records import TAG_JOB_STARTED_AT
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -181,7 +181,7 @@ def _record(status: str, **tags: str) -> RunRecord:
 
 
 def test_a_running_trial_quiet_for_too_long_is_stalled(monkeypatch):
-    import vitolaunch.states as states
+    import vitolaunch.results.states as states
 
     class Fake:
         def states(self, handles):

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from vitolaunch.errors import SpecError, VitolaunchError
-from vitolaunch.resources import Resources, resolve_cluster
 from vitolaunch.spec import SweepSpec, expand, load_spec
+from vitolaunch.spec.resources import Resources, resolve_cluster
+from vitolaunch.spec.yaml_lines import load_with_lines
 from vitolaunch.workspace import Workspace
-from vitolaunch.yaml_lines import load_with_lines
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -282,7 +282,7 @@ def test_tasks_per_node_follows_gpus_unless_given() -> None:
 def test_resources_record_is_the_flat_tag_format_and_reads_back(tmp_path: Path) -> None:
     spec = load_spec(REPO / "sweeps" / "temperature_ablation.yaml")
     record = spec.resources.to_record()
-    # The `vitolaunch.resources` tag of existing runs: these keys, in this order, flat.
+    # The `vitolaunch.spec.resources` tag of existing runs: these keys, in this order, flat.
     assert json.dumps(record) == (
         '{"nodes": 4, "tasks_per_node": 8, "gpus_per_node": 8, "cpus_per_task": 10, "mem_gb": 480.0, '
         '"timeout_min": 2880, "partition": "gpu", "array_parallelism": 2, "retries_timeout": 10, "retries_crash": 2, '

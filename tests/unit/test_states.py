@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from vitolaunch.backends import SchedulerState as S
-from vitolaunch.records import TAG_STOPPED_AT_STEP
-from vitolaunch.registry import RunRecord
-from vitolaunch.states import TrialState as T, merge_state
+from vitolaunch.results.states import TrialState as T, merge_state
+from vitolaunch.tracking.mlflow_store import RunRecord
+from vitolaunch.tracking.records import TAG_STOPPED_AT_STEP
 
 
 def _run(status: str, **tags: str) -> RunRecord:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.unit import sweep_store
-from vitolaunch.records import (
+from vitolaunch.tracking.records import (
     SUMMARY_ARTIFACT_DIR,
     TAG_BEST_PARAM_PREFIX,
     TAG_BEST_RUN,
@@ -133,7 +133,7 @@ def test_status_brings_the_parent_up_to_date_once_and_the_summary_is_idempotent(
     assert registry.get(sweep.run_id).tags[TAG_SUMMARY_OF] == parent.tags[TAG_SUMMARY_OF]
 
     # A forced rewrite writes the same result: one point of the objective metric, the same tags.
-    from vitolaunch.sweep_summary import update_sweep
+    from vitolaunch.results.sweep_summary import update_sweep
 
     update = update_sweep(registry, registry.get(sweep.run_id), force=True)
     assert update.written and update.best_run_id == run_ids[BEST_INDEX]
@@ -145,7 +145,7 @@ def test_status_brings_the_parent_up_to_date_once_and_the_summary_is_idempotent(
 
 
 def test_a_failed_trial_makes_the_parent_failed_and_resume_makes_it_running_again(tmp_path):
-    from vitolaunch.sweep_summary import update_sweep
+    from vitolaunch.results.sweep_summary import update_sweep
 
     registry, sweep, run_ids = sweep_store.build(tmp_path / "home", statuses={BEST_INDEX: RunStatus.FAILED})
     update = update_sweep(registry, sweep)

@@ -6,7 +6,7 @@ import pytest
 
 from vito.config import VitoConfig
 from vito.train import RunContext
-from vitolaunch.job import TrialJob
+from vitolaunch.job.trial import TrialJob
 
 
 def _job(task: str, tmp_path, config: dict | None = None) -> TrialJob:
@@ -34,7 +34,7 @@ def test_the_task_field_not_the_config_chooses_what_runs(tmp_path) -> None:
 
 
 def test_an_unresolvable_master_is_loopback_only_for_a_one_node_job(monkeypatch):
-    from vitolaunch.job import master_address
+    from vitolaunch.job.trial import master_address
 
     assert master_address("localhost", 4) == "localhost"
     assert master_address("no-such-node.invalid", 1) == "127.0.0.1"
@@ -44,7 +44,7 @@ def test_an_unresolvable_master_is_loopback_only_for_a_one_node_job(monkeypatch)
 
 
 def test_scratch_is_node_local_unless_configured(monkeypatch, tmp_path):
-    from vitolaunch.job import node_scratch
+    from vitolaunch.job.trial import node_scratch
 
     monkeypatch.setenv("SLURM_TMPDIR", str(tmp_path / "slurm"))
     monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
@@ -56,7 +56,7 @@ def test_scratch_is_node_local_unless_configured(monkeypatch, tmp_path):
 
 
 def test_the_rendezvous_port_is_per_job_and_below_the_ephemeral_range():
-    from vitolaunch.job import rendezvous_port
+    from vitolaunch.job.trial import rendezvous_port
 
     ports = {rendezvous_port(f"549_{task}") for task in range(200)}
     assert all(20000 <= port < 32768 for port in ports)  # Linux hands out 32768-60999 to outgoing connections

@@ -6,7 +6,7 @@ import pytest
 
 from vitolaunch.errors import SpecError
 from vitolaunch.spec import load_spec
-from vitolaunch.yaml_lines import MAX_EXPANDED_VALUES, MAX_FILE_BYTES, load_with_lines
+from vitolaunch.spec.yaml_lines import MAX_EXPANDED_VALUES, MAX_FILE_BYTES, load_with_lines
 
 
 def _billion_laughs(levels: int = 9) -> str:

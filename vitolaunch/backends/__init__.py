@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from vitolaunch.backends.base import Backend, JobHandle, SchedulerState
-from vitolaunch.resources import Resources
+from vitolaunch.spec.resources import Resources
 
 
 def make_backend(cluster: str) -> Backend:

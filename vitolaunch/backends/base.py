@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from vitolaunch.resources import Resources
+from vitolaunch.spec.resources import Resources
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class Backend(ABC):
     ) -> list[JobHandle]:
         """Queue one job per callable; returns at once. `dependencies`: per job, a job id of this scheduler it
         may start only after that one succeeded (None: none); a backend without dependencies leaves the waiting
-        to the job (vitolaunch.chaining)."""
+        to the job (vitolaunch.job.chained_wait)."""
 
     @abstractmethod
     def states(self, handles: Sequence[JobHandle]) -> dict[str, SchedulerState]:

@@ -24,7 +24,7 @@ from vitolaunch.backends import local_slots
 from vitolaunch.backends.base import Backend, JobHandle, SchedulerState
 from vitolaunch.backends.submitit_compat import LOCAL_CONTROLLER_MODULE
 from vitolaunch.errors import ResourceError
-from vitolaunch.resources import Resources
+from vitolaunch.spec.resources import Resources
 
 _SLOTS_DIR = ".slots"
 
@@ -115,7 +115,7 @@ class LocalBackend(Backend):
 
     def submit(
         self, jobs: Sequence[Callable[[], object]], names: Sequence[str], resources: Resources, log_dir: Path,
-        dependencies: Sequence[str | None] | None = None,  # the jobs wait themselves (vitolaunch.chaining)
+        dependencies: Sequence[str | None] | None = None,  # the jobs wait themselves (vitolaunch.job.chained_wait)
     ) -> list[JobHandle]:
         # SLURM-only site settings (account, setup, ...) have no meaning here; the CLI says they are ignored.
         executor = _DetachedLocalExecutor(log_dir / "%j", log_dir / _SLOTS_DIR, resources.array_parallelism, resources.env)

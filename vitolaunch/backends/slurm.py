@@ -1,7 +1,7 @@
 """SLURM through submitit: one job array per submission, each array task one multi-node trial.
 
 - An array task runs `nodes x tasks_per_node` ranks through srun (submitit's `%j_%t` log file per rank);
-  the ranks find each other from the SLURM environment (see vitolaunch.job).
+  the ranks find each other from the SLURM environment (see vitolaunch.job.trial).
 - Arrays are submitted held, their pickles put in place, then released: a task can never start before
   its folder and pickle exist, and a failure half-way cancels what was queued (nothing half-submitted).
 - More trials than the cluster's MaxArraySize (the highest index + 1, from `scontrol show config`) go
@@ -32,8 +32,8 @@ from vitolaunch.backends.base import Backend, JobHandle, SchedulerState
 from vitolaunch.backends.slurm_retry import SIGNAL_DELAY_ENV, parse_duration_s
 from vitolaunch.backends.submitit_compat import sbatch_script
 from vitolaunch.errors import ResourceError, VitolaunchError
-from vitolaunch.records import sweep_of_job_name
-from vitolaunch.resources import Resources
+from vitolaunch.spec.resources import Resources
+from vitolaunch.tracking.records import sweep_of_job_name
 
 S = SchedulerState
 _STATE_MAP = {

@@ -2,7 +2,7 @@
 
 Two places decide, each where it can still act:
 
-- In the job (rank 0, `vitolaunch.job`), when the trainer stopped on SLURM's warning signal (USR2) and
+- In the job (rank 0, `vitolaunch.job.trial`), when the trainer stopped on SLURM's warning signal (USR2) and
   every rank has saved: a warning close to the time limit is a *timeout* (requeued up to
   `resources.retries.timeout` times), any other one a *preemption* (always requeued). Rank 0 requeues
   this array task (`scontrol requeue <array>_<task>`) and every rank exits.
@@ -27,7 +27,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from vitolaunch.records import TAG_LAST_ERROR, TAG_LAST_REQUEUE, TAG_RETRIES, RunStatus, set_run_status
+from vitolaunch.tracking.records import TAG_LAST_ERROR, TAG_LAST_REQUEUE, TAG_RETRIES, RunStatus, set_run_status
 
 STATE_FILE = "vitolaunch_retries.json"
 SIGNAL_DELAY_ENV = "VITOLAUNCH_SIGNAL_DELAY_S"  # exported by the sbatch script: seconds of warning before the limit

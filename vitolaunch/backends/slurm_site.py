@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from subprocess import CompletedProcess
 
 from vitolaunch.errors import VitolaunchError
-from vitolaunch.resources import Resources
+from vitolaunch.spec.resources import Resources
 
 Run = Callable[..., CompletedProcess]
 

@@ -7,12 +7,12 @@ models), `parameters` (`parameters:` -> axes), `base` (the base vito config), `l
 instantly.
 """
 
-from vitolaunch.resources import Resources, Retries, resolve_cluster
 from vitolaunch.spec.early_stop import EarlyStop, check_early_stop
 from vitolaunch.spec.expand import Trial, check_trials_fit_resources, expand, trial_resources
 from vitolaunch.spec.load import load_spec
 from vitolaunch.spec.locate import DocPath, Locator
 from vitolaunch.spec.parameters import ZIP_KEY, Axis, RandomDistribution
+from vitolaunch.spec.resources import Resources, Retries, resolve_cluster
 from vitolaunch.spec.schema import DEFAULT_OBJECTIVES, EvaluateTargets, Objective, Storage, SweepSpec, Tracking
 
 __all__ = [

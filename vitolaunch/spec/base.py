@@ -12,7 +12,7 @@ from vito.config import VitoConfig, set_dotted
 from vitolaunch.errors import SpecError
 from vitolaunch.spec.locate import Locator, dotted, located_validation_error
 from vitolaunch.spec.vito_keys import vito_key_hint
-from vitolaunch.yaml_lines import load_with_lines
+from vitolaunch.spec.yaml_lines import load_with_lines
 
 if TYPE_CHECKING:
     from vitolaunch.spec.schema import SweepSpec

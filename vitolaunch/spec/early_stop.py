@@ -2,7 +2,7 @@
 
 The model holds only what a spec says; `check_early_stop` checks it against the expanded trials (rungs fall
 on logged steps below every trial's end, the metric is one the trainer logs at every log step). The rule
-itself (vitolaunch.early_stop) runs inside each trial's job.
+itself (vitolaunch.job.rungs) runs inside each trial's job.
 """
 
 from __future__ import annotations

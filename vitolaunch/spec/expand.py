@@ -17,9 +17,9 @@ from pydantic import ValidationError
 
 from vito.config import VitoConfig, set_dotted
 from vitolaunch.errors import SpecError
-from vitolaunch.resources import Resources, with_signal_delay
 from vitolaunch.spec.locate import DocPath, dotted, short_repr
 from vitolaunch.spec.parameters import Axis
+from vitolaunch.spec.resources import Resources, with_signal_delay
 from vitolaunch.spec.schema import SweepSpec
 
 

@@ -22,7 +22,7 @@ from vitolaunch.spec.parameters import ZIP_KEY
 from vitolaunch.spec.profile import apply_profile
 from vitolaunch.spec.schema import SweepSpec, spec_key_hint
 from vitolaunch.spec.vito_keys import VITO_LEAVES, VITO_SECTIONS
-from vitolaunch.yaml_lines import load_with_lines, parse_value
+from vitolaunch.spec.yaml_lines import load_with_lines, parse_value
 
 
 def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> SweepSpec:

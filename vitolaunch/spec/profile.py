@@ -25,9 +25,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from vitolaunch.errors import SpecError
-from vitolaunch.resources import Resources
 from vitolaunch.spec.locate import DocPath, Locator, did_you_mean, dotted, located_validation_error, short_repr
-from vitolaunch.yaml_lines import load_with_lines
+from vitolaunch.spec.resources import Resources
+from vitolaunch.spec.yaml_lines import load_with_lines
 
 PROFILE_ENV = "VITOLAUNCH_CLUSTERS"
 MERGED_BY_KEY = ("env", "sbatch_extra", "retries")

@@ -23,11 +23,11 @@ from pydantic import (
 
 from vito.config import VitoConfig
 from vitolaunch.errors import SpecError
-from vitolaunch.resources import Resources
 from vitolaunch.spec.base import resolve_base
 from vitolaunch.spec.early_stop import EarlyStop
 from vitolaunch.spec.locate import DocPath, Locator, did_you_mean, dotted
 from vitolaunch.spec.parameters import Axis, parse_parameters
+from vitolaunch.spec.resources import Resources
 from vitolaunch.spec.vito_keys import VITO_LEAVES, VITO_SECTIONS
 
 if TYPE_CHECKING:
@@ -102,11 +102,11 @@ class SweepSpec(_Strict):
     resources: Resources = Resources()
     storage: Storage = Storage()
     tracking: Tracking = Tracking()
-    evaluate: EvaluateTargets | None = None  # task: evaluate only (see vitolaunch/evaluate_targets.py)
+    evaluate: EvaluateTargets | None = None  # task: evaluate only (see vitolaunch/launch/evaluate_targets.py)
     objective: Objective | None = None  # None: DEFAULT_OBJECTIVES[task]; see `resolved_objective`
-    early_stop: EarlyStop | None = None  # asynchronous successive halving (see vitolaunch/early_stop.py)
+    early_stop: EarlyStop | None = None  # asynchronous successive halving (see vitolaunch/job/rungs.py)
     # An evaluate spec (path relative to this one) queued by the same `vitolaunch sweep`, its trials waiting for
-    # the pretraining trials they evaluate (see vitolaunch/chaining.py).
+    # the pretraining trials they evaluate (see vitolaunch/job/chained_wait.py).
     then: str | None = Field(None, min_length=1)
     source_file: str | None = Field(None, exclude=True)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 
-from vitolaunch.records import TAG_PRUNED_AT_STEP, TAG_STOPPED_AT_STEP, TAG_TERMINATED_AT_STEP, RunStatus
+from vitolaunch.tracking.records import TAG_PRUNED_AT_STEP, TAG_STOPPED_AT_STEP, TAG_TERMINATED_AT_STEP, RunStatus
 
 log = logging.getLogger(__name__)
 POLL_S = 10.0

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from vitolaunch.errors import VitolaunchError
-from vitolaunch.records import (
+from vitolaunch.tracking.records import (
     CONFIG_ARTIFACT,
     KIND_SWEEP,
     KIND_TRIAL,
@@ -81,7 +81,7 @@ class NewTrialRun:
 
 
 def _record(run) -> RunRecord:
-    from vitolaunch.mlflow_compat import newest_metric_time_s
+    from vitolaunch.tracking.mlflow_compat import newest_metric_time_s
 
     info, data = run.info, run.data
     return RunRecord(
@@ -193,14 +193,14 @@ class Registry(RunQueries):
 
     def create_trials(self, sweep: RunRecord, trials: list[NewTrialRun]) -> list[str]:
         """The trials' runs (SCHEDULED until a job picks them up), in order; one transaction on a SQL store."""
-        from vitolaunch.tracking_bulk import create_runs
+        from vitolaunch.tracking.mlflow_bulk import create_runs
 
         runs = [new_run(sweep, trial) for trial in trials]
         return create_runs(self._client, sweep.experiment_id, runs, status=RunStatus.SCHEDULED)
 
     def create_trial(self, sweep: RunRecord, trial: NewTrialRun) -> str:
         """One trial's run through MLflow's public API alone (what `create_trials` must be equivalent to)."""
-        from vitolaunch.tracking_bulk import create_run_one_by_one
+        from vitolaunch.tracking.mlflow_bulk import create_run_one_by_one
 
         return create_run_one_by_one(self._client, sweep.experiment_id, new_run(sweep, trial), RunStatus.SCHEDULED)
 
@@ -209,7 +209,7 @@ class Registry(RunQueries):
 
     def set_tags_many(self, tags_by_run: dict[str, dict[str, str]], status: RunStatus | None = None) -> None:
         """Tags (and optionally a status) on many runs at once."""
-        from vitolaunch.tracking_bulk import tag_runs
+        from vitolaunch.tracking.mlflow_bulk import tag_runs
 
         tag_runs(self._client, tags_by_run, status)
 
@@ -221,7 +221,7 @@ class Registry(RunQueries):
     def set_status(self, run_id: str, status: RunStatus | str, end_time_s: float | None = None) -> None:
         set_run_status(self._client, run_id, status, end_time_s)
 
-    # -- a sweep's results (vitolaunch/sweep_summary.py, mlflow_ui.py) --------------------------------
+    # -- a sweep's results (vitolaunch/results/sweep_summary.py, mlflow_ui.py) --------------------------------
     def set_experiment_tags(self, experiment_id: str, tags: dict[str, str]) -> None:
         for key, value in tags.items():
             self._client.set_experiment_tag(experiment_id, key, value)
@@ -237,7 +237,7 @@ class Registry(RunQueries):
         return sorted((m.step, m.value) for m in self._client.get_metric_history(run_id, key))
 
     def find_run(self, run_id: str) -> RunRecord | None:
-        from vitolaunch.mlflow_compat import is_missing_run
+        from vitolaunch.tracking.mlflow_compat import is_missing_run
 
         try:
             return _record(self._client.get_run(run_id))
@@ -270,7 +270,7 @@ class Registry(RunQueries):
 
 
 def new_run(sweep: RunRecord, trial: NewTrialRun):
-    from vitolaunch.tracking_bulk import NewRun
+    from vitolaunch.tracking.mlflow_bulk import NewRun
 
     return NewRun(
         name=trial.name,

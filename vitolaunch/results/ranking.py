@@ -1,7 +1,7 @@
 """A sweep's results as data: one row per trial (swept values, state, final metrics), ranked by the sweep's
 objective, optionally folded over a key (seeds) into mean ± std; and the CSV / Markdown / JSON of them.
 
-Pure: no MLflow, no scheduler. `compare` and the sweep's summary (vitolaunch/sweep_summary.py) both build on it,
+Pure: no MLflow, no scheduler. `compare` and the sweep's summary (vitolaunch/results/sweep_summary.py) both build on it,
 so the table a user gets in the terminal and the one on the parent run cannot disagree.
 """
 
@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from vitolaunch.errors import VitolaunchError
-from vitolaunch.records import TAG_OBJECTIVE_METRIC, TAG_OBJECTIVE_MODE, TAG_TASK
-from vitolaunch.registry import RunRecord
+from vitolaunch.tracking.mlflow_store import RunRecord
+from vitolaunch.tracking.records import TAG_OBJECTIVE_METRIC, TAG_OBJECTIVE_MODE, TAG_TASK
 
 # Final metrics shown beside the objective: the evaluation's, and the training loss. Rates and schedules
 # (train/lr, train/pairs_per_s...) say how a run went, not what it found.

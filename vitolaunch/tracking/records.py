@@ -27,7 +27,7 @@ TAG_TOTAL_STEPS = "vitolaunch.total_steps"
 
 # -- how it runs: set at submit time -----------------------------------------------------------------
 TAG_BACKEND = "vitolaunch.backend"  # "local" or "slurm"
-TAG_RESOURCES = "vitolaunch.resources"  # JSON: the resources the trial was submitted with
+TAG_RESOURCES = "vitolaunch.spec.resources"  # JSON: the resources the trial was submitted with
 TAG_CHECKPOINT = "vitolaunch.checkpoint_uri"
 TAG_STORAGE_OPTIONS = "vitolaunch.storage_options"  # JSON: non-secret fsspec options, e.g. an S3 endpoint
 TAG_SCRATCH = "vitolaunch.scratch"  # the staging folder given to the job (absent: node-local, found by the job)
@@ -61,13 +61,13 @@ TAG_BEST_VALUE = "vitolaunch.best.value"  # the objective's best value, also log
 TAG_BEST_PARAM_PREFIX = "vitolaunch.best.param."  # + a swept key: the best trial's value of it
 TAG_SUMMARY_OF = "vitolaunch.summary_of"  # fingerprint of the trial outcomes the summary was made from
 SUMMARY_ARTIFACT_DIR = "summary"  # on the sweep: comparison.csv/.md, objective_vs_<param>.png, loss_curves.png
-# MLflow UI settings on the experiment (what the web UI reads; see vitolaunch/mlflow_ui.py)
+# MLflow UI settings on the experiment (what the web UI reads; see vitolaunch/results/mlflow_ui.py)
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_KIND_TRAINING = "custom_model_development"  # not "genai_development": no GenAI overview page
 TAG_SHARED_VIEW_PREFIX = "mlflow.sharedViewState."  # + a key that the URL's viewStateShareKey names
 
-# -- early stopping (vitolaunch.early_stop): decided by each trial at its rungs --------------------------
-TAG_EARLY_STOP = "vitolaunch.early_stop"  # JSON: the rule a trial applies at its rungs (spec early_stop), set at submit
+# -- early stopping (vitolaunch.job.rungs): decided by each trial at its rungs --------------------------
+TAG_EARLY_STOP = "vitolaunch.job.rungs"  # JSON: the rule a trial applies at its rungs (spec early_stop), set at submit
 TAG_RUNG_PREFIX = "vitolaunch.rung."  # + rung step: the decision taken there, in words (continue or prune, and why)
 TAG_PRUNED_AT_STEP = "vitolaunch.pruned_at_step"  # stopped by early stopping, checkpoint committed there: PRUNED
 TAG_PRUNE_DECISION = "vitolaunch.prune_decision"  # JSON: rung, metric, mode, value, threshold, compared_with, keep
@@ -79,7 +79,7 @@ def rung_metric(metric: str, rung: int) -> str:
     return f"early_stop/rung_{rung}/{metric}"
 
 
-# -- evaluation chained to pretraining (vitolaunch.chaining) ----------------------------------------------
+# -- evaluation chained to pretraining (vitolaunch.job.chained_wait) ----------------------------------------------
 TAG_WAITS_FOR_RUN = "vitolaunch.waits_for_run"  # on an evaluation trial: the pretraining run it waits to finish
 TAG_TARGET_ENDED = "vitolaunch.target_ended"  # why an evaluation never ran: its target ended without finishing
 

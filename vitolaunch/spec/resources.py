@@ -1,7 +1,7 @@
 """What one trial asks of the scheduler: the `resources:` section of a spec, and what backends are given.
 
 Defined once, below both the spec and the backends, so the fields and their defaults are said in one place.
-Each trial's MLflow run keeps them as a flat JSON record (the `vitolaunch.resources` tag) that resume and
+Each trial's MLflow run keeps them as a flat JSON record (the `vitolaunch.spec.resources` tag) that resume and
 `logs` read back; `to_record` / `from_record` are that format, which existing runs already carry.
 
 Site settings (account, qos, constraint, setup lines, env, ...) are fields here too, usually given once per
@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
-from vitolaunch.credentials import WHERE_CREDENTIALS_GO, credential_in_line, secret_name, secret_shape
+from vitolaunch.spec.credentials import WHERE_CREDENTIALS_GO, credential_in_line, secret_name, secret_shape
 
 # sbatch options vitolaunch sets itself, and the spec key (or mechanism) that controls each. Short forms too.
 MANAGED_SBATCH_OPTIONS: dict[str, str] = {
@@ -213,7 +213,7 @@ class Resources(BaseModel):
         return [f"resources.{key}" for key in keys if getattr(self, key)]
 
     def to_record(self) -> dict[str, Any]:
-        """The flat dict of the `vitolaunch.resources` tag (its keys and their order are a stored format)."""
+        """The flat dict of the `vitolaunch.spec.resources` tag (its keys and their order are a stored format)."""
         record = self.model_dump(exclude={"cluster", "retries", *_SITE_KEYS})
         record["retries_timeout"] = self.retries.timeout
         record["retries_crash"] = self.retries.crash

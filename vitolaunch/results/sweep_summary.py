@@ -18,7 +18,20 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vitolaunch.records import (
+from vitolaunch.results.ranking import (
+    Ranking,
+    as_records,
+    best_row,
+    rank,
+    ranking_of,
+    result_row,
+    swept_keys,
+    to_csv,
+    to_markdown,
+)
+from vitolaunch.results.states import TrialState, merge_state
+from vitolaunch.tracking.mlflow_store import RunQueries, RunRecord
+from vitolaunch.tracking.records import (
     SUMMARY_ARTIFACT_DIR,
     TAG_BEST_PARAM_PREFIX,
     TAG_BEST_RUN,
@@ -30,19 +43,6 @@ from vitolaunch.records import (
     TAG_SUMMARY_OF,
     RunStatus,
 )
-from vitolaunch.registry import RunQueries, RunRecord
-from vitolaunch.results import (
-    Ranking,
-    as_records,
-    best_row,
-    rank,
-    ranking_of,
-    result_row,
-    swept_keys,
-    to_csv,
-    to_markdown,
-)
-from vitolaunch.states import TrialState, merge_state
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def mlflow_states(trials: Sequence[RunRecord]) -> dict[str, TrialState]:
 
 def update_sweep(registry, sweep: RunRecord, states: dict[str, TrialState] | None = None,
                  trials: Sequence[RunRecord] | None = None, force: bool = False) -> SweepUpdate:
-    """Bring the parent run up to date with its trials; `registry` is a vitolaunch.registry.Registry."""
+    """Bring the parent run up to date with its trials; `registry` is a vitolaunch.tracking.mlflow_store.Registry."""
     trials = list(registry.trials(sweep) if trials is None else trials)
     states = mlflow_states(trials) if states is None else states
     wanted = fold_status(states[t.run_id] for t in trials)
@@ -169,7 +169,7 @@ def describe(note: str, rows, best, ranking: Ranking) -> str:
 def write_summary_files(registry, folder: Path, trials: Sequence[RunRecord], rows, ranking: Ranking,
                         sweep_name: str) -> list[str]:
     """comparison.csv / .md (ranked), objective_vs_<key>.png per swept key, loss_curves.png."""
-    from vitolaunch.result_plots import loss_curves_plot, objective_plot
+    from vitolaunch.results.plots import loss_curves_plot, objective_plot
 
     records = as_records(rows, ranking)
     (folder / "comparison.csv").write_text(to_csv(records))
@@ -203,7 +203,7 @@ def after_trial(tracking_uri: str, run_id: str) -> None:
     """From a trial's job, once its own status is recorded: update its sweep's parent. Never raises: the
     parent is a summary, and the next observer (`vitolaunch status`) redoes what this one could not."""
     try:
-        from vitolaunch.registry import Registry
+        from vitolaunch.tracking.mlflow_store import Registry
 
         registry = Registry(tracking_uri)
         trial = registry.get(run_id)
@@ -225,7 +225,7 @@ def update_observed(reader: RunQueries, observed: Sequence[tuple[RunRecord, Sequ
         return []
     problems = []
     try:
-        from vitolaunch.registry import Registry
+        from vitolaunch.tracking.mlflow_store import Registry
         from vitolaunch.workspace import Workspace
 
         registry = reader

@@ -17,7 +17,8 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from vitolaunch.records import (
+from vitolaunch.results.ranking import Ranking
+from vitolaunch.tracking.records import (
     EXPERIMENT_KIND_TRAINING,
     KIND_TRIAL,
     TAG_EXPERIMENT_KIND,
@@ -25,7 +26,6 @@ from vitolaunch.records import (
     TAG_SHARED_VIEW_PREFIX,
     TAG_SWEEP,
 )
-from vitolaunch.results import Ranking
 
 # Shown beside the swept params and the objective: the training loss, and the linear probe's random-init
 # baseline that the README compares against.

@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from vitolaunch.errors import VitolaunchError
-from vitolaunch.registry import RunQueries, RunRecord
-from vitolaunch.results import GroupRow, Ranking, ResultRow, rank, ranking_of, result_row, swept_keys
-from vitolaunch.states import observe_trials
+from vitolaunch.results.ranking import GroupRow, Ranking, ResultRow, rank, ranking_of, result_row, swept_keys
+from vitolaunch.results.states import observe_trials
+from vitolaunch.tracking.mlflow_store import RunQueries, RunRecord
 
 
 @dataclass

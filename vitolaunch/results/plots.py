@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from vitolaunch.errors import VitolaunchError
-from vitolaunch.results import Ranking, ResultRow, swept_keys
+from vitolaunch.results.ranking import Ranking, ResultRow, swept_keys
 
 
 def _pyplot():

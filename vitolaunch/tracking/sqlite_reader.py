@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from vitolaunch.registry import RunQueries, RunRecord
+from vitolaunch.tracking.mlflow_store import RunQueries, RunRecord
 from vitolaunch.workspace import Workspace
 
 _SQLITE_PREFIX = "sqlite:///"
@@ -91,6 +91,6 @@ def open_run_reader(tracking_uri: str, workspace: Workspace):
             return reader
         except (FileNotFoundError, SchemaMismatch, sqlite3.Error):
             pass
-    from vitolaunch.registry import Registry
+    from vitolaunch.tracking.mlflow_store import Registry
 
     return Registry(tracking_uri, workspace.artifact_root)

@@ -4,7 +4,7 @@ A target is a pretraining trial (by run id, or all trials of a sweep by name) or
 resolved at submit time, before anything is queued, to its checkpoint root, the committed step to evaluate
 (so the trial key names exactly which weights were evaluated) and the config it was trained with. A trial still
 queued or running is evaluated at its final step (train.steps, or evaluate.step) once it finishes: the plan's
-`waits_for` says which, and its evaluation trial waits for it (vitolaunch.chaining); the key is the one the
+`waits_for` says which, and its evaluation trial waits for it (vitolaunch.job.chained_wait); the key is the one the
 same evaluation gets after the end. An
 evaluation trial's config is that pretraining config with
 
@@ -12,7 +12,7 @@ evaluation trial's config is that pretraining config with
 - the swept parameters applied (any key: `eval.severities`, or `data.crop_size` to probe at another size),
 - `eval.checkpoint`, `eval.checkpoint_step` and `eval.pretrain_run_id` set,
 
-and the job evaluates because the sweep's task is `evaluate` (vitolaunch.job.TrialJob.task). Keys outside
+and the job evaluates because the sweep's task is `evaluate` (vitolaunch.job.trial.TrialJob.task). Keys outside
 `eval` under `base:` are refused: the network and its data come from the pretraining run. Unless the spec names
 `tracking.experiment`, the evaluate sweep belongs in the experiment of the runs it evaluates, next to them: the
 plan says which, and the caller records the sweep there. Resolving a target never loads weights, nor torch.
@@ -30,12 +30,12 @@ from pydantic import ValidationError
 
 from vito.config import VitoConfig, set_dotted
 from vitolaunch.errors import SpecError, VitolaunchError
-from vitolaunch.records import KIND_SWEEP, KIND_TRIAL, TAG_CHECKPOINT, TAG_STORAGE_OPTIONS
-from vitolaunch.registry import Registry, RunRecord
 from vitolaunch.spec import SweepSpec, Trial
+from vitolaunch.tracking.mlflow_store import Registry, RunRecord
+from vitolaunch.tracking.records import KIND_SWEEP, KIND_TRIAL, TAG_CHECKPOINT, TAG_STORAGE_OPTIONS
 
 CHECKPOINT_KEY = "eval.checkpoint"
-# Trial states (vitolaunch.states.TrialState values) of a target that may still finish: its evaluation waits.
+# Trial states (vitolaunch.results.states.TrialState values) of a target that may still finish: its evaluation waits.
 _STILL_TRAINING = ("QUEUED", "RUNNING", "STALLED", "UNKNOWN")
 
 
@@ -128,7 +128,7 @@ class TargetResolver:
         return Target(uri, step, config, run, json.loads(run.tags.get(TAG_STORAGE_OPTIONS, "{}")), waits_for=run)
 
     def runs(self, reference: str) -> list[Target]:
-        from vitolaunch.states import trial_states
+        from vitolaunch.results.states import trial_states
 
         record = self.registry.resolve(reference)
         trials = self.registry.trials(record) if record.kind == KIND_SWEEP else [record]
@@ -149,7 +149,7 @@ class TargetResolver:
     def checkpoint(self, uri: str, step: int | None = None) -> Target:
         run = self._runs_by_checkpoint().get(uri.rstrip("/"))
         if run is not None:
-            from vitolaunch.states import trial_states
+            from vitolaunch.results.states import trial_states
 
             target = self._from_run(run, trial_states([run])[run.run_id].value)
             if step is not None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from vitolaunch.resources import Resources
 from vitolaunch.spec import SweepSpec, Trial
+from vitolaunch.spec.resources import Resources
 
 
 def render_plan(spec: SweepSpec, trials: Sequence[Trial], cluster: str):

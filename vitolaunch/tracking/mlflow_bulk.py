@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vitolaunch.mlflow_compat import sql_models, sql_store
-from vitolaunch.records import RunStatus, set_run_status
+from vitolaunch.tracking.mlflow_compat import sql_models, sql_store
+from vitolaunch.tracking.records import RunStatus, set_run_status
 
 log = logging.getLogger(__name__)
 _THREADS = 8

@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from vitolaunch.records import TAG_JOB_ID, TAG_TOTAL_STEPS
-from vitolaunch.registry import RunQueries, RunRecord
-from vitolaunch.states import TrialState, observe_trials
+from vitolaunch.results.states import TrialState, observe_trials
+from vitolaunch.tracking.mlflow_store import RunQueries, RunRecord
+from vitolaunch.tracking.records import TAG_JOB_ID, TAG_TOTAL_STEPS
 
 
 @dataclass
@@ -44,7 +44,7 @@ def collect_rows(
 ) -> list[TrialRow]:
     """One row per trial (of every sweep, or of the one named); what kept the scheduler from vouching for a
     state is appended to `problems`. With `sweep_problems` (a list), the sweeps' parent runs are also brought
-    up to date with what was observed (vitolaunch/sweep_summary.py), and what failed there is appended to it."""
+    up to date with what was observed (vitolaunch/results/sweep_summary.py), and what failed there is appended to it."""
     if sweep_filter:
         target = registry.resolve(sweep_filter)
         sweeps = [registry.sweep_of(target)]
@@ -58,7 +58,7 @@ def collect_rows(
     if problems is not None:
         problems.extend(observed.problems)
     if sweep_problems is not None:
-        from vitolaunch.sweep_summary import update_observed
+        from vitolaunch.results.sweep_summary import update_observed
 
         sweep_problems.extend(update_observed(registry, [(s, trials_of[s.run_id]) for s in sweeps], states))
     for sweep in sweeps:

@@ -23,8 +23,8 @@ from typing import Any
 from urllib.parse import quote, urlencode, urlparse
 
 from vitolaunch.errors import VitolaunchError
-from vitolaunch.records import CONFIG_ARTIFACT, KIND_SWEEP, TAG_KIND, TAG_SWEEP, RunStatus, status_change
-from vitolaunch.registry import NewTrialRun, RunQueries, RunRecord, TrackingUnreachable, new_run
+from vitolaunch.tracking.mlflow_store import NewTrialRun, RunQueries, RunRecord, TrackingUnreachable, new_run
+from vitolaunch.tracking.records import CONFIG_ARTIFACT, KIND_SWEEP, TAG_KIND, TAG_SWEEP, RunStatus, status_change
 
 _API = "/api/2.0/mlflow"
 _ARTIFACTS = "/api/2.0/mlflow-artifacts/artifacts"
@@ -155,7 +155,7 @@ class RestRegistry(RunQueries):
     def _mlflow_registry(self):
         """MlflowClient, for what the REST path does not cover (artifacts stored without the server's proxy)."""
         if self._mlflow is None:
-            from vitolaunch.registry import Registry
+            from vitolaunch.tracking.mlflow_store import Registry
 
             self._mlflow = Registry(self.tracking_uri)
         return self._mlflow

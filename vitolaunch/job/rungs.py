@@ -23,14 +23,14 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
-from vitolaunch.records import (
+from vitolaunch.spec.early_stop import EarlyStop
+from vitolaunch.tracking.records import (
     TAG_PARENT,
     TAG_PRUNE_DECISION,
     TAG_PRUNED_AT_STEP,
     TAG_RUNG_PREFIX,
     rung_metric,
 )
-from vitolaunch.spec.early_stop import EarlyStop
 
 log = logging.getLogger(__name__)
 _PAGE = 1000

@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from vitolaunch.backends import JobHandle, SchedulerState, make_backend
-from vitolaunch.records import (
+from vitolaunch.tracking.mlflow_store import RunRecord
+from vitolaunch.tracking.records import (
     TAG_BACKEND,
     TAG_JOB_ID,
     TAG_JOB_STARTED_AT,
@@ -27,7 +28,6 @@ from vitolaunch.records import (
     TAG_WAITS_FOR_RUN,
     RunStatus,
 )
-from vitolaunch.registry import RunRecord
 
 STALLED_AFTER_ENV = "VITOLAUNCH_STALLED_AFTER_S"
 DEFAULT_STALLED_AFTER_S = 600.0

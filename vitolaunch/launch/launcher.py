@@ -20,8 +20,15 @@ from typing import get_args
 
 from vitolaunch.backends import Backend, JobHandle, make_backend
 from vitolaunch.errors import VitolaunchError
-from vitolaunch.job import Task, TrialJob
-from vitolaunch.records import (
+from vitolaunch.job.trial import Task, TrialJob
+from vitolaunch.launch.resource_check import check_resources
+from vitolaunch.launch.sweep_lock import sweep_lock
+from vitolaunch.results.states import TrialState, trial_states
+from vitolaunch.spec import SweepSpec, Trial, check_early_stop, check_trials_fit_resources, trial_resources
+from vitolaunch.spec.resources import Resources, resolve_cluster
+from vitolaunch.tracking.chooser import open_registry
+from vitolaunch.tracking.mlflow_store import NewTrialRun, RunRecord
+from vitolaunch.tracking.records import (
     KIND_SWEEP,
     KIND_TRIAL,
     TAG_BACKEND,
@@ -52,13 +59,6 @@ from vitolaunch.records import (
     trial_job_name,
     trial_run_name,
 )
-from vitolaunch.registry import NewTrialRun, RunRecord
-from vitolaunch.registry_open import open_registry
-from vitolaunch.resource_check import check_resources
-from vitolaunch.resources import Resources, resolve_cluster
-from vitolaunch.spec import SweepSpec, Trial, check_early_stop, check_trials_fit_resources, trial_resources
-from vitolaunch.states import TrialState, trial_states
-from vitolaunch.sweep_lock import sweep_lock
 from vitolaunch.workspace import Workspace, quiet_mlflow_environment
 
 log = logging.getLogger(__name__)
@@ -244,8 +244,8 @@ class Launcher:
         self, spec: SweepSpec, sweep: RunRecord, trials: Sequence[Trial], queued: list[TrialOutcome]
     ) -> None:
         """The MLflow UI opens on this sweep's trials (mlflow_ui.py); a sweep with jobs queued again is RUNNING."""
-        from vitolaunch.mlflow_ui import experiment_tags
-        from vitolaunch.results import ranking_of
+        from vitolaunch.results.mlflow_ui import experiment_tags
+        from vitolaunch.results.ranking import ranking_of
 
         swept = list(dict.fromkeys(k for trial in trials for k in trial.params))
         self.registry.set_experiment_tags(sweep.experiment_id, experiment_tags(spec.name, swept, ranking_of(sweep)))
@@ -468,7 +468,7 @@ class Launcher:
 
     def _update_sweeps(self, trials: Sequence[RunRecord]) -> None:
         """Trials just ended by us: their sweeps' parent runs follow (sweep_summary), best effort."""
-        from vitolaunch.sweep_summary import update_sweep
+        from vitolaunch.results.sweep_summary import update_sweep
 
         for parent_id in {t.parent_run_id for t in trials if t.parent_run_id}:
             try:

@@ -24,9 +24,9 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from vitolaunch.errors import VitolaunchError
-from vitolaunch.records import CONFIG_ARTIFACT, KIND_SWEEP, TAG_KIND, TAG_SWEEP, RunStatus, status_change
-from vitolaunch.registry import NewTrialRun, RunRecord, new_run
-from vitolaunch.registry_sqlite import SchemaMismatch, SqliteRunReader
+from vitolaunch.tracking.mlflow_store import NewTrialRun, RunRecord, new_run
+from vitolaunch.tracking.records import CONFIG_ARTIFACT, KIND_SWEEP, TAG_KIND, TAG_SWEEP, RunStatus, status_change
+from vitolaunch.tracking.sqlite_reader import SchemaMismatch, SqliteRunReader
 
 # alembic revisions whose tables this module writes, each verified against the MLflow that made it.
 VERIFIED_SCHEMAS = frozenset({"dc11669786a5"})  # mlflow 3.17.x

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from vitolaunch.backends import slurm_retry
-from vitolaunch.records import (
+from vitolaunch.tracking.records import (
     TAG_EVALUATED_BY_PREFIX,
     TAG_EVALUATED_STEP,
     TAG_HOST,
@@ -61,7 +61,7 @@ class TrialJob:
     max_crashes: int = 0
     # The sweep's early-stopping rule (records.TAG_EARLY_STOP's JSON), applied by rank 0 at its rungs; None: off.
     early_stop: str | None = None
-    # An evaluation submitted while its pretraining run still trains: wait for that run (vitolaunch.chaining).
+    # An evaluation submitted while its pretraining run still trains: wait for that run (vitolaunch.job.chained_wait).
     wait_for_run: str | None = None
     _stop: bool = field(default=False, repr=False)
     _terminated: bool = field(default=False, repr=False)  # SIGTERM: stop, and leave requeueing to the scheduler
@@ -117,7 +117,7 @@ class TrialJob:
             # Metrics and status are sent by a background thread: drain it before the process ends.
             tracking.close()
             if rank == 0:  # this trial's status is recorded: the last one to end brings its sweep's run up to date
-                from vitolaunch.sweep_summary import after_trial
+                from vitolaunch.results.sweep_summary import after_trial
 
                 after_trial(self.tracking_uri, self.run_id)
 
@@ -169,7 +169,7 @@ class TrialJob:
 
     def _target_finished(self, tracking) -> bool:
         """Wait for the pretraining run this evaluation needs; False (recorded, tracking closed) if it never finishes."""
-        from vitolaunch.chaining import wait_for_target
+        from vitolaunch.job.chained_wait import wait_for_target
 
         reason = wait_for_target(self.tracking_uri, self.wait_for_run)
         if not reason:
@@ -184,7 +184,7 @@ class TrialJob:
         """Early stopping's decision at the rungs (every rank knows the rungs; only rank 0's judge is asked)."""
         if not self.early_stop or self.task != "pretrain":
             return None
-        from vitolaunch.early_stop import RungJudge
+        from vitolaunch.job.rungs import RungJudge
         from vitolaunch.spec.early_stop import EarlyStop
 
         return RungJudge(EarlyStop.from_record(self.early_stop), self.tracking_uri, self.run_id,

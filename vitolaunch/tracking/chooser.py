@@ -20,17 +20,17 @@ _MLFLOW_ONLY_SETTINGS = ("MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_TRACKING_SERVER
 def open_registry(tracking_uri: str, artifact_root: Path):
     if os.environ.get("VITOLAUNCH_TRACKING_CLIENT", "").lower() != "mlflow":
         if tracking_uri.startswith("sqlite:///") and Path(tracking_uri[len("sqlite:///"):]).exists():
-            from vitolaunch.registry_sqlite import SchemaMismatch
-            from vitolaunch.registry_sqlite_store import SqliteRegistry
+            from vitolaunch.tracking.sqlite_reader import SchemaMismatch
+            from vitolaunch.tracking.sqlite_store import SqliteRegistry
 
             try:
                 return SqliteRegistry(tracking_uri, artifact_root)
             except (SchemaMismatch, sqlite3.Error):
                 pass
         if tracking_uri.startswith(("http://", "https://")) and not any(os.environ.get(k) for k in _MLFLOW_ONLY_SETTINGS):
-            from vitolaunch.registry_rest import RestRegistry
+            from vitolaunch.tracking.rest_store import RestRegistry
 
             return RestRegistry(tracking_uri)
-    from vitolaunch.registry import Registry
+    from vitolaunch.tracking.mlflow_store import Registry
 
     return Registry(tracking_uri, artifact_root)

@@ -1,4 +1,7 @@
-"""Executors that run trials: one module per scheduler, behind the small interface in base.py."""
+"""Executors that run trials: one module per scheduler (slurm, local), behind the small interface in base.py.
+
+May import: spec (the Resources a job asks for), tracking (run records a requeue updates) and the foundation.
+"""
 
 from __future__ import annotations
 

@@ -5,6 +5,8 @@ anything is submitted. One job per module: `locate` (where values came from, loc
 models), `parameters` (`parameters:` -> axes), `base` (the base vito config), `load` (file and overrides),
 `expand` (trials). Deliberately light: pydantic and yaml only, no torch/deepspeed/mlflow, so the CLI starts
 instantly.
+
+May import: the foundation (errors, workspace) and vito.config; nothing else of vitolaunch.
 """
 
 from vitolaunch.spec.early_stop import EarlyStop, check_early_stop

@@ -293,8 +293,8 @@ def _rows(collect_rows, reader, sweep_id) -> tuple[list, list[str]]:
 def compare(sweeps: tuple[str, ...], group_by: str | None, as_json: bool, as_csv: bool, plot_file: str | None,
             x_key: str | None, tracking_uri: str | None) -> None:
     """Rank the trials of SWEEPS (names or run ids) by the objective, with swept values and final metrics."""
-    from vitolaunch.results.compare import collect, render_groups, render_trials
     from vitolaunch.results import ranking as results
+    from vitolaunch.results.compare import collect, render_groups, render_trials
     from vitolaunch.tracking.sqlite_reader import open_run_reader
     from vitolaunch.workspace import Workspace, quiet_mlflow_environment
 

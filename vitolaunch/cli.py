@@ -3,7 +3,6 @@ need them, so `vitolaunch --help` and `--dry-run` answer instantly."""
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 
@@ -35,14 +34,19 @@ def _launcher(tracking_uri: str | None):
     return Launcher(Workspace.from_env(), tracking_uri)
 
 
-def _existing_launcher(tracking_uri: str | None):
-    """For commands about runs that must already exist: a missing sqlite store is an error, not created."""
-    from vitolaunch.workspace import Workspace
+def _existing_tracking_uri(tracking_uri: str | None) -> str:
+    """The store of commands about runs that must already exist: a missing sqlite file is an error, not created."""
+    from vitolaunch.workspace import Workspace, sqlite_path
 
     uri = Workspace.from_env().tracking_uri_or_default(tracking_uri)
-    if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///"):]):
+    if (database := sqlite_path(uri)) is not None and not database.exists():
         raise VitolaunchError(f"no sweeps here yet: {uri} does not exist (start one with `vitolaunch sweep SPEC`, "
                               "or point --tracking-uri / VITOLAUNCH_HOME at the store that has them)")
+    return uri
+
+
+def _existing_launcher(tracking_uri: str | None):
+    _existing_tracking_uri(tracking_uri)
     return _launcher(tracking_uri)
 
 
@@ -302,10 +306,7 @@ def compare(sweeps: tuple[str, ...], group_by: str | None, as_json: bool, as_csv
         raise VitolaunchError("--json and --csv: choose one")
     quiet_mlflow_environment()
     workspace = Workspace.from_env()
-    uri = workspace.tracking_uri_or_default(tracking_uri)
-    if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///"):]):
-        raise VitolaunchError(f"no sweeps here yet: {uri} does not exist "
-                              "(point --tracking-uri or VITOLAUNCH_HOME at the store that has them)")
+    uri = _existing_tracking_uri(tracking_uri)
     comparison = collect(open_run_reader(uri, workspace), sweeps)
     ranking, rows = comparison.ranking, comparison.rows
     groups = results.group(rows, group_by, ranking) if group_by else None

@@ -18,7 +18,7 @@ class Workspace:
     @property
     def tracking_uri(self) -> str:
         """The embedded default: MLflow in a sqlite file (MLflow 3.17 refuses the old ./mlruns store)."""
-        return f"sqlite:///{self.root / 'mlflow.db'}"
+        return f"{SQLITE_URI_PREFIX}{self.root / 'mlflow.db'}"
 
     @property
     def artifact_root(self) -> Path:
@@ -41,6 +41,24 @@ class Workspace:
 
     def tracking_uri_or_default(self, uri: str | None) -> str:
         return uri or os.environ.get("MLFLOW_TRACKING_URI") or self.tracking_uri
+
+
+SQLITE_URI_PREFIX = "sqlite:///"
+
+
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a `sqlite:///` tracking URI; None for any other store."""
+    if not tracking_uri.startswith(SQLITE_URI_PREFIX):
+        return None
+    return Path(tracking_uri[len(SQLITE_URI_PREFIX):])
+
+
+def env_float(name: str, default: float) -> float:
+    """A number from the environment; the default when unset or not a number (a typo must not crash a job)."""
+    try:
+        return float(os.environ.get(name, default))
+    except ValueError:
+        return default
 
 
 def quiet_mlflow_environment() -> None:

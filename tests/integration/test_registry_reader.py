@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from mlflow.tracking import MlflowClient
 
-from vitolaunch.tracking.mlflow_store import NewTrialRun, Registry
+from vitolaunch.tracking.mlflow_store import Registry
 from vitolaunch.tracking.sqlite_reader import SqliteRunReader, open_run_reader
+from vitolaunch.tracking.store import NewTrialRun
 from vitolaunch.workspace import Workspace
 
 

@@ -16,10 +16,11 @@ from mlflow.tracking import MlflowClient
 
 from tests.integration import services
 from vitolaunch.tracking.chooser import open_registry
-from vitolaunch.tracking.mlflow_store import NewTrialRun, Registry
+from vitolaunch.tracking.mlflow_store import Registry
 from vitolaunch.tracking.records import CONFIG_ARTIFACT
 from vitolaunch.tracking.rest_store import RestRegistry
 from vitolaunch.tracking.sqlite_store import SqliteRegistry
+from vitolaunch.tracking.store import NewTrialRun
 
 PARAMS = {"loss.temperature": 0.1, "model.scales": [4, 5], "optim.lr": 0.001}
 TAGS = {"vitolaunch.sweep": "eq", "vitolaunch.trial_key": "k0", "vitolaunch.trial_index": "0"}

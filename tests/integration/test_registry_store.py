@@ -9,8 +9,9 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from tests.integration.local_sweeps import vitolaunch
-from vitolaunch.tracking.mlflow_store import NewTrialRun, Registry
+from vitolaunch.tracking.mlflow_store import Registry
 from vitolaunch.tracking.records import CONFIG_ARTIFACT
+from vitolaunch.tracking.store import NewTrialRun
 
 REPO = Path(__file__).resolve().parents[2]
 

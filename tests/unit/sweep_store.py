@@ -26,7 +26,8 @@ ACC = {(0.1, 0): 0.50, (0.1, 1): 0.54, (0.1, 2): 0.52, (0.3, 0): 0.40, (0.3, 1):
 
 def build(home: Path, statuses: dict[int, RunStatus] | None = None):
     """The store under `home` (a VITOLAUNCH_HOME); returns (registry, sweep record, trial run ids in index order)."""
-    from vitolaunch.tracking.mlflow_store import NewTrialRun, Registry
+    from vitolaunch.tracking.mlflow_store import Registry
+    from vitolaunch.tracking.store import NewTrialRun
     from vitolaunch.workspace import Workspace
 
     workspace = Workspace(home)

@@ -7,8 +7,8 @@ import pytest
 from vitolaunch.backends import SchedulerState
 from vitolaunch.job.chained_wait import target_outcome
 from vitolaunch.results.states import TrialState, merge_state
-from vitolaunch.tracking.mlflow_store import RunRecord
 from vitolaunch.tracking.records import TAG_PRUNED_AT_STEP, TAG_STOPPED_AT_STEP, TAG_WAITS_FOR_RUN
+from vitolaunch.tracking.store import RunRecord
 
 
 @pytest.mark.parametrize(

@@ -12,8 +12,8 @@ from vitolaunch.errors import SpecError
 from vitolaunch.job.rungs import decide
 from vitolaunch.results.states import TrialState, merge_state
 from vitolaunch.spec import EarlyStop, check_early_stop, expand, load_spec
-from vitolaunch.tracking.mlflow_store import RunRecord
 from vitolaunch.tracking.records import TAG_PRUNE_OVERRIDDEN, TAG_PRUNED_AT_STEP
+from vitolaunch.tracking.store import RunRecord
 
 
 def rule(**changes) -> EarlyStop:

@@ -16,8 +16,8 @@ from vito.config import VitoConfig
 from vitolaunch.errors import SpecError, VitolaunchError
 from vitolaunch.launch.evaluate_targets import expand_evaluate
 from vitolaunch.spec import expand, load_spec
-from vitolaunch.tracking.mlflow_store import RunRecord
 from vitolaunch.tracking.records import TAG_CHECKPOINT, TAG_KIND, TAG_SWEEP, TAG_SWEPT
+from vitolaunch.tracking.store import RunRecord
 
 PRETRAIN = VitoConfig.model_validate({"model": {"width": 8}, "train": {"steps": 7}, "eval": {"train_clips": 9}})
 

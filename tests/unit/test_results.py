@@ -25,7 +25,6 @@ from vitolaunch.results.ranking import (
 )
 from vitolaunch.results.states import TrialState
 from vitolaunch.results.sweep_summary import fingerprint, fold_status, needs_update
-from vitolaunch.tracking.mlflow_store import RunRecord
 from vitolaunch.tracking.records import (
     EXPERIMENT_KIND_TRAINING,
     TAG_EXPERIMENT_KIND,
@@ -36,6 +35,7 @@ from vitolaunch.tracking.records import (
     TAG_TASK,
     RunStatus,
 )
+from vitolaunch.tracking.store import RunRecord
 
 MAX = Ranking("eval/acc", "max")
 MIN = Ranking("train/loss", "min")

@@ -21,8 +21,8 @@ from vitolaunch.backends.slurm import (
 )
 from vitolaunch.results.states import TrialState as T, trial_states
 from vitolaunch.spec.resources import Resources
-from vitolaunch.tracking.mlflow_store import RunRecord
 from vitolaunch.tracking.records import TAG_JOB_STARTED_AT
+from vitolaunch.tracking.store import RunRecord
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -6,8 +6,8 @@ import pytest
 
 from vitolaunch.backends import SchedulerState as S
 from vitolaunch.results.states import TrialState as T, merge_state
-from vitolaunch.tracking.mlflow_store import RunRecord
 from vitolaunch.tracking.records import TAG_STOPPED_AT_STEP
+from vitolaunch.tracking.store import RunRecord
 
 
 def _run(status: str, **tags: str) -> RunRecord:

@@ -34,6 +34,7 @@ from vitolaunch.backends.submitit_compat import sbatch_script
 from vitolaunch.errors import ResourceError, VitolaunchError
 from vitolaunch.spec.resources import Resources
 from vitolaunch.tracking.records import sweep_of_job_name
+from vitolaunch.workspace import env_float
 
 S = SchedulerState
 _STATE_MAP = {
@@ -76,10 +77,7 @@ class SlurmUnavailable(VitolaunchError):
 
 
 def status_timeout_s() -> float:
-    try:
-        return float(os.environ.get(STATUS_TIMEOUT_ENV, DEFAULT_STATUS_TIMEOUT_S))
-    except ValueError:
-        return DEFAULT_STATUS_TIMEOUT_S
+    return env_float(STATUS_TIMEOUT_ENV, DEFAULT_STATUS_TIMEOUT_S)
 
 
 def _run(args: Sequence[str], timeout: float = CLI_TIMEOUT_S, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -27,7 +27,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from vitolaunch.tracking.records import TAG_LAST_ERROR, TAG_LAST_REQUEUE, TAG_RETRIES, RunStatus, set_run_status
+from vitolaunch.tracking.records import TAG_LAST_ERROR, TAG_LAST_REQUEUE, TAG_RETRIES, RunStatus
+from vitolaunch.workspace import env_float
 
 STATE_FILE = "vitolaunch_retries.json"
 SIGNAL_DELAY_ENV = "VITOLAUNCH_SIGNAL_DELAY_S"  # exported by the sbatch script: seconds of warning before the limit
@@ -109,7 +110,7 @@ def time_left_s() -> float | None:
 def stop_cause() -> str:
     """'timeout' when the warning came because the time limit is near, else 'preemption'."""
     left = time_left_s()
-    delay = float(os.environ.get(SIGNAL_DELAY_ENV, "120"))
+    delay = env_float(SIGNAL_DELAY_ENV, 120.0)
     return "timeout" if left is not None and left <= delay + _TIMEOUT_SLACK_S else "preemption"
 
 
@@ -166,17 +167,14 @@ def _trial_job(folder: Path, job: str):
 def _update_run(trial, status: RunStatus | None, tags: dict[str, str], only_if_active: bool = False) -> None:
     """Best effort: a tracking outage must not stop the retry itself."""
     try:
-        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-        os.environ.setdefault("DO_NOT_TRACK", "true")
-        from mlflow.entities import RunTag
-        from mlflow.tracking import MlflowClient
+        from vitolaunch.tracking.chooser import store_in_job
 
-        client = MlflowClient(tracking_uri=trial.tracking_uri)
-        if only_if_active and not RunStatus(client.get_run(trial.run_id).info.status).is_active:
+        store = store_in_job(trial.tracking_uri)
+        if only_if_active and not RunStatus(store.get(trial.run_id).status).is_active:
             status = None
-        client.log_batch(trial.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        store.set_tags(trial.run_id, tags)
         if status:
-            set_run_status(client, trial.run_id, status)
+            store.set_status(trial.run_id, status)
     except Exception as problem:  # noqa: BLE001
         print(f"vitolaunch: could not update MLflow run {trial.run_id}: {problem}", file=sys.stderr)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 
+from vitolaunch.tracking.chooser import store_in_job
 from vitolaunch.tracking.records import TAG_PRUNED_AT_STEP, TAG_STOPPED_AT_STEP, TAG_TERMINATED_AT_STEP, RunStatus
 
 log = logging.getLogger(__name__)
@@ -37,14 +38,12 @@ def wait_for_target(tracking_uri: str, run_id: str, poll_s: float = POLL_S) -> s
 
     MLflow being unreachable is waited out (logged), never read as a failure of the target.
     """
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri)
+    store = store_in_job(tracking_uri)
     announced = False
     while True:
         try:
-            run = client.get_run(run_id)
-            outcome = target_outcome(run.info.status, run.data.tags)
+            target = store.get(run_id)
+            outcome = target_outcome(target.status, target.tags)
         except Exception as problem:  # noqa: BLE001 - a tracking outage is waited out like a running target
             log.warning("cannot read the target run %s (%s): waiting", run_id, problem)
             outcome = None

@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 from vitolaunch.spec.early_stop import EarlyStop
+from vitolaunch.tracking.chooser import store_in_job
 from vitolaunch.tracking.records import (
     TAG_PARENT,
     TAG_PRUNE_DECISION,
@@ -31,9 +32,9 @@ from vitolaunch.tracking.records import (
     TAG_RUNG_PREFIX,
     rung_metric,
 )
+from vitolaunch.tracking.store import RunRecord, RunStore
 
 log = logging.getLogger(__name__)
-_PAGE = 1000
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ class RungJudge:
         self.run_id = run_id
         self._drain = drain
         self._set_tags = set_tags
-        self._client = None
+        self._store: RunStore | None = None
         self._sweep: tuple[str, str] | None = None  # (experiment id, parent run id)
         self.decision: RungDecision | None = None
 
@@ -121,48 +122,30 @@ class RungJudge:
             self.decision = decision
         return decision.prune
 
-    def _client_(self):
-        if self._client is None:
-            from mlflow.tracking import MlflowClient
-
-            self._client = MlflowClient(tracking_uri=self.tracking_uri)
-        return self._client
+    @property
+    def store(self) -> RunStore:
+        if self._store is None:
+            self._store = store_in_job(self.tracking_uri)
+        return self._store
 
     def _decide(self, step: int) -> RungDecision | None:
         if not self._drain():
             raise TimeoutError("this trial's metrics did not reach MLflow")
-        client = self._client_()
-        mine = [m.value for m in client.get_metric_history(self.run_id, self.rule.metric) if m.step == step]
+        mine = [value for at, value in self.store.metric_history(self.run_id, self.rule.metric) if at == step]
         if not mine:
             return None
         value = mine[-1]
-        from mlflow.entities import Metric
-
         key = rung_metric(self.rule.metric, step)
         # Logged before reading the siblings: two trials at the same rung at once then see each other.
-        client.log_batch(self.run_id, metrics=[Metric(key, value, int(_now_ms()), step)])
-        siblings = [run.data.metrics[key] for run in self._siblings() if key in run.data.metrics]
+        self.store.log_metric(self.run_id, key, value, step=step)
+        siblings = [run.metrics[key] for run in self._siblings() if key in run.metrics]
         return decide(self.rule, step, value, siblings)
 
-    def _siblings(self):
-        client = self._client_()
+    def _siblings(self) -> list[RunRecord]:
         if self._sweep is None:
-            run = client.get_run(self.run_id)
-            parent = run.data.tags.get(TAG_PARENT)
-            if not parent:
+            run = self.store.get(self.run_id)
+            if not run.parent_run_id:
                 raise LookupError(f"run {self.run_id} belongs to no sweep (no {TAG_PARENT} tag)")
-            self._sweep = (run.info.experiment_id, parent)
+            self._sweep = (run.experiment_id, run.parent_run_id)
         experiment, parent = self._sweep
-        runs, token = [], None
-        while True:
-            page = client.search_runs([experiment], f"tags.`{TAG_PARENT}` = '{parent}'", max_results=_PAGE, page_token=token)
-            runs.extend(r for r in page if r.info.run_id != self.run_id)
-            token = page.token
-            if not token:
-                return runs
-
-
-def _now_ms() -> float:
-    import time
-
-    return time.time() * 1000
+        return [r for r in self.store.find_runs({TAG_PARENT: parent}, [experiment]) if r.run_id != self.run_id]

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from vitolaunch.backends import slurm_retry
+from vitolaunch.tracking.chooser import store_in_job
 from vitolaunch.tracking.records import (
     TAG_EVALUATED_BY_PREFIX,
     TAG_EVALUATED_STEP,
@@ -200,9 +201,7 @@ class TrialJob:
         if not pretrain_run_id:
             return
         try:
-            from mlflow.tracking import MlflowClient
-
-            MlflowClient(tracking_uri=self.tracking_uri).set_tag(pretrain_run_id, TAG_EVALUATED_BY_PREFIX + self.run_id, f"step {step}")
+            store_in_job(self.tracking_uri).set_tags(pretrain_run_id, {TAG_EVALUATED_BY_PREFIX + self.run_id: f"step {step}"})
         except Exception as problem:  # noqa: BLE001 - a link that cannot be written must not fail the evaluation
             log.warning("could not tag pretraining run %s with this evaluation: %s", pretrain_run_id, problem)
 
@@ -312,9 +311,7 @@ def _queue_status(tracking, status: RunStatus) -> None:
 def _set_scheduled(tracking_uri: str, run_id: str) -> None:
     """Back to queued in MLflow (requeued: resumable, and not FINISHED); best effort."""
     try:
-        from mlflow.tracking import MlflowClient
-
-        set_run_status(MlflowClient(tracking_uri=tracking_uri), run_id, RunStatus.SCHEDULED)
+        store_in_job(tracking_uri).set_status(run_id, RunStatus.SCHEDULED)
     except Exception as problem:  # noqa: BLE001 - best effort: the requeue itself must go ahead
         log.warning("could not mark run %s as requeued in MLflow: %s", run_id, problem)
 

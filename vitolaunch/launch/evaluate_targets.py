@@ -31,8 +31,8 @@ from pydantic import ValidationError
 from vito.config import VitoConfig, set_dotted
 from vitolaunch.errors import SpecError, VitolaunchError
 from vitolaunch.spec import SweepSpec, Trial
-from vitolaunch.tracking.mlflow_store import Registry, RunRecord
 from vitolaunch.tracking.records import KIND_SWEEP, KIND_TRIAL, TAG_CHECKPOINT, TAG_STORAGE_OPTIONS
+from vitolaunch.tracking.store import RunRecord, RunStore
 
 CHECKPOINT_KEY = "eval.checkpoint"
 # Trial states (vitolaunch.results.states.TrialState values) of a target that may still finish: its evaluation waits.
@@ -91,7 +91,7 @@ def _newest_step(uri: str, storage_options: dict[str, Any], wanted: int | None, 
 
 
 class TargetResolver:
-    def __init__(self, spec: SweepSpec, registry: Registry):
+    def __init__(self, spec: SweepSpec, registry: RunStore):
         self.spec = spec
         self.registry = registry
         self.options = spec.evaluate
@@ -189,7 +189,7 @@ class EvaluatePlan:
     waits_for: dict[str, RunRecord] = field(default_factory=dict)
 
 
-def expand_evaluate(spec: SweepSpec, grid: list[Trial], registry: Registry) -> EvaluatePlan:
+def expand_evaluate(spec: SweepSpec, grid: list[Trial], registry: RunStore) -> EvaluatePlan:
     """The evaluation trials of an evaluate spec (every target crossed with every point of `grid`), and where
     to record them. The spec is left as it was given."""
     if spec.task != "evaluate":

@@ -27,7 +27,6 @@ from vitolaunch.results.states import TrialState, trial_states
 from vitolaunch.spec import SweepSpec, Trial, check_early_stop, check_trials_fit_resources, trial_resources
 from vitolaunch.spec.resources import Resources, resolve_cluster
 from vitolaunch.tracking.chooser import open_registry
-from vitolaunch.tracking.mlflow_store import NewTrialRun, RunRecord
 from vitolaunch.tracking.records import (
     KIND_SWEEP,
     KIND_TRIAL,
@@ -59,6 +58,7 @@ from vitolaunch.tracking.records import (
     trial_job_name,
     trial_run_name,
 )
+from vitolaunch.tracking.store import NewTrialRun, RunRecord, RunStore
 from vitolaunch.workspace import Workspace, quiet_mlflow_environment
 
 log = logging.getLogger(__name__)
@@ -181,7 +181,7 @@ class Launcher:
         self._waits_for: dict[str, RunRecord] = {}  # of the sweep being submitted (submit_sweep)
 
     @functools.cached_property
-    def registry(self):
+    def registry(self) -> RunStore:
         """Opened on first use: a sweep refused in preflight must not create a tracking store."""
         return open_registry(self.tracking_uri, self.workspace.artifact_root)
 

@@ -26,13 +26,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from vitolaunch.errors import VitolaunchError
+from vitolaunch.workspace import sqlite_path
 
 WAIT_S = 600.0  # far longer than a sweep of thousands of trials takes to submit
 
 
 def lock_path(tracking_uri: str, workspace_root: Path, experiment: str, sweep: str) -> Path:
-    if tracking_uri.startswith("sqlite:///"):
-        folder = Path(tracking_uri[len("sqlite:///"):]).parent / ".vitolaunch-locks"
+    if (database := sqlite_path(tracking_uri)) is not None:
+        folder = database.parent / ".vitolaunch-locks"
         identity = f"{experiment}\0{sweep}"
     else:
         folder = workspace_root / "locks"

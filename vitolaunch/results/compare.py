@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from vitolaunch.errors import VitolaunchError
 from vitolaunch.results.ranking import GroupRow, Ranking, ResultRow, rank, ranking_of, result_row, swept_keys
 from vitolaunch.results.states import observe_trials
-from vitolaunch.tracking.mlflow_store import RunQueries, RunRecord
+from vitolaunch.tracking.store import RunQueries, RunRecord
 
 
 @dataclass

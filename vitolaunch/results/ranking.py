@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from vitolaunch.errors import VitolaunchError
-from vitolaunch.tracking.mlflow_store import RunRecord
 from vitolaunch.tracking.records import TAG_OBJECTIVE_METRIC, TAG_OBJECTIVE_MODE, TAG_TASK
+from vitolaunch.tracking.store import RunRecord
 
 # Final metrics shown beside the objective: the evaluation's, and the training loss. Rates and schedules
 # (train/lr, train/pairs_per_s...) say how a run went, not what it found.

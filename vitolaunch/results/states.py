@@ -9,14 +9,12 @@ that cannot be asked gives UNKNOWN, never FAILED. A trial the scheduler runs but
 from __future__ import annotations
 
 import enum
-import os
 import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from vitolaunch.backends import JobHandle, SchedulerState, make_backend
-from vitolaunch.tracking.mlflow_store import RunRecord
 from vitolaunch.tracking.records import (
     TAG_BACKEND,
     TAG_JOB_ID,
@@ -28,16 +26,15 @@ from vitolaunch.tracking.records import (
     TAG_WAITS_FOR_RUN,
     RunStatus,
 )
+from vitolaunch.tracking.store import RunRecord
+from vitolaunch.workspace import env_float
 
 STALLED_AFTER_ENV = "VITOLAUNCH_STALLED_AFTER_S"
 DEFAULT_STALLED_AFTER_S = 600.0
 
 
 def default_stalled_after() -> float:
-    try:
-        return float(os.environ.get(STALLED_AFTER_ENV, DEFAULT_STALLED_AFTER_S))
-    except ValueError:
-        return DEFAULT_STALLED_AFTER_S
+    return env_float(STALLED_AFTER_ENV, DEFAULT_STALLED_AFTER_S)
 
 
 class TrialState(str, enum.Enum):

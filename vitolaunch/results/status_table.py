@@ -9,8 +9,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from vitolaunch.results.states import TrialState, observe_trials
-from vitolaunch.tracking.mlflow_store import RunQueries, RunRecord
 from vitolaunch.tracking.records import TAG_JOB_ID, TAG_TOTAL_STEPS
+from vitolaunch.tracking.store import RunQueries, RunRecord
 
 
 @dataclass

@@ -30,7 +30,6 @@ from vitolaunch.results.ranking import (
     to_markdown,
 )
 from vitolaunch.results.states import TrialState, merge_state
-from vitolaunch.tracking.mlflow_store import RunQueries, RunRecord
 from vitolaunch.tracking.records import (
     SUMMARY_ARTIFACT_DIR,
     TAG_BEST_PARAM_PREFIX,
@@ -43,6 +42,7 @@ from vitolaunch.tracking.records import (
     TAG_SUMMARY_OF,
     RunStatus,
 )
+from vitolaunch.tracking.store import RunQueries, RunRecord, RunStore
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +104,9 @@ def mlflow_states(trials: Sequence[RunRecord]) -> dict[str, TrialState]:
     return {t.run_id: merge_state(t, None) for t in trials}
 
 
-def update_sweep(registry, sweep: RunRecord, states: dict[str, TrialState] | None = None,
+def update_sweep(registry: RunStore, sweep: RunRecord, states: dict[str, TrialState] | None = None,
                  trials: Sequence[RunRecord] | None = None, force: bool = False) -> SweepUpdate:
-    """Bring the parent run up to date with its trials; `registry` is a vitolaunch.tracking.mlflow_store.Registry."""
+    """Bring the parent run up to date with its trials."""
     trials = list(registry.trials(sweep) if trials is None else trials)
     states = mlflow_states(trials) if states is None else states
     wanted = fold_status(states[t.run_id] for t in trials)
@@ -203,9 +203,9 @@ def after_trial(tracking_uri: str, run_id: str) -> None:
     """From a trial's job, once its own status is recorded: update its sweep's parent. Never raises: the
     parent is a summary, and the next observer (`vitolaunch status`) redoes what this one could not."""
     try:
-        from vitolaunch.tracking.mlflow_store import Registry
+        from vitolaunch.tracking.chooser import store_in_job
 
-        registry = Registry(tracking_uri)
+        registry = store_in_job(tracking_uri)
         trial = registry.get(run_id)
         if not trial.parent_run_id:
             return

@@ -7,77 +7,21 @@ no local state file can drift. mlflow is imported lazily: the CLI must start ins
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vitolaunch.errors import VitolaunchError
 from vitolaunch.tracking.records import (
     CONFIG_ARTIFACT,
     KIND_SWEEP,
     KIND_TRIAL,
     TAG_KIND,
     TAG_PARENT,
-    TAG_RESOURCES,
     TAG_SWEEP,
-    TAG_SWEPT,
-    TAG_TRIAL_INDEX,
-    TAG_TRIAL_KEY,
     RunStatus,
     set_run_status,
 )
-
-
-@dataclass
-class RunRecord:
-    run_id: str
-    name: str
-    status: str  # a RunStatus value: SCHEDULED, RUNNING, FINISHED, FAILED, KILLED
-    start_time: float | None  # seconds since epoch
-    end_time: float | None
-    tags: dict[str, str]
-    params: dict[str, str] = field(default_factory=dict)
-    metrics: dict[str, float] = field(default_factory=dict)
-    experiment_id: str = ""
-    last_metric_time: float | None = None  # seconds since epoch of the newest logged metric value
-
-    @property
-    def kind(self) -> str:
-        return self.tags.get(TAG_KIND, "")
-
-    @property
-    def sweep(self) -> str:
-        return self.tags.get(TAG_SWEEP, "")
-
-    @property
-    def parent_run_id(self) -> str | None:
-        return self.tags.get(TAG_PARENT)
-
-    @property
-    def trial_key(self) -> str:
-        return self.tags.get(TAG_TRIAL_KEY, "")
-
-    @property
-    def trial_index(self) -> int:
-        return int(self.tags.get(TAG_TRIAL_INDEX, "-1"))
-
-    @property
-    def swept(self) -> dict[str, Any]:
-        return json.loads(self.tags.get(TAG_SWEPT, "{}"))
-
-    @property
-    def resources(self) -> dict[str, Any]:
-        return json.loads(self.tags.get(TAG_RESOURCES, "{}"))
-
-
-@dataclass
-class NewTrialRun:
-    """A trial run to create: its name, its params (shown as MLflow columns), its tags and full config."""
-
-    name: str
-    params: dict[str, Any]
-    tags: dict[str, str]
-    config: dict[str, Any]
+from vitolaunch.tracking.store import NewTrialRun, RunQueries, RunRecord, TrackingUnreachable, all_pages
+from vitolaunch.workspace import sqlite_path
 
 
 def _record(run) -> RunRecord:
@@ -96,64 +40,6 @@ def _record(run) -> RunRecord:
         experiment_id=info.experiment_id,
         last_metric_time=newest_metric_time_s(run),
     )
-
-
-class TrackingUnreachable(VitolaunchError):
-    pass
-
-
-class RunQueries:
-    """The read side of the registry, built on two primitives a store implements: `find_run` and `find_runs`."""
-
-    tracking_uri: str
-
-    def find_run(self, run_id: str) -> RunRecord | None:
-        """The run with this exact id, or None if the store has none (a store that cannot be read raises)."""
-        raise NotImplementedError
-
-    def find_runs(self, tags: dict[str, str], experiment_ids: list[str] | None = None) -> list[RunRecord]:
-        """Active runs carrying all these tag values (in the given experiments, or all)."""
-        raise NotImplementedError
-
-    def get(self, run_id: str) -> RunRecord:
-        record = self.find_run(run_id)
-        if record is None:
-            raise VitolaunchError(f"no run {run_id} in {self.tracking_uri}")
-        return record
-
-    def find_sweep(self, experiment_id: str, sweep_name: str) -> RunRecord | None:
-        runs = self.find_runs({TAG_KIND: KIND_SWEEP, TAG_SWEEP: sweep_name}, [experiment_id])
-        return runs[0] if runs else None
-
-    def sweeps(self) -> list[RunRecord]:
-        return self.find_runs({TAG_KIND: KIND_SWEEP})
-
-    def all_trials(self) -> list[RunRecord]:
-        return self.find_runs({TAG_KIND: KIND_TRIAL})
-
-    def trials(self, sweep: RunRecord) -> list[RunRecord]:
-        runs = self.find_runs({TAG_PARENT: sweep.run_id}, [sweep.experiment_id])
-        return sorted(runs, key=lambda r: (r.trial_index, r.start_time or 0))
-
-    def sweep_of(self, record: RunRecord) -> RunRecord:
-        """A sweep itself, or the sweep a trial belongs to."""
-        if record.kind == KIND_SWEEP or not record.parent_run_id:
-            return record
-        return self.get(record.parent_run_id)
-
-    def resolve(self, run_or_sweep: str) -> RunRecord:
-        """A run by full id, by unique id prefix, or a sweep by name."""
-        exact = self.find_run(run_or_sweep)
-        if exact is not None:
-            return exact
-        candidates = [s for s in self.sweeps() if s.sweep == run_or_sweep or s.run_id.startswith(run_or_sweep)]
-        if not candidates:
-            candidates = [r for r in self.all_trials() if r.run_id.startswith(run_or_sweep)]
-        if len(candidates) == 1:
-            return candidates[0]
-        if not candidates:
-            raise VitolaunchError(f"no sweep or trial '{run_or_sweep}' in {self.tracking_uri}: see `vitolaunch status`")
-        raise VitolaunchError(f"'{run_or_sweep}' is ambiguous ({len(candidates)} matches): give more of the run id")
 
 
 class Registry(RunQueries):
@@ -176,7 +62,7 @@ class Registry(RunQueries):
             if experiment is not None:
                 return experiment.experiment_id
             location = None
-            if self.artifact_root is not None and self.tracking_uri.startswith("sqlite:"):
+            if self.artifact_root is not None and sqlite_path(self.tracking_uri) is not None:
                 location = (self.artifact_root / name).as_uri()
             return self._client.create_experiment(name, artifact_location=location)
         except Exception as problem:
@@ -207,7 +93,7 @@ class Registry(RunQueries):
     def log_artifact(self, run_id: str, local_path: str) -> None:
         self._client.log_artifact(run_id, local_path)
 
-    def set_tags_many(self, tags_by_run: dict[str, dict[str, str]], status: RunStatus | None = None) -> None:
+    def set_tags_many(self, tags_by_run: dict[str, dict[str, str]], status: RunStatus | str | None = None) -> None:
         """Tags (and optionally a status) on many runs at once."""
         from vitolaunch.tracking.mlflow_bulk import tag_runs
 
@@ -260,13 +146,12 @@ class Registry(RunQueries):
         if not experiment_ids:
             return []
         filter_string = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
-        runs, token = [], None
-        while True:
-            page = self._client.search_runs(experiment_ids, filter_string, max_results=1000, page_token=token)
-            runs.extend(_record(r) for r in page)
-            token = page.token
-            if not token:
-                return runs
+
+        def page(token: str | None) -> tuple[list[RunRecord], str | None]:
+            runs = self._client.search_runs(experiment_ids, filter_string, max_results=1000, page_token=token)
+            return [_record(r) for r in runs], runs.token
+
+        return all_pages(page)
 
 
 def new_run(sweep: RunRecord, trial: NewTrialRun):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import math
 import os
 import threading
 import time
@@ -23,8 +24,10 @@ from typing import Any
 from urllib.parse import quote, urlencode, urlparse
 
 from vitolaunch.errors import VitolaunchError
-from vitolaunch.tracking.mlflow_store import NewTrialRun, RunQueries, RunRecord, TrackingUnreachable, new_run
+from vitolaunch.tracking.mlflow_store import new_run
 from vitolaunch.tracking.records import CONFIG_ARTIFACT, KIND_SWEEP, TAG_KIND, TAG_SWEEP, RunStatus, status_change
+from vitolaunch.tracking.store import NewTrialRun, RunQueries, RunRecord, TrackingUnreachable, all_pages
+from vitolaunch.workspace import env_float
 
 _API = "/api/2.0/mlflow"
 _ARTIFACTS = "/api/2.0/mlflow-artifacts/artifacts"
@@ -39,13 +42,6 @@ class RestError(VitolaunchError):
         self.status, self.code = status, code
 
 
-def _env_float(name: str, default: float) -> float:
-    try:
-        return float(os.environ.get(name, default))
-    except ValueError:
-        return default
-
-
 class RestClient:
     """JSON over HTTP to one server, with MLflow's retry policy and one keep-alive connection per thread."""
 
@@ -55,9 +51,9 @@ class RestClient:
         self._host = parsed.netloc
         self._base = parsed.path.rstrip("/")
         self._local = threading.local()
-        self.retries = int(_env_float("MLFLOW_HTTP_REQUEST_MAX_RETRIES", 7))
-        self.backoff = _env_float("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", 2)
-        self.timeout = _env_float("MLFLOW_HTTP_REQUEST_TIMEOUT", 120)
+        self.retries = int(env_float("MLFLOW_HTTP_REQUEST_MAX_RETRIES", 7))
+        self.backoff = env_float("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", 2)
+        self.timeout = env_float("MLFLOW_HTTP_REQUEST_TIMEOUT", 120)
         self._headers = {"User-Agent": "vitolaunch"}
         token = os.environ.get("MLFLOW_TRACKING_TOKEN")
         user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
@@ -230,8 +226,8 @@ class RestRegistry(RunQueries):
             return self._mlflow_registry().config_of(trial)
         return json.loads(self._rest.request("GET", f"{_ARTIFACTS}/{quote(path)}/{CONFIG_ARTIFACT}"))
 
-    def _set_status(self, run_id: str, status: RunStatus) -> None:
-        status, end_time = status_change(status)
+    def _set_status(self, run_id: str, status: RunStatus, end_time_s: float | None = None) -> None:
+        status, end_time = status_change(status, end_time_s)
         payload: dict[str, Any] = {"run_id": run_id, "status": status.value}
         if end_time is not None:
             payload["end_time"] = end_time
@@ -243,8 +239,37 @@ class RestRegistry(RunQueries):
             self._rest.call("POST", "experiments/set-experiment-tag",
                             {"experiment_id": experiment_id, "key": key, "value": value})
 
-    def set_status(self, run_id: str, status: RunStatus | str) -> None:
-        self._set_status(run_id, RunStatus(status))
+    def set_status(self, run_id: str, status: RunStatus | str, end_time_s: float | None = None) -> None:
+        self._set_status(run_id, RunStatus(status), end_time_s)
+
+    def log_artifacts(self, run_id: str, local_dir: str, artifact_path: str | None = None) -> None:
+        if _proxied_path(self._artifact_uri(run_id)) is None:
+            self._mlflow_registry().log_artifacts(run_id, local_dir, artifact_path)
+            return
+        root = Path(local_dir)
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            relative = path.relative_to(root).as_posix()
+            self._put_artifact(run_id, f"{artifact_path}/{relative}" if artifact_path else relative, path.read_bytes())
+
+    def log_metric(self, run_id: str, key: str, value: float, step: int = 0, timestamp_ms: int | None = None) -> None:
+        timestamp = int(time.time() * 1000) if timestamp_ms is None else int(timestamp_ms)
+        # JSON has no NaN: a bare NaN token is misread by the server (every field zero); MLflow's client sends
+        # non-finite values as the strings protobuf's JSON mapping defines, and so does this.
+        sent: float | str = value if math.isfinite(value) else "NaN" if math.isnan(value) else (
+            "Infinity" if value > 0 else "-Infinity")
+        self._rest.call("POST", "runs/log-metric",
+                        {"run_id": run_id, "key": key, "value": sent, "timestamp": timestamp, "step": int(step)})
+
+    def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        def page(token: str | None) -> tuple[list[tuple[int, float]], str | None]:
+            payload: dict[str, Any] = {"run_id": run_id, "metric_key": key, "max_results": 25000}
+            if token:
+                payload["page_token"] = token
+            answer = self._rest.call("GET", "metrics/get-history", payload)
+            points = [(int(m.get("step", 0)), float(m["value"])) for m in answer.get("metrics", [])]
+            return points, answer.get("next_page_token")
+
+        return sorted(all_pages(page))
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         pairs = _pairs(tags)
@@ -279,26 +304,23 @@ class RestRegistry(RunQueries):
         if not experiment_ids:
             return []
         filter_string = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
-        runs, token = [], None
-        while True:
-            payload = {"experiment_ids": experiment_ids, "filter": filter_string, "max_results": 1000,
-                       "run_view_type": "ACTIVE_ONLY"}
-            if token:
-                payload["page_token"] = token
-            page = self._rest.call("POST", "runs/search", payload)
-            runs.extend(_record(r) for r in page.get("runs", []))
-            token = page.get("next_page_token")
-            if not token:
-                return runs
+
+        def page(token: str | None) -> tuple[list[RunRecord], str | None]:
+            answer = self._search("runs/search", token, experiment_ids=experiment_ids, filter=filter_string,
+                                  run_view_type="ACTIVE_ONLY")
+            return [_record(r) for r in answer.get("runs", [])], answer.get("next_page_token")
+
+        return all_pages(page)
 
     def _experiment_ids(self) -> list[str]:
-        ids, token = [], None
-        while True:
-            payload: dict[str, Any] = {"max_results": 1000, "view_type": "ACTIVE_ONLY"}
-            if token:
-                payload["page_token"] = token
-            page = self._rest.call("POST", "experiments/search", payload)
-            ids.extend(e["experiment_id"] for e in page.get("experiments", []))
-            token = page.get("next_page_token")
-            if not token:
-                return ids
+        def page(token: str | None) -> tuple[list[str], str | None]:
+            answer = self._search("experiments/search", token, view_type="ACTIVE_ONLY")
+            return [e["experiment_id"] for e in answer.get("experiments", [])], answer.get("next_page_token")
+
+        return all_pages(page)
+
+    def _search(self, endpoint: str, token: str | None, **payload: Any) -> dict:
+        payload["max_results"] = 1000
+        if token:
+            payload["page_token"] = token
+        return self._rest.call("POST", endpoint, payload)

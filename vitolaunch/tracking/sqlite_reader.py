@@ -9,12 +9,9 @@ same tables, for a schema version checked against MLflow, is registry_sqlite_sto
 from __future__ import annotations
 
 import sqlite3
-from pathlib import Path
 
-from vitolaunch.tracking.mlflow_store import RunQueries, RunRecord
-from vitolaunch.workspace import Workspace
-
-_SQLITE_PREFIX = "sqlite:///"
+from vitolaunch.tracking.store import RunQueries, RunRecord, sqlite_chunks
+from vitolaunch.workspace import Workspace, sqlite_path
 
 
 class SchemaMismatch(Exception):
@@ -24,8 +21,8 @@ class SchemaMismatch(Exception):
 class SqliteRunReader(RunQueries):
     def __init__(self, tracking_uri: str):
         self.tracking_uri = tracking_uri
-        path = Path(tracking_uri[len(_SQLITE_PREFIX):])
-        if not path.exists():
+        path = sqlite_path(tracking_uri)
+        if path is None or not path.exists():
             raise FileNotFoundError(path)
         self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
 
@@ -64,10 +61,7 @@ class SqliteRunReader(RunQueries):
             }
             if not records:
                 return []
-            ids = list(records)
-            for chunk in range(0, len(ids), 900):  # sqlite's bound-variable limit
-                part = ids[chunk : chunk + 900]
-                marks = ",".join("?" * len(part))
+            for part, marks in sqlite_chunks(list(records)):
                 for run_id, key, value in self._db.execute(f"SELECT run_uuid, key, value FROM tags WHERE run_uuid IN ({marks})", part):
                     records[run_id].tags[key] = value
                 for run_id, key, value, timestamp in self._db.execute(
@@ -84,7 +78,7 @@ class SqliteRunReader(RunQueries):
 
 def open_run_reader(tracking_uri: str, workspace: Workspace):
     """The fastest reader for this tracking URI: sqlite read directly, anything else through MLflow."""
-    if tracking_uri.startswith(_SQLITE_PREFIX):
+    if sqlite_path(tracking_uri) is not None:
         try:
             reader = SqliteRunReader(tracking_uri)
             reader.sweeps()  # probes the schema

@@ -13,6 +13,7 @@ any other store, a missing database, or a non-local artifact location is left to
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import sqlite3
@@ -24,20 +25,29 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from vitolaunch.errors import VitolaunchError
-from vitolaunch.tracking.mlflow_store import NewTrialRun, RunRecord, new_run
+from vitolaunch.tracking.mlflow_store import new_run
 from vitolaunch.tracking.records import CONFIG_ARTIFACT, KIND_SWEEP, TAG_KIND, TAG_SWEEP, RunStatus, status_change
 from vitolaunch.tracking.sqlite_reader import SchemaMismatch, SqliteRunReader
+from vitolaunch.tracking.store import NewTrialRun, RunRecord, sqlite_chunks
 
 # alembic revisions whose tables this module writes, each verified against the MLflow that made it.
 VERIFIED_SCHEMAS = frozenset({"dc11669786a5"})  # mlflow 3.17.x
 
 _RUN_NAME = "mlflow.runName"  # MLflow's own tag for a run's name (mlflow.utils.mlflow_tags.MLFLOW_RUN_NAME)
 _WORKSPACE = "default"  # MLflow 3.17 scopes experiment names by workspace; a plain store has only this one
-_CHUNK = 900  # sqlite's bound-variable limit is 999
 
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _finite(value: float) -> float:
+    """What MLflow stores for a metric value: NaN as 0 (flagged is_nan), infinities as the largest floats."""
+    if math.isnan(value):
+        return 0.0
+    if math.isinf(value):
+        return math.copysign(1.7976931348623157e308, value)
+    return value
 
 
 def local_path(uri: str) -> Path | None:
@@ -206,8 +216,32 @@ class SqliteRegistry(SqliteRunReader):
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         self.set_tags_many({run_id: tags})
 
-    def set_status(self, run_id: str, status: RunStatus | str) -> None:
-        self.set_tags_many({run_id: {}}, status=status)
+    def set_status(self, run_id: str, status: RunStatus | str, end_time_s: float | None = None) -> None:
+        status, end = status_change(status, end_time_s)
+        self._write([("UPDATE runs SET status = ?, end_time = COALESCE(?, end_time) WHERE run_uuid = ?",
+                      (status.value, end, run_id))])
+
+    def log_artifacts(self, run_id: str, local_dir: str, artifact_path: str | None = None) -> None:
+        folder = self._artifact_dir(run_id) / (artifact_path or "")
+        shutil.copytree(local_dir, folder, dirs_exist_ok=True)
+
+    def log_metric(self, run_id: str, key: str, value: float, step: int = 0, timestamp_ms: int | None = None) -> None:
+        """As SqlAlchemyStore.log_metric: a new point unless identical, and `latest_metrics` moved to it when
+        (step, timestamp, value) is larger than what it holds."""
+        is_nan, stored = math.isnan(value), _finite(value)
+        row = (key, stored, _now_ms() if timestamp_ms is None else int(timestamp_ms), run_id, int(step), int(is_nan))
+        self._write([
+            ("INSERT OR IGNORE INTO metrics (key, value, timestamp, run_uuid, step, is_nan) VALUES (?, ?, ?, ?, ?, ?)", row),
+            ("INSERT INTO latest_metrics (key, value, timestamp, run_uuid, step, is_nan) VALUES (?, ?, ?, ?, ?, ?) "
+             "ON CONFLICT (key, run_uuid) DO UPDATE SET value = excluded.value, timestamp = excluded.timestamp, "
+             "step = excluded.step, is_nan = excluded.is_nan "
+             "WHERE (excluded.step, excluded.timestamp, excluded.value) > "
+             "(latest_metrics.step, latest_metrics.timestamp, latest_metrics.value)", row),
+        ])
+
+    def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        rows = self._db.execute("SELECT step, value, is_nan FROM metrics WHERE run_uuid = ? AND key = ?", (run_id, key))
+        return sorted((step, math.nan if is_nan else value) for step, value, is_nan in rows)
 
     def set_experiment_tags(self, experiment_id: str, tags: dict[str, str]) -> None:
         """Experiment tags (upserted, as MlflowClient.set_experiment_tag): what the MLflow UI reads."""
@@ -234,10 +268,7 @@ class SqliteRegistry(SqliteRunReader):
     def _records(self, where: str, args: list) -> list[RunRecord]:
         records = super()._records(where, args)
         by_id = {record.run_id: record for record in records}
-        ids = list(by_id)
-        for chunk in range(0, len(ids), _CHUNK):
-            part = ids[chunk : chunk + _CHUNK]
-            marks = ",".join("?" * len(part))
+        for part, marks in sqlite_chunks(list(by_id)):
             for run_id, key, value in self._db.execute(f"SELECT run_uuid, key, value FROM params WHERE run_uuid IN ({marks})", part):
                 by_id[run_id].params[key] = value
         return records

@@ -267,13 +267,11 @@ def status(sweep_id: str | None, watch: bool, interval: float, as_json: bool, st
 
 
 def _rows(collect_rows, reader, sweep_id) -> tuple[list, list[str]]:
-    problems: list[str] = []
-    sweep_problems: list[str] = []  # keeping the sweeps' parent runs true (sweep_summary) is best effort
     try:
-        rows = collect_rows(reader, sweep_id, problems=problems, sweep_problems=sweep_problems)
-        for problem in sweep_problems:
+        report = collect_rows(reader, sweep_id, update_sweeps=True)
+        for problem in report.sweep_problems:  # keeping the sweeps' parent runs true is best effort
             click.secho(f"warning: {problem}", fg="yellow", err=True)
-        return rows, problems
+        return report.rows, report.problems
     except VitolaunchError:
         raise
     except Exception as problem:

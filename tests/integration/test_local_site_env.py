@@ -35,3 +35,5 @@ def test_env_reaches_every_rank_of_a_local_job(tmp_path):
         assert outcome == "success", value
         seen.append(value.strip().split("|")[1])
     assert seen == ["hello locally", "hello locally"]
+    # the job's files live in its own folder; none named after submitit's `%j` placeholder is left beside it
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == [".slots", handle.job_id]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from vitolaunch.backends import SchedulerState as S, slurm_retry
+from vitolaunch.backends import SchedulerState as S, SchedulerView, slurm_retry
 from vitolaunch.backends.slurm import (
     parse_job_table,
     parse_max_array_size,
@@ -184,14 +184,8 @@ def test_a_running_trial_quiet_for_too_long_is_stalled(monkeypatch):
     import vitolaunch.results.states as states
 
     class Fake:
-        def states(self, handles):
-            return {h.job_id: S.RUNNING for h in handles}
-
-        def start_times(self):
-            return {"1_0": 1000.0}
-
-        def problems(self):
-            return []
+        def observe(self, handles):
+            return SchedulerView({h.job_id: S.RUNNING for h in handles}, start_times={"1_0": 1000.0})
 
     monkeypatch.setattr(states, "make_backend", lambda name: Fake())
     quiet = _record("RUNNING")
@@ -248,10 +242,9 @@ def test_a_hung_controller_leaves_final_states_and_marks_the_rest_unknown(monkey
     _fake_slurm_commands(tmp_path, sacct="printf '12_0|RUNNING|2026-11-29T01:00:00\\n12_1|COMPLETED|\\n'",
                          squeue="sleep 60")
     monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
-    backend = SlurmBackend()
-    states = backend.states([JobHandle("12_0", ""), JobHandle("12_1", "")])
-    assert states == {"12_0": S.UNKNOWN, "12_1": S.COMPLETED}  # sacct's RUNNING is only its last word
-    (problem,) = backend.problems()
+    view = SlurmBackend().observe([JobHandle("12_0", ""), JobHandle("12_1", "")])
+    assert view.states == {"12_0": S.UNKNOWN, "12_1": S.COMPLETED}  # sacct's RUNNING is only its last word
+    (problem,) = view.problems
     assert "controller did not answer" in problem
 
 
@@ -262,8 +255,7 @@ def test_hung_accounting_keeps_what_the_controller_knows(monkeypatch, tmp_path):
 
     _fake_slurm_commands(tmp_path, sacct="sleep 60", squeue="printf '12_0|RUNNING|2026-11-29T01:00:00\\n'")
     monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
-    backend = SlurmBackend()
-    states = backend.states([JobHandle("12_0", ""), JobHandle("12_1", "")])
-    assert states == {"12_0": S.RUNNING, "12_1": S.UNKNOWN}
-    (problem,) = backend.problems()
+    view = SlurmBackend().observe([JobHandle("12_0", ""), JobHandle("12_1", "")])
+    assert view.states == {"12_0": S.RUNNING, "12_1": S.UNKNOWN}
+    (problem,) = view.problems
     assert "accounting" in problem

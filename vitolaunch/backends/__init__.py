@@ -5,7 +5,7 @@ May import: spec (the Resources a job asks for), tracking (run records a requeue
 
 from __future__ import annotations
 
-from vitolaunch.backends.base import Backend, JobHandle, SchedulerState
+from vitolaunch.backends.base import Backend, JobHandle, SchedulerState, SchedulerView
 from vitolaunch.spec.resources import Resources
 
 
@@ -23,4 +23,4 @@ def make_backend(cluster: str) -> Backend:
     raise VitolaunchError(f"no backend for cluster '{cluster}': use resources.cluster: local or slurm")
 
 
-__all__ = ["Backend", "JobHandle", "Resources", "SchedulerState", "make_backend"]
+__all__ = ["Backend", "JobHandle", "Resources", "SchedulerState", "SchedulerView", "make_backend"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from vitolaunch.spec.resources import Resources
@@ -31,6 +31,16 @@ class SchedulerState(str, enum.Enum):
         return self in (SchedulerState.PENDING, SchedulerState.RUNNING)
 
 
+@dataclass
+class SchedulerView:
+    """One query of the scheduler: each job's state, when the running ones started (epoch s, where known),
+    and what kept the query from seeing everything (a service that did not answer; empty when nothing did)."""
+
+    states: dict[str, SchedulerState]
+    start_times: dict[str, float] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
 class Backend(ABC):
     name: str
 
@@ -51,17 +61,13 @@ class Backend(ABC):
     def states(self, handles: Sequence[JobHandle]) -> dict[str, SchedulerState]:
         """Scheduler state by job id; UNKNOWN where the scheduler could not be asked."""
 
+    def observe(self, handles: Sequence[JobHandle]) -> SchedulerView:
+        """The states with what else the same query learnt; a backend that learns more overrides this."""
+        return SchedulerView(self.states(handles))
+
     @abstractmethod
     def cancel(self, handles: Sequence[JobHandle]) -> None: ...
 
     @abstractmethod
     def log_files(self, handle: JobHandle, rank: int) -> tuple[Path, Path]:
         """(stdout, stderr) of one rank of a job."""
-
-    def start_times(self) -> dict[str, float]:
-        """When the jobs of the last states() query started running (epoch seconds), where known."""
-        return {}
-
-    def problems(self) -> list[str]:
-        """What kept the last states() query from seeing everything (a service that did not answer)."""
-        return []

@@ -82,7 +82,10 @@ def main(argv: list[str]) -> None:
         os.unlink(ticket_path)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.set_inheritable(slot, True)
-    os.execv(command[0], command)
+    # The job id is this pid, which the command (submitit's controller, given the log folder with its `%j`)
+    # keeps across exec: spelled out here, the controller creates the job's own folder, not one named `%j`.
+    job_id = str(os.getpid())
+    os.execv(command[0], [arg.replace("%j", job_id) for arg in command])
 
 
 def wait_for_slot(slots_dir: str, parallelism: int, ticket: str) -> int:

@@ -28,7 +28,7 @@ from datetime import datetime
 from pathlib import Path
 
 from vitolaunch.backends import slurm_site
-from vitolaunch.backends.base import Backend, JobHandle, SchedulerState
+from vitolaunch.backends.base import Backend, JobHandle, SchedulerState, SchedulerView
 from vitolaunch.backends.slurm_retry import SIGNAL_DELAY_ENV, parse_duration_s
 from vitolaunch.backends.submitit_compat import sbatch_script
 from vitolaunch.errors import ResourceError, VitolaunchError
@@ -283,8 +283,6 @@ class SlurmBackend(Backend):
     def __init__(self, max_array_size: int | None = None):
         self._max_array_size = max_array_size
         self._config_text: str | None = None
-        self._start_times: dict[str, float] = {}
-        self._problems: list[str] = []
         self.queries: list[list[str]] = []  # the scheduler commands states() ran (benchmarks and tests read it)
 
     # -- facts from the controller ---------------------------------------------------------------
@@ -464,19 +462,21 @@ class SlurmBackend(Backend):
 
     # -- state -----------------------------------------------------------------------------------
     def states(self, handles: Sequence[JobHandle]) -> dict[str, SchedulerState]:
+        return self.observe(handles).states
+
+    def observe(self, handles: Sequence[JobHandle]) -> SchedulerView:
         """sacct (accounting) and squeue (the controller) asked at once, each for every array in one call.
 
         Each gets `status_timeout_s()`: a controller or slurmdbd that is down must cost a status call a second
         or two, not the tens of seconds the commands wait by themselves. What neither can vouch for now is
-        UNKNOWN (never FAILED), and `problems()` says which service did not answer.
+        UNKNOWN (never FAILED), and the view's `problems` say which service did not answer.
         """
         from concurrent.futures import ThreadPoolExecutor
 
         arrays = sorted({h.job_id.split("_")[0] for h in handles})
-        self._start_times = {}
-        self._problems = []
+        view = SchedulerView({})
         if not arrays:
-            return {}
+            return view
         timeout = status_timeout_s()
         with ThreadPoolExecutor(2) as pool:
             accounting = pool.submit(self._query, ["sacct", "--parsable2", "-n", "-X", "-o", "JobID,State,Start",
@@ -487,7 +487,7 @@ class SlurmBackend(Backend):
         try:
             table = parse_job_table(accounting.result())
         except SlurmUnavailable as problem:
-            self._problems.append(f"SLURM accounting (sacct/slurmdbd) did not answer: {problem}")
+            view.problems.append(f"SLURM accounting (sacct/slurmdbd) did not answer: {problem}")
         # sacct lags the controller by seconds (more on a busy slurmdbd): for a task the controller still
         # knows, its live answer wins.
         try:
@@ -496,28 +496,21 @@ class SlurmBackend(Backend):
                 raise SlurmUnavailable(f"`squeue` failed: {(proc.stderr or proc.stdout).strip()[:200]}")
             table.update(parse_job_table(proc.stdout))
         except SlurmUnavailable as problem:
-            self._problems.append(f"the SLURM controller did not answer: {problem}")
+            view.problems.append(f"the SLURM controller did not answer: {problem}")
             # Only accounting's word is left: a final state stands, a queued or running one is last known.
             table = {job: (state, start) if not state.active else (S.UNKNOWN, start)
                      for job, (state, start) in table.items()}
-        result = {}
         for handle in handles:
             state, start = table.get(handle.job_id, (S.UNKNOWN, None))
-            result[handle.job_id] = state
+            view.states[handle.job_id] = state
             if start is not None:
-                self._start_times[handle.job_id] = start
-        return result
-
-    def problems(self) -> list[str]:
-        return list(self._problems)
+                view.start_times[handle.job_id] = start
+        return view
 
     def _query(self, args: list[str], check: bool = True, timeout: float = CLI_TIMEOUT_S):
         self.queries.append(args)
         proc = _run(args, timeout=timeout, check=check)
         return proc.stdout if check else proc
-
-    def start_times(self) -> dict[str, float]:
-        return dict(self._start_times)
 
     def cancel(self, handles: Sequence[JobHandle]) -> None:
         targets = cancel_targets(handles)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from vitolaunch.errors import VitolaunchError
 from vitolaunch.results.ranking import GroupRow, Ranking, ResultRow, rank, ranking_of, result_row, swept_keys
-from vitolaunch.results.states import observe_trials
+from vitolaunch.results.states import observe_trials, state_markup
 from vitolaunch.tracking.store import RunQueries, RunRecord
 
 
@@ -38,10 +38,6 @@ def collect(reader: RunQueries, names: Sequence[str]) -> Comparison:
     observed = observe_trials([t for trials in trials_of.values() for t in trials])
     rows = [result_row(s, t, observed.states[t.run_id].value, ranking) for s in sweeps for t in trials_of[s.run_id]]
     return Comparison(sweeps, ranking, rank(rows, ranking), observed.problems)
-
-
-_STYLE = {"COMPLETED": "green", "RUNNING": "cyan", "QUEUED": "blue", "FAILED": "red", "CANCELLED": "magenta",
-          "INTERRUPTED": "yellow", "UNKNOWN": "dim", "STALLED": "bold yellow"}
 
 
 def _short(metric: str) -> str:
@@ -79,7 +75,7 @@ def render_trials(comparison: Comparison):
     for position, row in enumerate(rows, 1):
         cells = [str(position) if row.objective is not None else "-", *([row.sweep] if several else []),
                  f"{row.index:03d}", row.run_id[:12], *(str(row.params.get(k, "-")) for k in params),
-                 f"[{_STYLE.get(row.state, '')}]{row.state}[/]",
+                 state_markup(row.state),
                  *(_num(row.objective if m == ranking.metric else row.metrics.get(m)) for m in metrics)]
         if position == 1 and row.objective is not None:
             cells[0] = "[bold green]1[/]"
@@ -104,7 +100,7 @@ def render_groups(comparison: Comparison, groups: Sequence[GroupRow]):
         table.add_row(
             str(position) if g.objective.mean is not None else "-", *([g.sweep] if several else []),
             *(str(g.params.get(k, "-")) for k in params), str(g.count),
-            " ".join(f"[{_STYLE.get(s, '')}]{n} {s}[/]" for s, n in sorted(g.states.items())),
+            " ".join(state_markup(s, f"{n} {s}") for s, n in sorted(g.states.items())),
             *(_stat_text(s) for s in stats),
         )
     return table

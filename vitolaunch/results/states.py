@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from vitolaunch.backends import JobHandle, SchedulerState, make_backend
+from vitolaunch.backends import JobHandle, SchedulerState, SchedulerView, make_backend
 from vitolaunch.tracking.records import (
     TAG_BACKEND,
     TAG_JOB_ID,
@@ -56,6 +56,27 @@ class TrialState(str, enum.Enum):
     def is_terminal(self) -> bool:
         return self in (TrialState.COMPLETED, TrialState.FAILED, TrialState.CANCELLED, TrialState.INTERRUPTED,
                         TrialState.PRUNED)
+
+
+# The one colour of each state, in every table (status, compare).
+STATE_STYLE = {
+    TrialState.COMPLETED: "green",
+    TrialState.RUNNING: "cyan",
+    TrialState.QUEUED: "blue",
+    TrialState.FAILED: "red",
+    TrialState.CANCELLED: "magenta",
+    TrialState.INTERRUPTED: "yellow",
+    TrialState.UNKNOWN: "dim",
+    TrialState.STALLED: "bold yellow",
+    TrialState.PRUNED: "dim yellow",
+}
+
+
+def state_markup(state: str, text: str | None = None) -> str:
+    """`text` (default: the state's name) in the state's colour, as rich markup; plain for a word that is no state."""
+    style = STATE_STYLE.get(TrialState(state)) if state in TrialState._value2member_map_ else None
+    shown = state if text is None else text
+    return f"[{style}]{shown}[/]" if style else shown
 
 
 _FROM_SCHEDULER = {
@@ -132,19 +153,15 @@ def observe_trials(
             handle = JobHandle(job_id, record.tags.get(TAG_LOG_DIR, ""))
             pending[record.tags.get(TAG_BACKEND, "local")].append((record, handle))
     for backend_name, items in pending.items():
-        started: dict[str, float] = {}
         try:
-            backend = make_backend(backend_name)
-            scheduler = backend.states([h for _, h in items])
-            started = backend.start_times()
-            observed.problems.extend(backend.problems())
+            view = make_backend(backend_name).observe([h for _, h in items])
         except Exception as problem:  # noqa: BLE001 - whatever went wrong, a scheduler we cannot ask means UNKNOWN
-            scheduler = {}
-            observed.problems.append(f"could not ask the {backend_name} scheduler: {problem}")
+            view = SchedulerView({}, problems=[f"could not ask the {backend_name} scheduler: {problem}"])
+        observed.problems.extend(view.problems)
         for record, handle in items:
-            state = merge_state(record, scheduler.get(handle.job_id, SchedulerState.UNKNOWN))
+            state = merge_state(record, view.states.get(handle.job_id, SchedulerState.UNKNOWN))
             if state is TrialState.RUNNING:
-                seen = last_activity(record, started.get(handle.job_id))
+                seen = last_activity(record, view.start_times.get(handle.job_id))
                 if seen is not None and now - seen > stalled_after:
                     state = TrialState.STALLED
             observed.states[record.run_id] = state

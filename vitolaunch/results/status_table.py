@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from vitolaunch.results.states import TrialState, observe_trials
+from vitolaunch.results.states import TrialState, observe_trials, state_markup
 from vitolaunch.tracking.records import TAG_JOB_ID, TAG_TOTAL_STEPS
 from vitolaunch.tracking.store import RunQueries, RunRecord
 
@@ -38,13 +38,19 @@ def _elapsed(record: RunRecord, state: TrialState) -> float | None:
     return max(0.0, end - record.start_time)
 
 
+@dataclass
+class StatusReport:
+    rows: list[TrialRow]  # one per trial
+    problems: list[str]  # what kept the scheduler from vouching for a state
+    sweep_problems: list[str]  # parent runs that could not be brought up to date (best effort)
+
+
 def collect_rows(
     registry: RunQueries, sweep_filter: str | None = None, stalled_after: float | None = None,
-    problems: list[str] | None = None, sweep_problems: list[str] | None = None,
-) -> list[TrialRow]:
-    """One row per trial (of every sweep, or of the one named); what kept the scheduler from vouching for a
-    state is appended to `problems`. With `sweep_problems` (a list), the sweeps' parent runs are also brought
-    up to date with what was observed (vitolaunch/results/sweep_summary.py), and what failed there is appended to it."""
+    update_sweeps: bool = False,
+) -> StatusReport:
+    """One row per trial (of every sweep, or of the one named). With `update_sweeps`, the sweeps' parent runs
+    are also brought up to date with what was observed (vitolaunch/results/sweep_summary.py)."""
     if sweep_filter:
         target = registry.resolve(sweep_filter)
         sweeps = [registry.sweep_of(target)]
@@ -55,12 +61,11 @@ def collect_rows(
     # One scheduler query for every trial shown (sacct takes many arrays in one call).
     observed = observe_trials([t for trials in trials_of.values() for t in trials], stalled_after=stalled_after)
     states = observed.states
-    if problems is not None:
-        problems.extend(observed.problems)
-    if sweep_problems is not None:
+    sweep_problems: list[str] = []
+    if update_sweeps:
         from vitolaunch.results.sweep_summary import update_observed
 
-        sweep_problems.extend(update_observed(registry, [(s, trials_of[s.run_id]) for s in sweeps], states))
+        sweep_problems = update_observed(registry, [(s, trials_of[s.run_id]) for s in sweeps], states)
     for sweep in sweeps:
         trials = trials_of[sweep.run_id]
         for trial in trials:
@@ -84,7 +89,7 @@ def collect_rows(
                     job_id=trial.tags.get(TAG_JOB_ID),
                 )
             )
-    return rows
+    return StatusReport(rows, observed.problems, sweep_problems)
 
 
 def all_terminal(rows: list[TrialRow]) -> bool:
@@ -93,19 +98,6 @@ def all_terminal(rows: list[TrialRow]) -> bool:
 
 def rows_as_json(rows: list[TrialRow]) -> str:
     return json.dumps([asdict(row) for row in rows], indent=2)
-
-
-_STYLE = {
-    "COMPLETED": "green",
-    "RUNNING": "cyan",
-    "QUEUED": "blue",
-    "FAILED": "red",
-    "CANCELLED": "magenta",
-    "INTERRUPTED": "yellow",
-    "UNKNOWN": "dim",
-    "STALLED": "bold yellow",
-    "PRUNED": "dim yellow",
-}
 
 
 def _fmt_duration(seconds: float | None) -> str:
@@ -144,7 +136,7 @@ def render_table(rows: list[TrialRow], title: str | None = None, problems: Seque
             f"{row.index:03d} {row.trial_key[:8]}",
             row.run_id[:12],
             _fmt_params(row.params),
-            f"[{_STYLE.get(row.state, '')}]{row.state}[/]",
+            state_markup(row.state),
             progress,
             f"{row.loss:.4f}" if row.loss is not None else "-",
             acc,

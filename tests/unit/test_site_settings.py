@@ -296,3 +296,18 @@ def test_a_missing_profile_is_an_error_at_the_spec_line(tmp_path, profiles, monk
     assert load_spec(spec_with(tmp_path, "")).resources.account is None
     error = refused(spec_with(tmp_path, "profile: booster\n"))
     assert error.line == 9 and "there is no cluster profile file" in str(error) and "config/vitolaunch/clusters.yaml" in str(error)
+
+
+def test_an_error_about_a_value_the_profile_gave_points_at_the_profile_line(tmp_path, monkeypatch):
+    from vitolaunch.backends.local import LocalBackend
+    from vitolaunch.launch.resource_check import check_resources
+
+    path = write(tmp_path, "clusters.yaml", "default: big\nprofiles:\n  big:\n    nodes: 3\n    env: {OMP_NUM_THREADS: 4}\n")
+    monkeypatch.setenv(PROFILE_ENV, str(path))
+    spec = load_spec(write(tmp_path, "local.yaml", SPEC.replace("cluster: slurm", "cluster: local").replace("  nodes: 2\n", "")))
+    with pytest.raises(SpecError) as refusal:
+        check_resources(spec, LocalBackend())  # the combination is wrong: the profile's nodes on this one machine
+    assert str(refusal.value).startswith(f"{path}:4: key 'resources.nodes': resources.nodes is 3"), str(refusal.value)
+    # a value the spec itself gives is still located in the spec
+    assert spec.error_at(("resources", "timeout_min"), "x").line == 7
+    assert spec.error_at(("resources", "env", "OMP_NUM_THREADS"), "x").line == 5  # merged key by key from the profile

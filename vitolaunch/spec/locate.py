@@ -29,11 +29,17 @@ class Locator:
     # A base file's `-o base.x=v` overrides were typed against the spec: name the spec and the spec-level key.
     override_file: str | None = None
     override_key_prefix: str = ""
+    # Values merged in from another file (a cluster profile's settings): (file, line) of each, so an error about
+    # one points where the user wrote it, not at the spec line of the section it was merged into.
+    merged_from: dict[DocPath, tuple[str | None, int | None]] = field(default_factory=dict)
 
     def error(self, path: DocPath, message: str, *, key: str | None = None, hint: str | None = None) -> SpecError:
         # The innermost known ancestor is the most precise place we can point at (a missing key has no line).
         for end in range(len(path), -1, -1):
             prefix = tuple(path[:end])
+            if prefix in self.merged_from:
+                file, line = self.merged_from[prefix]
+                return SpecError(message, file=file, line=line, key=key, hint=hint)
             if prefix in self.overrides:
                 file = self.override_file or self.file
                 key = f"{self.override_key_prefix}{key}" if key else key

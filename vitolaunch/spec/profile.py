@@ -135,14 +135,25 @@ def apply_profile(data: dict[str, Any], spec_locator: Locator) -> dict[str, str]
     merged.update(sources)
     for key, value in settings.items():
         if key in MERGED_BY_KEY and isinstance(value, dict) and isinstance(resources.get(key), dict):
+            _locate_merged(spec_locator, profiles, name, [(key, k) for k in value if k not in resources[key]])
             resources[key] = {**value, **resources[key]}
         elif key not in resources:
+            _locate_merged(spec_locator, profiles, name, [(key,)])
             resources[key] = value
     if named is None:
         resources["profile"] = name
         merged["profile"] = f"{profiles.file}:{profiles.locator.lines.get(('default',), '?')} (default profile)"
     data["resources"] = resources
     return merged
+
+
+def _locate_merged(spec_locator: Locator, profiles: ClusterProfiles, name: str, keys: list[tuple[str, ...]]) -> None:
+    """Errors about these `resources` keys, which the profile gave, point at the profile's lines."""
+    for key in keys:
+        inside = ("profiles", name, *key)
+        for path, line in profiles.locator.lines.items():
+            if path[: len(inside)] == inside:
+                spec_locator.merged_from[("resources", *key, *path[len(inside):])] = (profiles.file, line)
 
 
 def load_profiles_for(named: Any, spec_locator: Locator) -> ClusterProfiles | None:

@@ -76,62 +76,44 @@ def main() -> None:
 @TRACKING_OPTION
 def sweep(spec_file: str, overrides: tuple[str, ...], dry_run: bool, retry_failed: bool, tracking_uri: str | None) -> None:
     """Submit the trials of SPEC_FILE and return; trials already running or finished are skipped."""
-    from vitolaunch.spec import check_early_stop, check_trials_fit_resources, expand, load_spec, resolve_cluster
+    from vitolaunch.launch.sweep import plan_sweep, submit_planned
+    from vitolaunch.spec import resolve_cluster
 
-    spec = load_spec(spec_file, overrides)
-    then = None
-    if spec.then is not None:  # the evaluation queued after this pretraining, checked before anything is queued
-        from vitolaunch.launch.chained import load_then
-
-        then = load_then(spec)
-    trials = expand(spec)  # every trial validated before anything is submitted
-    waits_for: dict = {}
-    if spec.task == "evaluate":  # (checkpoint x grid): the targets are looked up in MLflow and storage
-        spec, trials, waits_for = _evaluate_plan(spec, trials, tracking_uri or spec.tracking.uri)
+    planned = plan_sweep(spec_file, overrides, tracking_uri)
     console = _console()
     if dry_run:
-        from vitolaunch.launch.plan import render_plan, resource_lines
-        from vitolaunch.spec import trial_resources
-
-        cluster = resolve_cluster(spec.resources)
-        console.print(render_plan(spec, trials, cluster))
-        click.echo("resources (merged; where each value came from):")
-        click.echo("\n".join(resource_lines(trial_resources(spec, trials), spec.resource_sources)))
-        _local_note(console, spec.resources, cluster)
-        if cluster == "slurm":
-            _slurm_dry_run(console, spec, trials)
-        check_trials_fit_resources(spec, trials)  # after the cluster's facts; a real sweep checks both in preflight
-        check_early_stop(spec, trials)
-        console.print(f"dry run: {len(trials)} trials, nothing submitted")
-        if then is not None:
-            console.print(f"then: {then.source_file} would be queued, each evaluation waiting for its pretraining trial")
+        _dry_run(console, planned)
         return
-    _local_note(console, spec.resources, resolve_cluster(spec.resources))
-    launcher = _launcher(tracking_uri or spec.tracking.uri)
-    report = launcher.submit_sweep(spec, trials, retry_failed=retry_failed, waits_for=waits_for)
-    _print_report(console, spec, report)
-    if then is not None:
-        then_trials = expand(then)
-        try:
-            then, then_trials, then_waits = _evaluate_plan(then, then_trials, report.tracking_uri)
-            check_trials_fit_resources(then, then_trials)
-            then_report = _launcher(report.tracking_uri).submit_sweep(then, then_trials, waits_for=then_waits)
-        except VitolaunchError as problem:
-            raise VitolaunchError(f"sweep {spec.name} is queued, but its evaluation {then.source_file} is not: {problem}. "
-                                  f"Fix it, then run `vitolaunch sweep {then.source_file}`") from problem
-        _print_report(console, then, then_report)
-    for line in _next_steps(report):
+    _local_note(console, planned.spec.resources, resolve_cluster(planned.spec.resources))
+    reports = [report for spec, report in _printed(console, submit_planned(planned, retry_failed))]
+    for line in _next_steps(reports[0]):
         console.print(line, soft_wrap=True)
 
 
-def _evaluate_plan(spec, trials, tracking_uri):
-    """An evaluate spec's trials (checkpoint x grid), the experiment it belongs in, and what its trials wait for."""
-    from vitolaunch.launch.evaluate_targets import expand_evaluate
+def _printed(console, submitted):
+    """Each report printed as soon as its sweep is queued (the sweep's before its evaluation fails, say)."""
+    for spec, report in submitted:
+        _print_report(console, spec, report)
+        yield spec, report
 
-    plan = expand_evaluate(spec, trials, _launcher(tracking_uri).registry)
-    if plan.experiment is not None:  # recorded next to the runs it evaluates
-        spec = spec.model_copy(update={"tracking": spec.tracking.model_copy(update={"experiment": plan.experiment})})
-    return spec, plan.trials, plan.waits_for
+
+def _dry_run(console, planned) -> None:
+    from vitolaunch.launch.plan import render_plan, resource_lines
+    from vitolaunch.spec import check_early_stop, check_trials_fit_resources, resolve_cluster, trial_resources
+
+    spec, trials = planned.spec, planned.trials
+    cluster = resolve_cluster(spec.resources)
+    console.print(render_plan(spec, trials, cluster))
+    click.echo("resources (merged; where each value came from):")
+    click.echo("\n".join(resource_lines(trial_resources(spec, trials), spec.resource_sources)))
+    _local_note(console, spec.resources, cluster)
+    if cluster == "slurm":
+        _slurm_dry_run(console, spec, trials)
+    check_trials_fit_resources(spec, trials)  # after the cluster's facts; a real sweep checks both in preflight
+    check_early_stop(spec, trials)
+    console.print(f"dry run: {len(trials)} trials, nothing submitted")
+    if planned.then is not None:
+        console.print(f"then: {planned.then.source_file} would be queued, each evaluation waiting for its pretraining trial")
 
 
 def _print_report(console, spec, report) -> None:

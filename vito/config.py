@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
@@ -178,6 +179,43 @@ class CheckpointConfig(_Section):
 Corruption = Literal["gaussian_noise", "gaussian_blur", "contrast", "jpeg"]
 
 
+class ImageFolderBenchmark(_Section):
+    """A labelled image folder in ImageNet's layout, `<root>/train/<class>/*.JPEG` and `<root>/val/<class>/*.JPEG`:
+    frozen features scored by weighted kNN and a linear probe (DINO's and MoCo's protocols; docs/evaluation.md)."""
+
+    kind: Literal["image_folder"] = "image_folder"
+    root: str = Field(min_length=1, description="local path or s3:// URL of the set's root folder")
+    train_split: str = "train"
+    val_split: str = "val"
+    # The standard evaluation transform. The resize policy moves published top-1 by 0.4-0.8 points: it is a
+    # field, part of the feature cache key, and logged with every result.
+    resize: int = Field(256, ge=0, description="short side before the centre crop; 0: centre crop only")
+    crop: int = Field(224, ge=8)
+    interpolation: Literal["bilinear", "bicubic"] = "bilinear"
+    antialias: bool = True
+    knn: bool = True
+    knn_k: list[int] = Field(default_factory=lambda: [10, 20, 100, 200], min_length=1)
+    knn_temperature: float = Field(0.07, gt=0)
+    linear: bool = True
+    linear_lr_grid: list[float] = Field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3, 1.0], min_length=1)
+    linear_epochs: int = Field(100, ge=1)
+    linear_batch_size: int = Field(1024, ge=1)
+    linear_holdout: float = Field(0.1, gt=0, lt=1, description="share of train that picks the lr (never val)")
+
+    @field_validator("knn_k")
+    @classmethod
+    def _positive_k(cls, values: list[int]) -> list[int]:
+        if any(k < 1 for k in values):
+            raise ValueError("every k is at least 1")
+        return values
+
+
+# New evaluation keys stay out of the dump at their defaults: trial keys (hashes of the dump) of configs from
+# before they existed are unchanged, so re-sweeping an old spec submits nothing new.
+_EVAL_KEYS_OMITTED_AT_DEFAULT = ("benchmarks", "synthetic_suite", "feature_cache", "extract_batch_size",
+                                 "extract_shard_size", "loader_workers")
+
+
 class EvalConfig(_Section):
     """Frozen-feature evaluation: after pretraining (probe, kNN), and the full suite of `task: evaluate` trials."""
 
@@ -211,6 +249,34 @@ class EvalConfig(_Section):
     propagation_topk: int = Field(10, ge=1)
     propagation_temperature: float = Field(0.07, gt=0)
     propagation_radius: float = Field(3.0, gt=0, description="neighbourhood in feature cells")
+
+    # -- the user's benchmarks, in their standard layouts (vito/eval/) ----------------------------------------
+    benchmarks: dict[str, ImageFolderBenchmark] = Field(default_factory=dict)
+    synthetic_suite: bool = True  # the suite above on synthetic clips; off to score only `benchmarks`
+    feature_cache: str | None = Field(
+        None, min_length=1, description="where extracted features are kept; None: <eval.checkpoint>/features, "
+        "so every evaluation of a checkpoint reuses them")
+    extract_batch_size: int = Field(64, ge=1)
+    extract_shard_size: int = Field(4096, ge=1, description="images per committed feature shard (resume unit)")
+    loader_workers: int = Field(4, ge=0)
+
+    @model_serializer(mode="wrap")
+    def _omit_new_keys_at_default(self, handler: Any) -> dict[str, Any]:
+        dumped = handler(self)
+        for key in _EVAL_KEYS_OMITTED_AT_DEFAULT:
+            field = type(self).model_fields[key]
+            default = field.default_factory() if field.default_factory is not None else field.default
+            if key in dumped and dumped[key] == default:
+                del dumped[key]
+        return dumped
+
+    @field_validator("benchmarks")
+    @classmethod
+    def _benchmark_names(cls, value: dict[str, ImageFolderBenchmark]) -> dict[str, ImageFolderBenchmark]:
+        for name in value:
+            if not re.fullmatch(r"[a-z0-9_]+", name):
+                raise ValueError(f"benchmark name {name!r}: use [a-z0-9_]+ (it names metrics: eval/<name>/...)")
+        return value
 
     @model_validator(mode="after")
     def _valid_suite(self) -> "EvalConfig":

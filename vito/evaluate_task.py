@@ -85,29 +85,44 @@ def load_pretrained_model(
 def run(cfg: VitoConfig, ctx) -> Any:
     """Evaluate cfg.eval.checkpoint and log to the trial's MLflow run (ctx: vito.train.RunContext).
 
-    The result's `step` is the evaluated checkpoint step (0 on ranks other than 0, which do nothing).
+    The user's benchmarks (cfg.eval.benchmarks) run on every rank of the job, each extracting a share of the
+    features; the synthetic suite runs on rank 0. The result's `step` is the evaluated checkpoint step (0 on
+    the other ranks).
     """
     from vito.metrics import MetricsLogger
     from vito.train import TrainResult
 
     if cfg.eval.checkpoint is None:
         raise ValueError("an evaluation trial needs eval.checkpoint (a pretraining trial's checkpoint root)")
-    if int(os.environ.get("RANK", "0")) != 0:
-        return TrainResult(True, 0, None, {})  # a single-process task: other ranks have nothing to do
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if rank != 0 and not cfg.eval.benchmarks:
+        return TrainResult(True, 0, None, {})  # only the benchmarks are spread over ranks
     owns_metrics = ctx.metrics is None
-    metrics = ctx.metrics or MetricsLogger(ctx.tracking_uri, ctx.run_id)
-    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    metrics = ctx.metrics or MetricsLogger(ctx.tracking_uri, ctx.run_id, enabled=rank == 0)
     try:
+        check_benchmark_layouts(cfg, ctx.storage_options, metrics)  # a wrong layout fails the trial first thing
+        device = _device(world)
         Path(ctx.scratch_dir).mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=ctx.scratch_dir) as scratch:
             model, step, trained_cfg = load_pretrained_model(cfg, scratch, ctx.storage_options)
-        model.to(device)
-        # The evaluation data are this trial's (probes of data.synthetic); the network is the checkpoint's.
-        eval_cfg = cfg.model_copy(update={"model": trained_cfg.model, "loss": trained_cfg.loss})
-        log.info("evaluating %s step %d", cfg.eval.checkpoint, step)
-        results = evaluate_with_baselines(model, eval_cfg, ctx.data_root, device, probes_only=False,
-                                          random_init=cfg.eval.random_init_baseline)
-        metrics.log(step, {**results, "train/step": step})
+            model.to(device)
+            log.info("evaluating %s step %d", cfg.eval.checkpoint, step)
+            benchmarks: dict[str, float] = {}  # logged by the suite as each benchmark finishes
+            if cfg.eval.benchmarks:
+                from vito.eval.suite import run_benchmarks
+
+                benchmarks = run_benchmarks(cfg, trained_cfg, model, step, device=device, is_main=rank == 0,
+                                            storage_options=ctx.storage_options, metrics=metrics, scratch=scratch)
+        if rank != 0:
+            return TrainResult(True, 0, None, {})
+        suite: dict[str, float] = {}
+        if cfg.eval.synthetic_suite:
+            # The evaluation data are this trial's (probes of data.synthetic); the network is the checkpoint's.
+            eval_cfg = cfg.model_copy(update={"model": trained_cfg.model, "loss": trained_cfg.loss})
+            suite = evaluate_with_baselines(model, eval_cfg, ctx.data_root, device, probes_only=False,
+                                            random_init=cfg.eval.random_init_baseline)
+        metrics.log(step, {**suite, "train/step": step})
+        results = {**benchmarks, **suite}
         metrics.log_dict_artifact({**results, "checkpoint": cfg.eval.checkpoint, "step": step}, "eval/final.json")
         for key in ("eval/linear_probe_acc", "eval/robust/mean_corruption_acc", "eval/propagation/JF"):
             if key in results:
@@ -118,3 +133,30 @@ def run(cfg: VitoConfig, ctx) -> Any:
             metrics.close()
         else:
             metrics.flush()
+
+
+EVAL_ERROR_TAG = "vito.eval_error"  # why an evaluation could not start (a benchmark's layout, say)
+
+
+def check_benchmark_layouts(cfg: VitoConfig, storage_options: dict[str, Any], metrics) -> None:
+    """Every benchmark root in its expected layout, before any work; the refusal is tagged on the run."""
+    if not cfg.eval.benchmarks:
+        return
+    from vito.eval.image_folder import LayoutError, check_layout
+
+    for name, bench in cfg.eval.benchmarks.items():
+        try:
+            check_layout(bench.root, (bench.train_split, bench.val_split), storage_options)
+        except LayoutError as problem:
+            message = f"eval.benchmarks.{name}.root {problem}"
+            metrics.set_tags({EVAL_ERROR_TAG: message[:500]})
+            raise LayoutError(message) from None
+
+
+def _device(world: int) -> torch.device:
+    """The rank's device, in the job's process group when the benchmarks are spread over several ranks."""
+    if world > 1:
+        from vito.distributed import init_distributed
+
+        return init_distributed().device
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")

@@ -1,0 +1,146 @@
+"""ImageNet-1k, or any labelled image folder: frozen features scored by weighted kNN and a linear probe.
+
+The protocol (docs/evaluation.md): resize the short side to `resize`, centre crop `crop`, ImageNet mean/std;
+features of train and val extracted once (every rank a share, cached by shard); weighted kNN on
+L2-normalised features (DINO: k in 10/20/100/200, T 0.07); a linear probe on the cached train features with its
+learning rate chosen on a held-out part of train, never on val, last epoch reported. Every constant is a field
+of `ImageFolderBenchmark` and is written into the result record beside the metrics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from vito.config import ImageFolderBenchmark
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Encoder:
+    """The frozen network as the extraction sees it: `encode(images) -> features`, and what identifies it."""
+
+    encode: Callable[[torch.Tensor], torch.Tensor]
+    key: str  # checkpoint, step and architecture: features of another network never share a cache entry
+    device: torch.device
+    bf16_autocast: bool = False
+    channels_last: bool = False
+
+
+@dataclass
+class BenchmarkOutcome:
+    metrics: dict[str, float]
+    record: dict[str, Any]  # protocol constants, counts and cache facts: the results.json of the benchmark
+    skipped: list[dict[str, Any]] = field(default_factory=list)  # unreadable images: the skipped report
+    readout: dict[str, Any] | None = None  # the linear probe's state (scores later benchmarks)
+
+
+@dataclass(frozen=True)
+class ExtractionSettings:
+    cache_root: str
+    shard_size: int
+    batch_size: int
+    workers: int
+    storage_options: dict[str, Any]
+    progress: Callable[[str, int, int], None] | None = None  # (what, done, total)
+
+
+def transform_of(bench: ImageFolderBenchmark):
+    from vito.eval.image_folder import ImageTransform
+
+    return ImageTransform(resize=bench.resize, crop=bench.crop, interpolation=bench.interpolation,
+                          antialias=bench.antialias)
+
+
+def cache_dir(settings: ExtractionSettings, encoder: Encoder, dataset_fingerprint: str, transform_key: str) -> str:
+    """One folder per (network, dataset, transform): reused by every protocol and later evaluation sweep."""
+    identity = json.dumps([encoder.key, dataset_fingerprint, transform_key])
+    return f"{settings.cache_root.rstrip('/')}/{hashlib.sha256(identity.encode()).hexdigest()[:20]}"
+
+
+def extract_split(bench: ImageFolderBenchmark, split: str, encoder: Encoder, settings: ExtractionSettings, name: str):
+    """Features of one split, from the cache where its shards are committed, else computed by every rank."""
+    from vito.eval.extract import extract_features
+    from vito.eval.image_folder import ImageFolderDataset, read_image_folder
+
+    images = read_image_folder(bench.root, split, settings.storage_options)
+    transform = transform_of(bench)
+    folder = cache_dir(settings, encoder, images.fingerprint(), transform.key())
+    report = (lambda done, total: settings.progress(f"{name} {split}", done, total)) if settings.progress else None
+    extracted = extract_features(
+        encoder.encode, ImageFolderDataset(images, transform), folder,
+        shard_size=settings.shard_size, batch_size=settings.batch_size, workers=settings.workers,
+        device=encoder.device, bf16_autocast=encoder.bf16_autocast, channels_last=encoder.channels_last,
+        storage_options=settings.storage_options, progress=report,
+        cache_key_fields={"encoder": encoder.key, "dataset": images.fingerprint(), "transform": transform.key(),
+                          "root": bench.root, "split": split},
+    )
+    log.info("%s %s: %d images, %d skipped; shards computed here %s, reused %s", name, split,
+             extracted.num_samples, len(extracted.skipped), extracted.computed_shards, extracted.reused_shards)
+    return images, extracted, folder
+
+
+def run_image_folder(name: str, bench: ImageFolderBenchmark, encoder: Encoder, settings: ExtractionSettings, *,
+                     seed: int, is_main: bool, suffix: str = "") -> BenchmarkOutcome | None:
+    """Extract on every rank, score on the main one (None elsewhere). `suffix` names a baseline's metrics."""
+    from vito.eval.knn import knn_evaluate
+    from vito.eval.linear import fit_linear_probe
+
+    train_set, train, train_cache = extract_split(bench, bench.train_split, encoder, settings, name)
+    val_set, val, val_cache = extract_split(bench, bench.val_split, encoder, settings, name)
+    if not is_main:
+        return None
+    classes = train_set.classes
+    val_labels = _relabel(val.labels, val_set.classes, classes)
+    prefix = f"eval/{name}/"
+    metrics: dict[str, float] = {
+        f"{prefix}val_images_scored{suffix}": float(len(val.indices)),
+        f"{prefix}train_images{suffix}": float(len(train.indices)),
+        f"{prefix}skipped_images{suffix}": float(len(train.skipped) + len(val.skipped)),
+    }
+    record: dict[str, Any] = {
+        "benchmark": name, "kind": bench.kind, "root": bench.root, "classes": len(classes),
+        "splits": {"train": bench.train_split, "val": bench.val_split},
+        "transform": transform_of(bench).key(), "encoder": encoder.key,
+        "feature_cache": {"train": train_cache, "val": val_cache},
+        "images": {"train": len(train.indices), "val": len(val.indices)},
+        "skipped": {"train": len(train.skipped), "val": len(val.skipped)},
+    }
+    if bench.knn:
+        knn = knn_evaluate(train.features, train.labels, val.features, val_labels, len(classes),
+                           k_values=tuple(bench.knn_k), temperature=bench.knn_temperature, device=encoder.device)
+        for k, top1 in knn.top1.items():
+            metrics[f"{prefix}knn{k}_top1{suffix}"] = top1
+        record["knn"] = {"k": list(knn.k_values), "temperature": knn.temperature, "top1": knn.top1,
+                         "top5": knn.top5, "bank": knn.num_bank, "queries": knn.num_queries,
+                         "similarity": "cosine of L2-normalised features", "vote": "exp(sim / T)"}
+    readout = None
+    if bench.linear:
+        probe = fit_linear_probe(train.features.float(), train.labels, len(classes), lr_grid=tuple(bench.linear_lr_grid),
+                                 epochs=bench.linear_epochs, batch_size=bench.linear_batch_size,
+                                 holdout_fraction=bench.linear_holdout, seed=seed, device=encoder.device)
+        metrics[f"{prefix}linear_top1{suffix}"] = probe.top1(val.features.float(), val_labels)
+        record["linear"] = {"lr": probe.lr, "lr_grid_holdout_top1": {str(k): v for k, v in probe.lr_grid.items()},
+                            "epochs": probe.epochs, "batch_size": probe.batch_size, "holdout": probe.holdout_fraction,
+                            "seed": probe.seed, "optimizer": "SGD momentum 0.9, wd 0, cosine", "reported": "last epoch"}
+        readout = {**probe.state_dict(), "classes": classes}
+    record["metrics"] = metrics
+    skipped = [{"split": split, "index": i, "path": path, "reason": reason}
+               for split, part in (("train", train), ("val", val)) for i, path, reason in part.skipped]
+    return BenchmarkOutcome(metrics, record, skipped, readout)
+
+
+def _relabel(labels: torch.Tensor, val_classes: list[str], train_classes: list[str]) -> torch.Tensor:
+    """Val's labels in train's class order (val may hold a subset of train's classes; the reader checked it)."""
+    if val_classes == train_classes:
+        return labels
+    position = {c: i for i, c in enumerate(train_classes)}
+    mapping = torch.tensor([position[c] for c in val_classes], dtype=torch.long)
+    return mapping[labels]

@@ -1,0 +1,106 @@
+"""The user's benchmarks of one checkpoint, run by every rank of an evaluation job.
+
+Each benchmark is one protocol file (image_protocol.py: ImageNet or any labelled image folder). Every rank
+extracts its share of the features; the main rank scores them and logs, per benchmark as it finishes, the
+metrics (`eval/<name>/...`), the protocol record (`eval/<name>/results.json`), the unreadable files
+(`eval/<name>/skipped.json`) and the linear readout (`eval/<name>/readout.pt`). The random-init baseline, when
+asked for, scores the same way and logs the same names with `_random_init`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vito.config import VitoConfig
+from vito.eval.image_protocol import BenchmarkOutcome, Encoder, ExtractionSettings, run_image_folder
+from vito.model import VitoModel
+
+log = logging.getLogger(__name__)
+
+PROGRESS_TAG = "vito.eval_progress"  # "<benchmark> <split> <done>/<total>" while features are extracted
+PROGRESS_EVERY_S = 10.0
+
+
+def model_encoder(model: VitoModel, key: str, device: torch.device) -> Encoder:
+    """The deepest pooled feature of the online network, as the paper evaluates (and the synthetic suite does)."""
+    model.eval().to(device)
+    scale = max(model.scales)
+    cuda = device.type == "cuda"
+    if cuda:
+        model.to(memory_format=torch.channels_last)
+
+    @torch.no_grad()
+    def encode(images: torch.Tensor) -> torch.Tensor:
+        return model.features(images, scale).float()
+
+    return Encoder(encode, key, device, bf16_autocast=cuda, channels_last=cuda)
+
+
+def encoder_key(checkpoint: str, step: int, cfg: VitoConfig) -> str:
+    architecture = hashlib.sha256(cfg.model.model_dump_json().encode()).hexdigest()[:12]
+    return f"{checkpoint.rstrip('/')}@{step}:{architecture}"
+
+
+def feature_cache_root(cfg: VitoConfig) -> str:
+    """By default beside the evaluated checkpoint: every later evaluation of it finds the features there."""
+    return cfg.eval.feature_cache or f"{cfg.eval.checkpoint.rstrip('/')}/features"
+
+
+def run_benchmarks(cfg: VitoConfig, trained_cfg: VitoConfig, model: VitoModel, step: int, *, device: torch.device,
+                   is_main: bool, storage_options: dict[str, Any], metrics, scratch: str) -> dict[str, float]:
+    """Every benchmark of cfg.eval.benchmarks on `model` (and on a random-init network when asked); the main
+    rank returns the metrics, the others an empty dict."""
+    settings = ExtractionSettings(feature_cache_root(cfg), cfg.eval.extract_shard_size, cfg.eval.extract_batch_size,
+                                  cfg.eval.loader_workers, storage_options, _progress_reporter(metrics))
+    networks = [(model_encoder(model, encoder_key(cfg.eval.checkpoint, step, trained_cfg), device), "")]
+    if cfg.eval.random_init_baseline:
+        torch.manual_seed(cfg.eval.seed)
+        baseline = VitoModel(trained_cfg.model, trained_cfg.loss)
+        key = f"random-init:{cfg.eval.seed}:{encoder_key('', 0, trained_cfg)}"
+        networks.append((model_encoder(baseline, key, device), "_random_init"))
+    results: dict[str, float] = {}
+    for name, bench in cfg.eval.benchmarks.items():
+        for encoder, suffix in networks:
+            outcome = run_image_folder(name, bench, encoder, settings, seed=cfg.eval.seed, is_main=is_main, suffix=suffix)
+            if outcome is None:
+                continue
+            results.update(outcome.metrics)
+            metrics.log(step, outcome.metrics)  # each benchmark's metrics appear as soon as it finishes
+            _log_artifacts(metrics, name, suffix, outcome, scratch)
+            for key, value in outcome.metrics.items():
+                log.info("%s = %.4f", key, value)
+    if is_main:
+        metrics.set_tags({PROGRESS_TAG: "done"})
+    return results
+
+
+def _log_artifacts(metrics, name: str, suffix: str, outcome: BenchmarkOutcome, scratch: str) -> None:
+    folder = f"eval/{name}"
+    metrics.log_dict_artifact(outcome.record, f"{folder}/results{suffix}.json")
+    metrics.log_dict_artifact({"count": len(outcome.skipped), "images": outcome.skipped}, f"{folder}/skipped{suffix}.json")
+    if outcome.readout is not None and not suffix:
+        path = Path(tempfile.mkdtemp(dir=scratch)) / "readout.pt"
+        torch.save(outcome.readout, path)
+        metrics.log_artifact(str(path), folder)
+
+
+def _progress_reporter(metrics) -> Callable[[str, int, int], None]:
+    """Progress as a tag on the run (what `vitolaunch status` shows), at most every PROGRESS_EVERY_S."""
+    last = [0.0]
+
+    def report(what: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - last[0] < PROGRESS_EVERY_S:
+            return
+        last[0] = now
+        metrics.set_tags({PROGRESS_TAG: f"{what} {done}/{total}"})
+
+    return report

@@ -8,23 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vito.config import EMAConfig, LossConfig, ModelConfig, OptimConfig
+from tests.unit.tiny_model import tiny_model_cfg, views
+from vito.config import EMAConfig, LossConfig, OptimConfig
 from vito.loss import info_nce
 from vito.model import AttentionPool, AveragePool, ResNet, VitoModel, ema_momentum
 from vito.optim import LARS, build_optimizer, learning_rate, param_groups_for
 
 torch.set_num_threads(1)
-
-
-def tiny_model_cfg(**overrides) -> ModelConfig:
-    fields = dict(arch="resnet18", width=8, pool_hidden=16, proj_hidden=32, proj_dim=16, pred_hidden=32)
-    fields.update(overrides)
-    return ModelConfig(**fields)
-
-
-def views(batch: int = 8, size: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, 3, size, size, generator=generator), torch.randn(batch, 3, size, size, generator=generator)
 
 
 # ------------------------------------------------------------------------------------------ backbone

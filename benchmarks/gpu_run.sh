@@ -34,6 +34,7 @@ step() { # NAME COMMAND...: run it and print its time (a failure stops the run: 
 }
 
 failed() { # EXIT_STATUS: name the step that failed, so that one call's output says where
+  [[ $BASHPID == "$MAIN_PID" ]] || exit "$1" # a subshell's failure is reported once, by the main shell
   say "FAILED at step '${STEP:-setup}' after $(since "${STEP_BEGAN:-$STARTED}") s (exit $1)"
   exit "$1"
 }
@@ -41,8 +42,9 @@ failed() { # EXIT_STATUS: name the step that failed, so that one call's output s
 offline_pip() { # pip ARGS... for the venv, from the bundle alone: no index, and no config or PIP_* of this machine
   (
     while read -r name; do unset "$name"; done < <(compgen -e | grep '^PIP_' || true)
-    export PIP_CONFIG_FILE=/dev/null PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 PIP_ROOT_USER_ACTION=ignore
-    "${PIP[@]}" "$@" --no-cache-dir --progress-bar off
+    export PIP_CONFIG_FILE=/dev/null PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 PIP_ROOT_USER_ACTION=ignore \
+      PIP_NO_CACHE_DIR=1 PIP_PROGRESS_BAR=off
+    "${PIP[@]}" "$@"
   )
 }
 
@@ -52,12 +54,14 @@ make_venv() {
   # venv made from one sees the base interpreter's packages, not that venv's, so it would not see torch. Instead the
   # new venv adds python3's own site folders after its own, by a .pth file: it sees exactly what python3 sees, and
   # what it installs shadows nothing of the machine's but what the bundle brings.
-  if "$PY" -m pip --version >/dev/null 2>&1; then
+  if "$PY" -m pip --python "$PY" --version >/dev/null 2>&1; then # a pip that can install into another interpreter
     "$PY" -m venv --without-pip "$VENV" # python3's pip installs into it (--python): no ensurepip needed there
     PIP=("$PY" -m pip --python "$VENV/bin/python")
   else
     "$PY" -m venv "$VENV"
     PIP=("$VENV/bin/python" -m pip)
+    # Before Python 3.12 ensurepip also puts an old setuptools there, which would shadow the machine's (torch wants >= 77).
+    offline_pip uninstall --yes --quiet setuptools
   fi
   local purelib
   purelib=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
@@ -113,6 +117,7 @@ run_check() {
 
 main() {
   set -E # the ERR trap also fires inside the steps' functions
+  MAIN_PID=$BASHPID
   trap 'failed $?' ERR
   say "repository $REPO, bundle $BUNDLE, python $PY, venv $VENV, output $OUT_DIR, budget $BUDGET_S s"
   step "venv" make_venv

@@ -12,12 +12,14 @@
 # gpu_check.py gets what is left as its --timeout unless the arguments give one).
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+OUT_DIR=${OUT:-$REPO/.gpu-run}
+mkdir -p "$OUT_DIR"
+OUT_DIR=$(cd "$OUT_DIR" && pwd) # a relative $OUT is the caller's, not the repository's
 cd "$REPO"
-BUNDLE=${GPU_BUNDLE:-.gpu-bundle}
+BUNDLE=${GPU_BUNDLE:-.gpu-bundle} # relative to the repository, as the device call's carry is
 PY=${GPU_PYTHON:-python3}
 VENV=${GPU_VENV:-${TMPDIR:-/tmp}/vito-gpu-venv}
 BUDGET_S=${GPU_RUN_BUDGET_S:-360}
-OUT_DIR=${OUT:-$REPO/.gpu-run}
 STARTED=$EPOCHREALTIME
 # Room left after gpu_check.py's deadline for its report, its exit and this script's last lines.
 EXIT_MARGIN_S=20
@@ -49,6 +51,10 @@ offline_pip() { # pip ARGS... for the venv, from the bundle alone: no index, and
 }
 
 make_venv() {
+  if [[ -e $VENV && ! -f $VENV/pyvenv.cfg ]]; then
+    echo "$VENV exists and is no venv: not removing it (set GPU_VENV)" >&2
+    return 1
+  fi
   rm -rf "$VENV"
   # `python3 -m venv --system-site-packages` is not enough: python3 there is itself a venv (/opt/torch/.venv), and a
   # venv made from one sees the base interpreter's packages, not that venv's, so it would not see torch. Instead the
@@ -128,7 +134,6 @@ main() {
 }
 
 export PYTHONUNBUFFERED=1
-mkdir -p "$OUT_DIR"
 rm -f "$OUT_DIR/gpu_check.json" "$OUT_DIR/gpu_run.log"
 main "$@" 2>&1 | tee "$OUT_DIR/gpu_run.log"
 exit "${PIPESTATUS[0]}"

@@ -9,6 +9,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+@torch.compiler.assume_constant_result
+def _autocast_available(device_type: str) -> bool:
+    # A constant per device type, so torch.compile need not trace the C function: torch 2.11's dynamo cannot, and
+    # broke the compiled VITO step's graph here (2.13's traces it).
+    return torch.amp.is_autocast_available(device_type)
+
+
 def info_nce(query: Tensor, key: Tensor, temperature: float, positive_offset: int = 0) -> Tensor:
     """Mean InfoNCE of each query against all keys, where query i's positive is key i + positive_offset.
 
@@ -26,7 +33,7 @@ def info_nce(query: Tensor, key: Tensor, temperature: float, positive_offset: in
     # Under the trainer's bf16 autocast the matmul below would run in bf16 despite the .float(): switch it off
     # (on devices that have autocast at all: meta tensors, used to count FLOPs, do not).
     device_type = query.device.type
-    no_autocast = torch.autocast(device_type, enabled=False) if torch.amp.is_autocast_available(device_type) else nullcontext()
+    no_autocast = torch.autocast(device_type, enabled=False) if _autocast_available(device_type) else nullcontext()
     with no_autocast:
         q = F.normalize(query.float(), dim=1)
         k = F.normalize(key.float(), dim=1)

@@ -1,4 +1,5 @@
-"""Fixtures shared by the integration modules: the real services they need, checked once per module."""
+"""Fixtures shared by the integration modules: the real services they need, checked once per module, and what
+the SLURM jobs they queue inherit (job_environment)."""
 
 from __future__ import annotations
 
@@ -78,3 +79,11 @@ def cancel_on_exit():
     yield names.append
     for name in names:
         subprocess.run(["scancel", "--name", name], capture_output=True, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def job_environment(module_monkeypatch):
+    """What SLURM jobs inherit through sbatch (--export=ALL): gloo over loopback, and a short collective
+    timeout so that a rank left alone by a killed peer fails fast instead of waiting 10 minutes."""
+    module_monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")
+    module_monkeypatch.setenv("VITO_DIST_TIMEOUT_S", "60")

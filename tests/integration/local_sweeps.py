@@ -1,4 +1,5 @@
-"""Helpers for end-to-end tests that drive the real `vitolaunch` command on the local backend."""
+"""Helpers for end-to-end tests that drive the real `vitolaunch` command (on the local backend unless a test's
+spec says otherwise) and read what it recorded in the home's MLflow store."""
 
 from __future__ import annotations
 
@@ -52,6 +53,18 @@ def write_spec(
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
+
+
+def mlflow_client(home: Path):
+    """An MlflowClient on the sqlite store of the VITOLAUNCH_HOME `home` (mlflow is imported only when called)."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
+
+
+def logged_loss_steps(home: Path, run_id: str) -> list[int]:
+    """The steps at which run `run_id` logged train/loss, sorted, a step logged twice (redone after a crash) twice."""
+    return sorted(m.step for m in mlflow_client(home).get_metric_history(run_id, "train/loss"))
 
 
 def vitolaunch(

@@ -5,18 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 from pathlib import Path
 
 import pytest
 import torch.multiprocessing as mp
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.integration.gloo_ranks import free_loopback_port
 
 
 def _worker(rank: int, port: int, out: str) -> None:
@@ -45,7 +40,7 @@ def _worker(rank: int, port: int, out: str) -> None:
 @pytest.mark.timeout(180)
 def test_a_wait_longer_than_the_training_timeout_survives_on_the_control_group(tmp_path):
     try:
-        mp.start_processes(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
+        mp.start_processes(_worker, args=(free_loopback_port(), str(tmp_path)), nprocs=2, start_method="spawn")
     except mp.ProcessRaisedException:
         pass  # a rank that timed out in the training group may raise on exit: the files say what happened
     rank1 = json.loads((tmp_path / "rank1.json").read_text())

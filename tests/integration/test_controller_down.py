@@ -18,10 +18,9 @@ import psutil
 import pytest
 
 from tests.integration.local_sweeps import vitolaunch
-from tests.integration.test_slurm_backend import _slurm_spec, _trials, _wait_run, job_environment
+from tests.integration.slurm_trials import trial_runs, wait_for_run, write_slurm_spec
 
 pytestmark = pytest.mark.usefixtures("slurm_cluster", "job_environment")
-__all__ = ["job_environment"]  # a fixture, used by name
 
 
 def _daemon(name: str) -> psutil.Process:
@@ -52,10 +51,10 @@ def _status(home, *extra: str) -> subprocess.CompletedProcess:
 def test_status_with_a_silent_controller_or_accounting_daemon(tmp_path, cancel_on_exit):
     home = tmp_path / "home"
     cancel_on_exit("it-down")
-    vitolaunch(home, "sweep", str(_slurm_spec(tmp_path, "it-down", {"loss.temperature": [0.2]},
-                                              train={"steps": 5000, "log_every": 10})))
-    (trial,) = _trials(home)
-    _wait_run(home, trial.info.run_id, lambda r: r.data.metrics.get("train/step", 0) >= 10, 300, "the trial to train")
+    vitolaunch(home, "sweep", str(write_slurm_spec(tmp_path, "it-down", {"loss.temperature": [0.2]},
+                                                   train={"steps": 5000, "log_every": 10})))
+    (trial,) = trial_runs(home)
+    wait_for_run(home, trial.info.run_id, lambda r: r.data.metrics.get("train/step", 0) >= 10, 300, "the trial to train")
 
     with _frozen("slurmctld"):
         table = _status(home)

@@ -12,11 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.integration.local_sweeps import all_ended, wait_until
-from tests.integration.test_slurm_backend import _slurm_spec, _trials, _wait_sacct, job_environment, vitolaunch
+from tests.integration.local_sweeps import all_ended, vitolaunch, wait_until
+from tests.integration.slurm_trials import trial_runs, wait_for_sacct_state, write_slurm_spec
 
 pytestmark = pytest.mark.usefixtures("slurm_cluster", "job_environment")
-__all__ = ["job_environment"]  # a fixture, used by name
 
 GOOD, BAD = [0.01, 0.005], [20.0, 50.0]
 
@@ -24,7 +23,7 @@ GOOD, BAD = [0.01, 0.005], [20.0, 50.0]
 @pytest.mark.timeout(600)
 def test_bad_learning_rates_are_pruned_at_the_first_rung_and_their_array_tasks_end(tmp_path: Path, cancel_on_exit) -> None:
     home = tmp_path / "home"
-    path = _slurm_spec(tmp_path, "it-prune", {"optim.lr": GOOD + BAD})
+    path = write_slurm_spec(tmp_path, "it-prune", {"optim.lr": GOOD + BAD})
     spec = yaml.safe_load(path.read_text())
     spec["early_stop"] = {"metric": "train/loss", "rungs": [4], "keep_fraction": 0.5, "min_trials": 3}
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
@@ -35,13 +34,13 @@ def test_bad_learning_rates_are_pruned_at_the_first_rung_and_their_array_tasks_e
     states = {float(r["params"]["optim.lr"]): (r["state"], r["step"]) for r in rows}
     assert states == {GOOD[0]: ("COMPLETED", 12), GOOD[1]: ("COMPLETED", 12), BAD[0]: ("PRUNED", 4), BAD[1]: ("PRUNED", 4)}
 
-    for trial in _trials(home):
+    for trial in trial_runs(home):
         tags = trial.data.tags
         if float(trial.data.params["optim.lr"]) in BAD:
             decision = json.loads(tags["vitolaunch.prune_decision"])
             assert decision["rung"] == 4 and decision["value"] > decision["threshold"] and decision["compared_with"] >= 2
             # The task ended by itself, successfully and without a requeue: its array slot is free.
-            row = _wait_sacct(tags["vitolaunch.job_id"], "COMPLETED")
+            row = wait_for_sacct_state(tags["vitolaunch.job_id"], "COMPLETED")
             assert row["State"] == "COMPLETED"
             assert tags.get("vitolaunch.slurm_restart_count", "0") == "0" and "vitolaunch.last_requeue" not in tags
         else:

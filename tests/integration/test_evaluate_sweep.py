@@ -14,21 +14,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.integration.local_sweeps import TINY_BASE, all_ended, vitolaunch, wait_until, write_spec
+from tests.integration.local_sweeps import TINY_BASE, all_ended, mlflow_client, vitolaunch, wait_until, write_spec
 
 pytestmark = pytest.mark.integration
 
 EXPERIMENT = "tests"
 
 
-def _client(home: Path):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
-
-
 def _runs(home: Path, sweep: str, kind: str = "trial"):
-    client = _client(home)
+    client = mlflow_client(home)
     experiment = client.get_experiment_by_name(EXPERIMENT)
     return client.search_runs([experiment.experiment_id], f"tags.`vitolaunch.kind` = '{kind}' and tags.`vitolaunch.sweep` = '{sweep}'")
 
@@ -71,7 +65,7 @@ def test_corrupt_video_in_the_manifest_is_skipped_and_counted(pretrained):
     home, _ = pretrained
     (trial,) = _runs(home, "pre")
     assert trial.info.status == "FINISHED"
-    client = _client(home)
+    client = mlflow_client(home)
     skipped = client.get_metric_history(trial.info.run_id, "data/skipped_videos")
     assert skipped and skipped[-1].value == 1.0, [m.value for m in skipped]
     samples = client.get_metric_history(trial.info.run_id, "data/skipped_samples")
@@ -106,7 +100,7 @@ def test_evaluate_sweep_lands_next_to_the_pretraining_run(pretrained):
     assert row["state"] == "COMPLETED", row
     assert row["params"]["pretrain.run"] == pre_trial.info.run_id
 
-    client = _client(home)
+    client = mlflow_client(home)
     (sweep,) = _runs(home, "pre-eval", kind="sweep")
     (evaluation,) = _runs(home, "pre-eval")
     # Next to the pretraining run: same experiment, its own sweep as parent, linked both ways.
@@ -163,8 +157,8 @@ def test_a_checkpoint_only_target_takes_its_config_from_the_marker_without_torch
     store = CheckpointStore(str(copy))
     step = store.committed_steps()[-1]
     (folder / "c").mkdir(exist_ok=True)
-    trained_config = json.loads(Path(_client(home).download_artifacts(pre_trial.info.run_id, "config.json",
-                                                                       str(folder / "c"))).read_text())
+    trained_config = json.loads(Path(mlflow_client(home).download_artifacts(pre_trial.info.run_id, "config.json",
+                                                                             str(folder / "c"))).read_text())
     assert store.committed_config(step) == trained_config
 
     path = folder / "copy-eval.yaml"

@@ -10,17 +10,20 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.local_sweeps import all_ended, status_rows, vitolaunch, wait_until, write_spec
-
-
-def _client(home: Path):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
+from tests.checkpoints import committed_steps
+from tests.integration.local_sweeps import (
+    all_ended,
+    logged_loss_steps,
+    mlflow_client,
+    status_rows,
+    vitolaunch,
+    wait_until,
+    write_spec,
+)
 
 
 def _runs(home: Path, kind: str):
-    client = _client(home)
+    client = mlflow_client(home)
     experiment = client.get_experiment_by_name("tests")
     return client.search_runs([experiment.experiment_id], f"tags.`vitolaunch.kind` = '{kind}'")
 
@@ -39,7 +42,7 @@ def test_sweep_trains_two_rank_trials_and_records_them_in_mlflow(tmp_path):
     assert [r["state"] for r in rows] == ["COMPLETED", "COMPLETED"], rows
     assert all(r["step"] == r["total_steps"] == 12 for r in rows)
 
-    client = _client(home)
+    client = mlflow_client(home)
     (parent,) = _runs(home, "sweep")
     children = _runs(home, "trial")
     assert len(children) == 2
@@ -69,21 +72,11 @@ def _checkpoint_uri(home: Path) -> str:
     return trial.data.tags["vitolaunch.checkpoint_uri"]
 
 
-def _committed_steps(uri: str) -> list[int]:
-    from vito.checkpoint import CheckpointStore
-
-    return CheckpointStore(uri).committed_steps()
-
-
 def _wait_for_committed_step(uri: str, at_least: int, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
-    while not [s for s in _committed_steps(uri) if s >= at_least]:
+    while not [s for s in committed_steps(uri) if s >= at_least]:
         assert time.monotonic() < deadline, "no checkpoint committed in time"
         time.sleep(0.2)
-
-
-def _logged_loss_steps(home: Path, run_id: str) -> set[int]:
-    return {m.step for m in _client(home).get_metric_history(run_id, "train/loss")}
 
 
 @pytest.mark.timeout(900)
@@ -103,7 +96,7 @@ def test_killed_trial_resumes_to_the_same_final_weights(tmp_path):
     uri = _checkpoint_uri(interrupted_home)
     _wait_for_committed_step(uri, 8)
     os.killpg(int(row["job_id"]), signal.SIGKILL)
-    killed_at = _committed_steps(uri)[-1]
+    killed_at = committed_steps(uri)[-1]
     assert killed_at < 80, "the trial finished before it could be killed: make it longer"
 
     (row,) = wait_until(interrupted_home, "resume", lambda rows: rows[0]["state"] == "INTERRUPTED", 60, "INTERRUPTED")
@@ -124,7 +117,7 @@ def test_killed_trial_resumes_to_the_same_final_weights(tmp_path):
     (trial,) = _runs(interrupted_home, "trial")
     assert trial.info.run_id == row["run_id"] and trial.info.status == "FINISHED"
     assert trial.data.tags["vito.resumed_from_step"] == str(killed_at)
-    assert _logged_loss_steps(interrupted_home, trial.info.run_id) == set(range(2, 81, 2))
+    assert set(logged_loss_steps(interrupted_home, trial.info.run_id)) == set(range(2, 81, 2))
 
 
 @pytest.mark.timeout(600)
@@ -143,7 +136,7 @@ def test_cancelled_trial_saves_the_step_it_stopped_at_and_resumes_from_it(tmp_pa
     (sweep,) = _runs(home, "sweep")  # its only trial was cancelled: the parent follows (sweep_summary.py)
     assert sweep.info.status == "KILLED"
     uri = _checkpoint_uri(home)
-    (stopped_at,) = _committed_steps(uri)
+    (stopped_at,) = committed_steps(uri)
     assert 6 <= stopped_at < 160
     (trial,) = _runs(home, "trial")
     assert trial.info.status == "KILLED"
@@ -161,7 +154,7 @@ def test_cancelled_trial_saves_the_step_it_stopped_at_and_resumes_from_it(tmp_pa
     assert trial.data.tags["vito.resumed_from_step"] == str(stopped_at)
     (sweep,) = _runs(home, "sweep")
     assert sweep.info.status == "FINISHED" and sweep.data.tags["vitolaunch.best.run_id"] == trial.info.run_id
-    assert _logged_loss_steps(home, trial.info.run_id) == set(range(2, 161, 2))
+    assert set(logged_loss_steps(home, trial.info.run_id)) == set(range(2, 161, 2))
 
 
 def _rank_process(controller_pid: int, rank: int):
@@ -183,16 +176,16 @@ def test_a_dead_rank_fails_the_trial_fast_and_resume_finishes_it(tmp_path):
     uri = _checkpoint_uri(home)
     _wait_for_committed_step(uri, 10)
     _rank_process(int(row["job_id"]), 1).kill()
-    killed_at = _committed_steps(uri)[-1]
+    killed_at = committed_steps(uri)[-1]
 
     # Rank 0 must notice its peer is gone (gloo), not wait out the 10-minute collective timeout.
     (row,) = wait_until(home, "dead", all_ended, timeout=120, what="the trial to fail")
     assert row["state"] == "FAILED", row
-    assert _committed_steps(uri)[-1] >= killed_at  # nothing committed was lost
+    assert committed_steps(uri)[-1] >= killed_at  # nothing committed was lost
 
     vitolaunch(home, "resume", row["run_id"])
     (done,) = wait_until(home, "dead", all_ended, timeout=400, what="the resumed trial to end")
     assert done["state"] == "COMPLETED", done
     (trial,) = _runs(home, "trial")
     assert int(trial.data.tags["vito.resumed_from_step"]) >= killed_at
-    assert _logged_loss_steps(home, trial.info.run_id) == set(range(2, 121, 2))
+    assert set(logged_loss_steps(home, trial.info.run_id)) == set(range(2, 121, 2))

@@ -18,17 +18,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.integration.local_sweeps import vitolaunch
-from tests.integration.test_slurm_backend import (  # noqa: F401 - fixtures, found by name
-    LONG,
-    _committed,
-    _long_spec,
-    _loss_steps,
-    _rank_pid,
-    _trials,
-    _wait_run,
-    job_environment,
-)
+from tests.checkpoints import committed_steps
+from tests.integration.local_sweeps import logged_loss_steps, vitolaunch
+from tests.integration.slurm_trials import LONG_TRAIN, rank_pid, run_ended, trial_runs, wait_for_run, write_long_spec
 
 pytestmark = pytest.mark.usefixtures("slurm_cluster", "job_environment")
 REPO = Path(__file__).resolve().parents[2]
@@ -50,16 +42,16 @@ def _bring_back_n2() -> None:
 def test_node_failure_mid_trial_retries_from_the_last_checkpoint(tmp_path, cancel_on_exit):
     home = tmp_path / "home"
     cancel_on_exit("it-node")
-    vitolaunch(home, "sweep", str(_long_spec(tmp_path, "it-node", retries={"crash": 1, "timeout": 0})))
-    (trial,) = _trials(home)
+    vitolaunch(home, "sweep", str(write_long_spec(tmp_path, "it-node", retries={"crash": 1, "timeout": 0})))
+    (trial,) = trial_runs(home)
     run_id, job = trial.info.run_id, trial.data.tags["vitolaunch.job_id"]
     uri = trial.data.tags["vitolaunch.checkpoint_uri"]
 
     deadline = time.monotonic() + 300
-    while not [s for s in _committed(uri) if s >= 25]:
+    while not [s for s in committed_steps(uri) if s >= 25]:
         assert time.monotonic() < deadline, "no checkpoint at step >= 25 in time"
         time.sleep(0.2)
-    rank_1 = psutil.Process(_rank_pid(job, 1))
+    rank_1 = psutil.Process(rank_pid(job, 1))
     assert rank_1.environ().get("SLURMD_NODENAME") == "n2", "rank 1 is expected on n2"
     step_n2 = rank_1.parent()  # n2's slurmstepd of this trial's step
     slurmd_n2 = _slurmd("n2")
@@ -67,21 +59,22 @@ def test_node_failure_mid_trial_retries_from_the_last_checkpoint(tmp_path, cance
     try:
         for process in (slurmd_n2, step_n2, rank_1):
             os.kill(process.pid, signal.SIGKILL)
-        committed = _committed(uri)[-1]
-        assert committed < LONG["steps"], "the trial finished before the fault: make it longer"
+        committed = committed_steps(uri)[-1]
+        assert committed < LONG_TRAIN["steps"], "the trial finished before the fault: make it longer"
         time.sleep(5)  # the node stays dead a moment, as a real one does
     finally:
         _bring_back_n2()
     assert _slurmd("n2") is not None, "scripts/slurm-up.sh did not bring n2's slurmd back"
 
-    resumed = _wait_run(home, run_id, lambda r: r.data.tags.get("vito.resumed_from_step") is not None
-                        or r.info.status in ("FINISHED", "FAILED", "KILLED"), 400, "the retry after the node fault")
+    resumed = wait_for_run(home, run_id, lambda r: r.data.tags.get("vito.resumed_from_step") is not None or run_ended(r),
+                           400, "the retry after the node fault")
     assert resumed.data.tags.get("vito.resumed_from_step") == str(committed), resumed.data.tags
-    done = _wait_run(home, run_id, lambda r: r.info.status in ("FINISHED", "FAILED", "KILLED"), 400, "the trial to end")
+    done = wait_for_run(home, run_id, run_ended, 400, "the trial to end")
     assert done.info.status == "FINISHED", done.data.tags
     retries = json.loads(done.data.tags.get("vitolaunch.retries", "{}"))
     print("node fault:", {k: v for k, v in done.data.tags.items() if k.startswith(("vitolaunch.retries", "vitolaunch.last",
                                                                                    "vito.resumed", "vitolaunch.slurm"))})
     assert sum(retries.values()) >= 1 and retries.get("crash", 0) <= 1, retries
     # every logged step is there: none committed before the fault was lost, the lost ones were redone
-    assert sorted(set(_loss_steps(home, run_id))) == list(range(LONG["log_every"], LONG["steps"] + 1, LONG["log_every"]))
+    every, steps = LONG_TRAIN["log_every"], LONG_TRAIN["steps"]
+    assert sorted(set(logged_loss_steps(home, run_id))) == list(range(every, steps + 1, every))

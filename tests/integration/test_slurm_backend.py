@@ -1,8 +1,8 @@
 """vitolaunch on the real loopback SLURM cluster (scripts/slurm-up.sh): arrays of 2-node DeepSpeed trials,
 preemption and crash retries with exact resume, status/cancel/logs, dry runs checked by the controller.
 
-Each trial is the tiny CPU model of local_sweeps.TINY_BASE over gloo, 2 nodes x 1 rank. Without a cluster
-these tests skip, except under CI, where they fail.
+Each trial is the tiny CPU model of local_sweeps.TINY_BASE over gloo, 2 nodes x 1 rank (specs, trial runs and
+waits: tests/integration/slurm_trials.py). Without a cluster these tests skip, except under CI, where they fail.
 """
 
 from __future__ import annotations
@@ -19,55 +19,24 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.integration.local_sweeps import TINY_BASE, vitolaunch
+from tests.checkpoints import committed_steps, final_weights
+from tests.integration.local_sweeps import logged_loss_steps, mlflow_client, vitolaunch
+from tests.integration.slurm_trials import (
+    LONG_TRAIN,
+    TERMINAL_STATUSES,
+    rank_pid,
+    run_ended,
+    trial_runs,
+    wait_for_run,
+    wait_for_sacct_state,
+    write_long_spec,
+    write_slurm_spec,
+)
 
-# slurm_cluster (tests/integration/conftest.py) skips, or fails under CI, without a cluster.
+# slurm_cluster (tests/integration/conftest.py) skips, or fails under CI, without a cluster; job_environment
+# (there too) is what the jobs inherit.
 pytestmark = pytest.mark.usefixtures("slurm_cluster", "job_environment")
-
-TERMINAL = ("FINISHED", "FAILED", "KILLED")
-
-
-@pytest.fixture(scope="module")
-def job_environment(module_monkeypatch):
-    """What the jobs inherit through sbatch (--export=ALL): gloo over loopback, and a short collective
-    timeout so that a rank left alone by a killed peer fails fast instead of waiting 10 minutes."""
-    module_monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")
-    module_monkeypatch.setenv("VITO_DIST_TIMEOUT_S", "60")
-
-
-def _slurm_spec(folder: Path, name: str, parameters: dict, train: dict | None = None, **resources) -> Path:
-    base = json.loads(json.dumps(TINY_BASE))
-    base["train"].update(train or {})
-    spec = {
-        "name": name,
-        "task": "pretrain",
-        "base": base,
-        "parameters": parameters,
-        "resources": {
-            "cluster": "slurm", "nodes": 2, "tasks_per_node": 1, "cpus_per_task": 1, "mem_gb": 1,
-            "timeout_min": 20, "array_parallelism": 2, **resources,
-        },
-        "tracking": {"experiment": "tests"},
-    }
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    return path
-
-
-def _client(home: Path):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
-
-
-def _trials(home: Path):
-    client = _client(home)
-    experiment = client.get_experiment_by_name("tests")
-    runs = client.search_runs([experiment.experiment_id], "tags.`vitolaunch.kind` = 'trial'")
-    return sorted(runs, key=lambda r: int(r.data.tags["vitolaunch.trial_index"]))
 
 
 def _rows(home: Path, sweep: str, *extra: str, env_path: str | None = None) -> list[dict]:
@@ -75,75 +44,8 @@ def _rows(home: Path, sweep: str, *extra: str, env_path: str | None = None) -> l
     return json.loads(vitolaunch(home, "status", sweep, "--json", *extra, env=env).stdout)
 
 
-def _wait_run(home: Path, run_id: str, until, timeout: float, what: str):
-    """Poll MLflow in-process (the CLI's start-up would miss fast steps)."""
-    client = _client(home)
-    deadline = time.monotonic() + timeout
-    run = None
-    while time.monotonic() < deadline:
-        run = client.get_run(run_id)
-        if until(run):
-            return run
-        time.sleep(0.3)
-    logs = "\n".join(f"--- {p}\n{p.read_text()[-2500:]}" for p in sorted((home / "logs").rglob("*_log.err")))
-    state = f"{run.info.status} step={run.data.metrics.get('train/step')}" if run else "-"
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (run {run_id}: {state})\n{logs}")
-
-
-def _finished(run) -> bool:
-    return run.info.status in TERMINAL
-
-
-def _sacct(job: str, fields: str = "JobID,State,NodeList,Start,End") -> list[dict]:
-    out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", fields, "-j", job], capture_output=True, text=True,
-                         timeout=30).stdout
-    names = fields.split(",")
-    return [dict(zip(names, line.split("|"))) for line in out.splitlines() if line.strip()]
-
-
-def _wait_sacct(job: str, state: str, timeout: float = 40) -> dict:
-    deadline = time.monotonic() + timeout
-    rows: list[dict] = []
-    while time.monotonic() < deadline:
-        rows = [r for r in _sacct(job.split("_")[0]) if r["JobID"] == job]
-        if rows and rows[0]["State"].split()[0] == state:
-            return rows[0]
-        time.sleep(0.5)
-    raise AssertionError(f"sacct shows {job} as {rows}, not {state}")
-
-
-def _rank_pid(job: str, rank: int) -> int | None:
-    """The pid of one rank of an array task: the process whose SLURM environment says so."""
-    import psutil
-
-    array, task = job.split("_")
-    for process in psutil.process_iter(["cmdline"]):
-        try:
-            if "submitit.core._submit" not in " ".join(process.info["cmdline"] or []):
-                continue
-            env = process.environ()
-        except (psutil.Error, OSError):
-            continue
-        ids = (env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID"), env.get("SLURM_PROCID"))
-        if ids == (array, task, str(rank)):
-            return process.pid
-    return None
-
-
-def _committed(uri: str) -> list[int]:
-    from vito.checkpoint import CheckpointStore
-
-    return CheckpointStore(uri).committed_steps()
-
-
-def _loss_steps(home: Path, run_id: str) -> list[int]:
-    return sorted(m.step for m in _client(home).get_metric_history(run_id, "train/loss"))
-
-
 def _weights(home: Path, scratch: Path):
-    from tests.checkpoints import final_weights
-
-    (trial,) = _trials(home)
+    (trial,) = trial_runs(home)
     return final_weights(trial.data.tags["vitolaunch.checkpoint_uri"], scratch)
 
 
@@ -162,7 +64,7 @@ def _assert_same_weights(reference: dict, other: dict) -> None:
 def test_dry_run_prints_the_script_and_the_controller_refuses_bad_resources_before_queueing(tmp_path, cancel_on_exit):
     home = tmp_path / "home"
     cancel_on_exit("it-dry")
-    ok = vitolaunch(home, "sweep", str(_slurm_spec(tmp_path, "it-dry", {"loss.temperature": [0.1, 0.2, 0.3]})),
+    ok = vitolaunch(home, "sweep", str(write_slurm_spec(tmp_path, "it-dry", {"loss.temperature": [0.1, 0.2, 0.3]})),
                     "--dry-run").stdout
     for line in ("#SBATCH --array=0-2%2", "#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=1", "#SBATCH --signal=USR2@"):
         assert line in ok, ok
@@ -174,15 +76,15 @@ def test_dry_run_prints_the_script_and_the_controller_refuses_bad_resources_befo
         "resources.timeout_min": {"partition": "short", "timeout_min": 20},
     }
     for key, resources in bad.items():
-        spec = _slurm_spec(tmp_path / key, "it-dry", {"loss.temperature": [0.1]}, **resources)
+        spec = write_slurm_spec(tmp_path / key, "it-dry", {"loss.temperature": [0.1]}, **resources)
         for extra in (("--dry-run",), ()):
             result = vitolaunch(home, "sweep", str(spec), *extra, check=False)
             assert result.returncode == 2, (key, extra, result.stdout, result.stderr)
             assert key in result.stderr and "Traceback" not in result.stderr, result.stderr
     queued = subprocess.run(["squeue", "-h", "--name", "it-dry"], capture_output=True, text=True, timeout=30).stdout
     assert queued.strip() == "", f"a refused sweep queued jobs: {queued}"
-    assert not _client(home).search_runs(
-        [e.experiment_id for e in _client(home).search_experiments()], "tags.`vitolaunch.kind` = 'trial'"
+    assert not mlflow_client(home).search_runs(
+        [e.experiment_id for e in mlflow_client(home).search_experiments()], "tags.`vitolaunch.kind` = 'trial'"
     ), "a refused sweep created trial runs"
 
 
@@ -252,11 +154,11 @@ def test_split_arrays_never_run_more_than_array_parallelism_at_once(tmp_path, ca
 def test_three_two_node_trials_run_as_one_array_with_status_logs_and_idempotent_sweeps(tmp_path, cancel_on_exit):
     home = tmp_path / "home"
     cancel_on_exit("it-array")
-    spec = _slurm_spec(tmp_path, "it-array", {"loss.temperature": [0.1, 0.2, 0.3]},
-                       train={"steps": 100, "log_every": 10}, array_parallelism=2)
+    spec = write_slurm_spec(tmp_path, "it-array", {"loss.temperature": [0.1, 0.2, 0.3]},
+                             train={"steps": 100, "log_every": 10}, array_parallelism=2)
     out = vitolaunch(home, "sweep", str(spec)).stdout
     assert "3 submitted" in out, out
-    trials = _trials(home)
+    trials = trial_runs(home)
     jobs = [t.data.tags["vitolaunch.job_id"] for t in trials]
     arrays = {j.split("_")[0] for j in jobs}
     assert len(arrays) == 1 and sorted(j.split("_")[1] for j in jobs) == ["0", "1", "2"], jobs
@@ -267,11 +169,11 @@ def test_three_two_node_trials_run_as_one_array_with_status_logs_and_idempotent_
     # Sweeping again while they run submits nothing.
     again = vitolaunch(home, "sweep", str(spec)).stdout
     assert "already queued or running: skipped" in again and "submitted" not in again.replace("0 submitted", ""), again
-    assert len(_trials(home)) == 3
+    assert len(trial_runs(home)) == 3
 
     # Status while running: every trial active, from one sacct query; with --stalled-after 0 a running
     # trial that has been quiet for any time at all is STALLED.
-    _wait_run(home, trials[0].info.run_id, lambda r: r.data.metrics.get("train/step", 0) >= 10, 120, "trial 0 to train")
+    wait_for_run(home, trials[0].info.run_id, lambda r: r.data.metrics.get("train/step", 0) >= 10, 120, "trial 0 to train")
     rows = _rows(home, "it-array", "--stalled-after", "0")
     states = [r["state"] for r in rows]
     assert set(states) <= {"QUEUED", "RUNNING", "STALLED", "COMPLETED"}, states
@@ -282,18 +184,18 @@ def test_three_two_node_trials_run_as_one_array_with_status_logs_and_idempotent_
     assert [r["job_id"] for r in rows] == jobs
 
     for trial in trials:
-        _wait_run(home, trial.info.run_id, _finished, 300, f"trial {trial.info.run_id} to end")
+        wait_for_run(home, trial.info.run_id, run_ended, 300, f"trial {trial.info.run_id} to end")
     rows = _rows(home, "it-array")
     assert [r["state"] for r in rows] == ["COMPLETED"] * 3, rows
     assert all(r["step"] == r["total_steps"] == 100 for r in rows), rows
 
     # MLflow: one parent, three finished children with metrics on one step axis.
-    client = _client(home)
-    parents = {t.data.tags["mlflow.parentRunId"] for t in _trials(home)}
+    client = mlflow_client(home)
+    parents = {t.data.tags["mlflow.parentRunId"] for t in trial_runs(home)}
     assert len(parents) == 1 and client.get_run(parents.pop()).data.tags["vitolaunch.kind"] == "sweep"
-    for trial in _trials(home):
+    for trial in trial_runs(home):
         assert trial.info.status == "FINISHED"
-        assert _loss_steps(home, trial.info.run_id) == list(range(10, 101, 10))
+        assert logged_loss_steps(home, trial.info.run_id) == list(range(10, 101, 10))
         # ZeRO-2 over both ranks: each rank's optimizer shard is in the committed checkpoint.
         from vito.checkpoint import CheckpointStore
 
@@ -303,7 +205,7 @@ def test_three_two_node_trials_run_as_one_array_with_status_logs_and_idempotent_
 
     # SLURM: every task on both nodes, never more than 2 at once. MLflow says FINISHED as soon as training
     # returns; the batch step ends (and sacct catches up) a little later: poll, do not assert one snapshot.
-    accounted = {j: _wait_sacct(j, "COMPLETED") for j in jobs}
+    accounted = {j: wait_for_sacct_state(j, "COMPLETED") for j in jobs}
     assert all(accounted[j]["NodeList"] == "n[1-2]" for j in jobs), accounted
     spans = sorted((accounted[j]["Start"], accounted[j]["End"]) for j in jobs)
     assert spans[2][0] >= min(spans[0][1], spans[1][1]), f"3 tasks overlapped with array_parallelism 2: {spans}"
@@ -333,31 +235,19 @@ def test_three_two_node_trials_run_as_one_array_with_status_logs_and_idempotent_
 
 # ---------------------------------------------------------------- preemption and crashes
 
-LONG = {"steps": 200, "log_every": 5}
-CHECKPOINTS = {"every_steps": 25, "keep_last": 3}
-
-
-def _long_spec(folder: Path, name: str, **resources) -> Path:
-    path = _slurm_spec(folder, name, {"loss.temperature": [0.2]}, train=LONG, **resources)
-    spec = yaml.safe_load(path.read_text())
-    spec["base"]["checkpoint"].update(CHECKPOINTS)
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    return path
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, slurm_cluster, job_environment):
     """An uninterrupted run of the long trial, submitted once and shared: compared against bitwise."""
     folder = tmp_path_factory.mktemp("reference")
     home = folder / "home"
-    vitolaunch(home, "sweep", str(_long_spec(folder, "it-reference")))
+    vitolaunch(home, "sweep", str(write_long_spec(folder, "it-reference")))
     yield home
     subprocess.run(["scancel", "--name", "it-reference"], capture_output=True, timeout=30)
 
 
 def _reference_weights(reference: Path, scratch: Path):
-    (trial,) = _trials(reference)
-    run = _wait_run(reference, trial.info.run_id, _finished, 400, "the reference run")
+    (trial,) = trial_runs(reference)
+    run = wait_for_run(reference, trial.info.run_id, run_ended, 400, "the reference run")
     assert run.info.status == "FINISHED"
     return _weights(reference, scratch)
 
@@ -366,16 +256,16 @@ def _reference_weights(reference: Path, scratch: Path):
 def test_preempted_trial_requeues_itself_and_resumes_to_the_same_weights(tmp_path, reference, cancel_on_exit):
     home = tmp_path / "home"
     cancel_on_exit("it-preempt")
-    vitolaunch(home, "sweep", str(_long_spec(tmp_path, "it-preempt")))
-    (trial,) = _trials(home)
+    vitolaunch(home, "sweep", str(write_long_spec(tmp_path, "it-preempt")))
+    (trial,) = trial_runs(home)
     run_id, job = trial.info.run_id, trial.data.tags["vitolaunch.job_id"]
 
     at = random.Random().randint(20, 120)
-    _wait_run(home, run_id, lambda r: r.data.metrics.get("train/step", 0) >= at or _finished(r), 300, f"step {at}")
+    wait_for_run(home, run_id, lambda r: r.data.metrics.get("train/step", 0) >= at or run_ended(r), 300, f"step {at}")
     # SLURM's warning signal, as --signal=USR2@N sends it: to every rank of the job step.
     subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=30)
-    requeued = _wait_run(home, run_id, lambda r: "vitolaunch.last_requeue" in r.data.tags or _finished(r), 120,
-                         "the requeue")
+    requeued = wait_for_run(home, run_id, lambda r: "vitolaunch.last_requeue" in r.data.tags or run_ended(r), 120,
+                            "the requeue")
     assert requeued.info.status != "FINISHED", "finished before the signal arrived: make the trial longer"
     stopped_at = int(requeued.data.tags["vitolaunch.last_requeue"].split()[-1])
     assert stopped_at >= at
@@ -384,15 +274,15 @@ def test_preempted_trial_requeues_itself_and_resumes_to_the_same_weights(tmp_pat
     row = _rows(home, "it-preempt")[0]
     assert row["state"] in ("QUEUED", "RUNNING"), row
 
-    done = _wait_run(home, run_id, _finished, 400, "the requeued trial to finish")
+    done = wait_for_run(home, run_id, run_ended, 400, "the requeued trial to finish")
     assert done.info.status == "FINISHED", done.data.tags
     assert done.data.tags["vito.resumed_from_step"] == str(stopped_at)
     assert json.loads(done.data.tags["vitolaunch.retries"]) == {"preemption": 1, "timeout": 0, "crash": 0}
     assert done.data.tags["vitolaunch.slurm_restart_count"] == "1"
     assert done.data.tags["vitolaunch.job_id"] == job, "the same array task, requeued: not a new job"
     # The same MLflow run, and a step axis without gaps or repeats (the stop saved the very step it was at).
-    assert _loss_steps(home, run_id) == list(range(5, 201, 5))
-    _wait_sacct(job, "COMPLETED")
+    assert logged_loss_steps(home, run_id) == list(range(5, 201, 5))
+    wait_for_sacct_state(job, "COMPLETED")
 
     _assert_same_weights(_reference_weights(reference, tmp_path / "a"), _weights(home, tmp_path / "b"))
 
@@ -403,51 +293,51 @@ def test_sigkilled_rank_is_retried_from_the_last_checkpoint_then_resume_continue
 ):
     home = tmp_path / "home"
     cancel_on_exit("it-crash")
-    vitolaunch(home, "sweep", str(_long_spec(tmp_path, "it-crash", retries={"crash": 1, "timeout": 0})))
-    (trial,) = _trials(home)
+    vitolaunch(home, "sweep", str(write_long_spec(tmp_path, "it-crash", retries={"crash": 1, "timeout": 0})))
+    (trial,) = trial_runs(home)
     run_id, job = trial.info.run_id, trial.data.tags["vitolaunch.job_id"]
     uri = trial.data.tags["vitolaunch.checkpoint_uri"]
 
     def kill_rank_1_after(step: int) -> int:
         deadline = time.monotonic() + 300
-        while not [s for s in _committed(uri) if s >= step]:
+        while not [s for s in committed_steps(uri) if s >= step]:
             assert time.monotonic() < deadline, f"no checkpoint at step >= {step} in time"
             time.sleep(0.2)
-        pid = _rank_pid(job, 1)
+        pid = rank_pid(job, 1)
         assert pid is not None, "rank 1 is not running"
         os.kill(pid, signal.SIGKILL)
-        committed = _committed(uri)[-1]
-        assert committed < LONG["steps"], "the trial finished before it could be killed: make it longer"
+        committed = committed_steps(uri)[-1]
+        assert committed < LONG_TRAIN["steps"], "the trial finished before it could be killed: make it longer"
         return committed
 
     first = kill_rank_1_after(25)
-    retried = _wait_run(
-        home, run_id, lambda r: "crash" in r.data.tags.get("vitolaunch.last_requeue", "") or _finished(r),
+    retried = wait_for_run(
+        home, run_id, lambda r: "crash" in r.data.tags.get("vitolaunch.last_requeue", "") or run_ended(r),
         120, "the crash retry",
     )
     assert json.loads(retried.data.tags["vitolaunch.retries"])["crash"] == 1, retried.data.tags
-    _wait_run(home, run_id, lambda r: r.data.tags.get("vito.resumed_from_step") == str(first) or _finished(r), 180,
-              f"the retry to resume from step {first}")
+    wait_for_run(home, run_id, lambda r: r.data.tags.get("vito.resumed_from_step") == str(first) or run_ended(r), 180,
+                 f"the retry to resume from step {first}")
 
     # A second crash: the one crash retry is spent, so the trial fails (it never hangs)...
     second = kill_rank_1_after(first + 25)
-    failed = _wait_run(home, run_id, _finished, 180, "the trial to fail")
+    failed = wait_for_run(home, run_id, run_ended, 180, "the trial to fail")
     assert failed.info.status == "FAILED", failed.data.tags
     rows = _rows(home, "it-crash")
     assert rows[0]["state"] == "FAILED", rows
-    _wait_sacct(job, "FAILED")
+    wait_for_sacct_state(job, "FAILED")
 
     # ...and `vitolaunch resume` continues it from its last committed checkpoint in the same MLflow run.
     out = vitolaunch(home, "resume", run_id).stdout
     assert run_id in out, out
-    done = _wait_run(home, run_id, lambda r: r.info.status == "FINISHED" or (
-        r.info.status in TERMINAL and r.data.tags.get("vito.resumed_from_step") == str(second)),
+    done = wait_for_run(home, run_id, lambda r: r.info.status == "FINISHED" or (
+        r.info.status in TERMINAL_STATUSES and r.data.tags.get("vito.resumed_from_step") == str(second)),
         400, "the resumed trial")
     assert done.info.status == "FINISHED", done.data.tags
     assert done.data.tags["vito.resumed_from_step"] == str(second)
     assert done.data.tags["vitolaunch.job_id"] != job, "resume submits a new job"
     # No gaps: steps redone after a crash (logged, then lost with the process) are logged again.
-    assert sorted(set(_loss_steps(home, run_id))) == list(range(5, 201, 5))
+    assert sorted(set(logged_loss_steps(home, run_id))) == list(range(5, 201, 5))
 
     _assert_same_weights(_reference_weights(reference, tmp_path / "a"), _weights(home, tmp_path / "b"))
 
@@ -459,11 +349,11 @@ def test_sigkilled_rank_is_retried_from_the_last_checkpoint_then_resume_continue
 def test_cancel_logs_and_unknown_when_sacct_is_unreachable(tmp_path, cancel_on_exit):
     home = tmp_path / "home"
     cancel_on_exit("it-cancel")
-    spec = _slurm_spec(tmp_path, "it-cancel", {"loss.temperature": [0.2]}, train={"steps": 100000, "log_every": 5})
+    spec = write_slurm_spec(tmp_path, "it-cancel", {"loss.temperature": [0.2]}, train={"steps": 100000, "log_every": 5})
     vitolaunch(home, "sweep", str(spec))
-    (trial,) = _trials(home)
+    (trial,) = trial_runs(home)
     run_id, job = trial.info.run_id, trial.data.tags["vitolaunch.job_id"]
-    _wait_run(home, run_id, lambda r: r.data.metrics.get("train/step", 0) >= 5, 180, "training to start")
+    wait_for_run(home, run_id, lambda r: r.data.metrics.get("train/step", 0) >= 5, 180, "training to start")
 
     assert _rows(home, "it-cancel")[0]["state"] == "RUNNING"
     # No sacct, no squeue on PATH: the scheduler cannot be asked, which is UNKNOWN, never FAILED.
@@ -484,13 +374,13 @@ def test_cancel_logs_and_unknown_when_sacct_is_unreachable(tmp_path, cancel_on_e
 
     rows = _rows(home, "it-cancel")
     assert rows[0]["state"] == "CANCELLED", rows
-    _wait_sacct(job, "CANCELLED")
+    wait_for_sacct_state(job, "CANCELLED")
     deadline = time.monotonic() + 30
-    while _rank_pid(job, 0) or _rank_pid(job, 1):
+    while rank_pid(job, 0) or rank_pid(job, 1):
         assert time.monotonic() < deadline, "ranks still alive after cancel"
         time.sleep(0.5)
     # The ranks saved where they stopped on scancel's SIGTERM (within KillWait), and that step is committed.
-    run = _wait_run(home, run_id, lambda r: "vitolaunch.terminated_at_step" in r.data.tags, 30, "the SIGTERM save")
+    run = wait_for_run(home, run_id, lambda r: "vitolaunch.terminated_at_step" in r.data.tags, 30, "the SIGTERM save")
     stopped_at = int(run.data.tags["vitolaunch.terminated_at_step"])
-    assert stopped_at >= 5 and _committed(trial.data.tags["vitolaunch.checkpoint_uri"])[-1] == stopped_at
+    assert stopped_at >= 5 and committed_steps(trial.data.tags["vitolaunch.checkpoint_uri"])[-1] == stopped_at
     assert _rows(home, "it-cancel")[0]["state"] == "CANCELLED"

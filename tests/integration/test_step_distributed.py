@@ -5,22 +5,17 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
+from tests.integration.gloo_ranks import free_loopback_port
+
 pytestmark = pytest.mark.integration
 
 WORLD = 2
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _join(rank: int, port: int, world: int = WORLD) -> None:
@@ -63,7 +58,7 @@ def _batch_norm_worker(rank: int, port: int, out: str) -> None:
 
 @pytest.mark.timeout(300)
 def test_global_batch_norm_and_gathered_negatives_match_one_big_batch(tmp_path):
-    mp.start_processes(_batch_norm_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, start_method="spawn")
+    mp.start_processes(_batch_norm_worker, args=(free_loopback_port(), str(tmp_path)), nprocs=WORLD, start_method="spawn")
     results = [torch.load(tmp_path / f"bn{rank}.pt") for rank in range(WORLD)]
 
     torch.manual_seed(0)
@@ -123,7 +118,7 @@ def _stop_worker(rank: int, port: int, work: str) -> None:
 
 @pytest.mark.timeout(300)
 def test_a_stop_heard_by_one_rank_stops_every_rank_at_the_same_check_step(tmp_path):
-    mp.start_processes(_stop_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, start_method="spawn")
+    mp.start_processes(_stop_worker, args=(free_loopback_port(), str(tmp_path)), nprocs=WORLD, start_method="spawn")
     results = [json.loads((tmp_path / f"stop{rank}.json").read_text()) for rank in range(WORLD)]
     for result in results:
         # Not at step 1: the flag is read every 3 steps only, and both ranks agree at the first such step.
@@ -154,7 +149,7 @@ def _compile_worker(rank: int, port: int, work: str) -> None:
 
 @pytest.mark.timeout(300)
 def test_compiled_training_runs_keeps_checkpoint_names_and_leaves_warmup_out_of_throughput(tmp_path):
-    mp.start_processes(_compile_worker, args=(_free_port(), str(tmp_path)), nprocs=1, start_method="spawn")
+    mp.start_processes(_compile_worker, args=(free_loopback_port(), str(tmp_path)), nprocs=1, start_method="spawn")
     result = json.loads((tmp_path / "compile.json").read_text())
     assert result["completed"] and result["compiled"] and result["committed"] == [5]
     assert not result["prefixed"]  # compiled in place: the eager model's names, so checkpoints interchange

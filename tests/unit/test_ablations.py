@@ -14,10 +14,9 @@ import numpy as np
 import pytest
 import torch
 
+from tests.unit.tiny_model import views
 from vito.config import SyntheticConfig, VitoConfig
-from vito.data.manifest import VideoRecord, read_manifest
 from vito.data.pairs import PairSampler
-from vito.data.synthetic import ensure_synthetic_videos
 from vito.data.video import decode_frames_at
 from vito.loss import info_nce
 from vito.model import AttentionPool, AveragePool, VitoModel, ema_momentum
@@ -47,14 +46,9 @@ def trials(tmp_path: Path, parameters: str, base_extra: str = "") -> list[VitoCo
 
 
 @pytest.fixture(scope="module")
-def records(tmp_path_factory: pytest.TempPathFactory) -> list[VideoRecord]:
-    return read_manifest(ensure_synthetic_videos(tmp_path_factory.mktemp("videos"), TINY))
-
-
-def views(batch: int = 8, size: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    return (torch.randn(batch, 3, size, size, generator=generator),
-            torch.randn(batch, 3, size, size, generator=generator))
+def synthetic_videos() -> SyntheticConfig:
+    """The videos of `records` (tests/unit/conftest.py)."""
+    return TINY
 
 
 # ------------------------------------------------------------------------------------------ pair source

@@ -9,9 +9,7 @@ import torch
 from vito.config import AugmentConfig, DataConfig, SyntheticConfig
 from vito.data.augment import PHOTOMETRIC_FIELDS, augment_view, crop_uint8, draw_view_params, resize_square
 from vito.data.batch_augment import PairCrops, augment_batch, augment_pairs
-from vito.data.manifest import read_manifest
 from vito.data.pairs import FramePairDataset, PairSampler, build_pair_loader
-from vito.data.synthetic import ensure_synthetic_videos
 
 torch.set_num_threads(1)
 
@@ -89,9 +87,9 @@ def test_bad_input_is_refused() -> None:
 
 
 @pytest.fixture(scope="module")
-def records(tmp_path_factory):
-    cfg = SyntheticConfig(num_videos=6, num_frames=12, fps=8, size=32, num_classes=3, seed=3)
-    return read_manifest(ensure_synthetic_videos(tmp_path_factory.mktemp("videos"), cfg))
+def synthetic_videos() -> SyntheticConfig:
+    """The videos of `records` (tests/unit/conftest.py)."""
+    return SyntheticConfig(num_videos=6, num_frames=12, fps=8, size=32, num_classes=3, seed=3)
 
 
 def test_loader_batches_augment_to_the_reference_views(records) -> None:

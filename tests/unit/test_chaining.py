@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from tests.unit.run_records import run_record
 from vitolaunch.backends import SchedulerState
 from vitolaunch.job.chained_wait import target_outcome
 from vitolaunch.results.states import TrialState, merge_state
 from vitolaunch.tracking.records import TAG_PRUNED_AT_STEP, TAG_STOPPED_AT_STEP, TAG_WAITS_FOR_RUN
-from vitolaunch.tracking.store import RunRecord
 
 
 @pytest.mark.parametrize(
@@ -28,10 +28,7 @@ def test_target_outcome(status, tags, expected):
 
 
 def test_an_evaluation_whose_job_waits_for_its_target_shows_queued_until_it_starts_evaluating():
-    def run(status: str, **tags: str) -> RunRecord:
-        return RunRecord(run_id="r", name="n", status=status, start_time=0, end_time=None, tags=tags)
-
     waiting = {TAG_WAITS_FOR_RUN: "pretraining"}
-    assert merge_state(run("SCHEDULED", **waiting), SchedulerState.RUNNING) is TrialState.QUEUED
-    assert merge_state(run("RUNNING", **waiting), SchedulerState.RUNNING) is TrialState.RUNNING
-    assert merge_state(run("SCHEDULED"), SchedulerState.RUNNING) is TrialState.RUNNING
+    assert merge_state(run_record("SCHEDULED", waiting), SchedulerState.RUNNING) is TrialState.QUEUED
+    assert merge_state(run_record("RUNNING", waiting), SchedulerState.RUNNING) is TrialState.RUNNING
+    assert merge_state(run_record("SCHEDULED"), SchedulerState.RUNNING) is TrialState.RUNNING

@@ -28,8 +28,9 @@ TINY = SyntheticConfig(num_videos=8, num_frames=12, fps=8, size=32, num_classes=
 
 
 @pytest.fixture(scope="module")
-def records(tmp_path_factory: pytest.TempPathFactory) -> list[VideoRecord]:
-    return read_manifest(ensure_synthetic_videos(tmp_path_factory.mktemp("videos"), TINY))
+def synthetic_videos() -> SyntheticConfig:
+    """The videos of `records` (tests/unit/conftest.py)."""
+    return TINY
 
 
 def data_cfg(**overrides) -> DataConfig:

@@ -15,7 +15,7 @@ from vito.data.health import SkipReporter
 from vito.data.manifest import VideoRecord, read_manifest, write_manifest
 from vito.data.manifest_builder import build_manifest, read_labels_file
 from vito.data.pairs import FramePairDataset, PairSampler, build_pair_loader, gap_magnitude, place_second
-from vito.data.synthetic import CLASS_NAMES, ensure_synthetic_videos
+from vito.data.synthetic import CLASS_NAMES
 from vito.data.video import decode_all_frames, decode_frames_at, is_remote
 
 torch.set_num_threads(1)
@@ -24,8 +24,9 @@ TINY = SyntheticConfig(num_videos=6, num_frames=12, fps=8, size=32, num_classes=
 
 
 @pytest.fixture(scope="module")
-def records(tmp_path_factory: pytest.TempPathFactory) -> list[VideoRecord]:
-    return read_manifest(ensure_synthetic_videos(tmp_path_factory.mktemp("videos"), TINY))
+def synthetic_videos() -> SyntheticConfig:
+    """The videos of `records` (tests/unit/conftest.py)."""
+    return TINY
 
 
 @pytest.fixture

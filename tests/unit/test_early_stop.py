@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.run_records import run_record
 from vitolaunch.errors import SpecError
 from vitolaunch.job.rungs import decide
 from vitolaunch.results.states import TrialState, merge_state
 from vitolaunch.spec import EarlyStop, check_early_stop, expand, load_spec
 from vitolaunch.tracking.records import TAG_PRUNE_OVERRIDDEN, TAG_PRUNED_AT_STEP
-from vitolaunch.tracking.store import RunRecord
 
 
 def rule(**changes) -> EarlyStop:
@@ -135,16 +135,12 @@ def test_malformed_sections_are_one_located_error(tmp_path, section, words):
 # ---------------------------------------------------------------- the state
 
 
-def _run(status: str, **tags: str) -> RunRecord:
-    return RunRecord(run_id="r", name="n", status=status, start_time=0, end_time=None, tags=tags)
-
-
 def test_a_pruned_trial_is_pruned_terminal_and_not_cancelled():
-    state = merge_state(_run("KILLED", **{TAG_PRUNED_AT_STEP: "4"}), None)
+    state = merge_state(run_record("KILLED", {TAG_PRUNED_AT_STEP: "4"}), None)
     assert state is TrialState.PRUNED and state.is_terminal and not state.is_active
 
 
 def test_a_pruned_trial_resumed_by_hand_is_no_longer_pruned():
     tags = {TAG_PRUNED_AT_STEP: "4", TAG_PRUNE_OVERRIDDEN: "resumed at step 4"}
-    assert merge_state(_run("KILLED", **tags), None) is TrialState.CANCELLED
-    assert merge_state(_run("FINISHED", **tags), None) is TrialState.COMPLETED
+    assert merge_state(run_record("KILLED", tags), None) is TrialState.CANCELLED
+    assert merge_state(run_record("FINISHED", tags), None) is TrialState.COMPLETED

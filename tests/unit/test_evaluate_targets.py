@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.fake_registry import FakeRegistry
+from tests.unit.run_records import RunRecord, run_record
 from vito.checkpoint import MARKER_CONFIG, CheckpointStore
 from vito.config import VitoConfig
 from vitolaunch.errors import SpecError, VitolaunchError
 from vitolaunch.launch.evaluate_targets import expand_evaluate
 from vitolaunch.spec import expand, load_spec
 from vitolaunch.tracking.records import TAG_CHECKPOINT, TAG_KIND, TAG_SWEEP, TAG_SWEPT
-from vitolaunch.tracking.store import RunRecord
 
 PRETRAIN = VitoConfig.model_validate({"model": {"width": 8}, "train": {"steps": 7}, "eval": {"train_clips": 9}})
 
@@ -32,40 +33,10 @@ def committed_store(root: Path, steps: tuple[int, ...]) -> str:
     return str(root)
 
 
-class FakeRegistry:
-    """The registry's public queries over a fixed set of records, as vitolaunch.tracking.mlflow_store.Registry answers them."""
-
-    def __init__(self, sweeps: dict[str, list[RunRecord]], configs: dict[str, dict]):
-        self.sweeps = sweeps
-        self.configs = configs
-
-    def resolve(self, reference: str) -> RunRecord:
-        if reference in self.sweeps:
-            return RunRecord(f"sweep-{reference}", reference, "RUNNING", None, None, {TAG_KIND: "sweep", TAG_SWEEP: reference},
-                             experiment_id="7")
-        for trials in self.sweeps.values():
-            for trial in trials:
-                if trial.run_id.startswith(reference):
-                    return trial
-        raise VitolaunchError(f"no sweep or trial '{reference}'")
-
-    def trials(self, sweep: RunRecord) -> list[RunRecord]:
-        return self.sweeps[sweep.sweep]
-
-    def config_of(self, trial: RunRecord) -> dict:
-        return self.configs[trial.run_id]
-
-    def all_trials(self) -> list[RunRecord]:
-        return [trial for trials in self.sweeps.values() for trial in trials]
-
-    def experiment_name(self, experiment_id: str) -> str:
-        return f"exp-{experiment_id}"
-
-
 def trial_record(run_id: str, checkpoint: str, status: str = "FINISHED", temperature: float = 0.1) -> RunRecord:
     tags = {TAG_KIND: "trial", TAG_SWEEP: "pre", TAG_CHECKPOINT: checkpoint,
             TAG_SWEPT: json.dumps({"loss.temperature": temperature})}
-    return RunRecord(run_id, f"pre-{run_id}", status, None, None, tags, experiment_id="7")
+    return run_record(status, tags, run_id=run_id, name=f"pre-{run_id}", start_time=None, experiment_id="7")
 
 
 @pytest.fixture
@@ -206,7 +177,7 @@ def test_a_marker_without_config_is_one_clear_error(tmp_path: Path, registry: Fa
 
 RESOLVE_WITHOUT_TORCH = """
 import sys
-from tests.unit.test_evaluate_targets import FakeRegistry
+from tests.unit.fake_registry import FakeRegistry
 from vitolaunch.launch.evaluate_targets import expand_evaluate
 from vitolaunch.spec import expand, load_spec
 

@@ -8,23 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vito.config import EMAConfig, LossConfig, ModelConfig, OptimConfig
+from tests.unit.tiny_model import tiny_model_cfg, views
+from vito.config import EMAConfig, LossConfig, OptimConfig
 from vito.loss import info_nce
 from vito.model import AttentionPool, AveragePool, ResNet, VitoModel, ema_momentum
 from vito.optim import LARS, build_optimizer, learning_rate, param_groups_for
 
 torch.set_num_threads(1)
-
-
-def tiny_model_cfg(**overrides) -> ModelConfig:
-    fields = dict(arch="resnet18", width=8, pool_hidden=16, proj_hidden=32, proj_dim=16, pred_hidden=32)
-    fields.update(overrides)
-    return ModelConfig(**fields)
-
-
-def views(batch: int = 8, size: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, 3, size, size, generator=generator), torch.randn(batch, 3, size, size, generator=generator)
 
 
 # ------------------------------------------------------------------------------------------ backbone
@@ -134,6 +124,22 @@ def test_info_nce_computes_in_float32_from_bf16():
     loss = info_nce(a.bfloat16(), b.bfloat16(), 0.1)
     assert loss.dtype == torch.float32
     assert loss.item() == pytest.approx(info_nce(a.bfloat16().float(), b.bfloat16().float(), 0.1).item(), abs=1e-6)
+
+
+def test_info_nce_compiles_into_its_caller_s_graph_under_autocast():
+    # torch 2.11 (the lent GPU machine's) broke the compiled step's graph at the autocast-availability check,
+    # into two graphs; 2.13 did not. The op before the call stands for the model that feeds the loss.
+    from torch._dynamo.testing import CompileCounter
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    counter = CompileCounter()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = torch.compile(lambda a, b: info_nce(a * 2.0, b, 0.1), backend=counter)(torch.randn(8, 16), torch.randn(8, 16))
+    assert counter.frame_count == 1 and not counters["graph_break"] and loss.dtype == torch.float32
+    with torch.device("meta"):  # no autocast there: counting FLOPs takes the plain path
+        assert info_nce(torch.randn(4, 8), torch.randn(4, 8), 0.1).device.type == "meta"
 
 
 # ------------------------------------------------------------------------------------------ VitoModel

@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from tests.unit.run_records import run_record
 from vitolaunch.errors import SpecError, VitolaunchError
 from vitolaunch.results.mlflow_ui import experiment_tags, runs_page, shared_view, view_key
 from vitolaunch.results.ranking import (
@@ -35,7 +36,6 @@ from vitolaunch.tracking.records import (
     TAG_TASK,
     RunStatus,
 )
-from vitolaunch.tracking.store import RunRecord
 
 MAX = Ranking("eval/acc", "max")
 MIN = Ranking("train/loss", "min")
@@ -112,18 +112,14 @@ def test_parent_status_follows_its_trials(states, expected):
     assert fold_status(TrialState(s) for s in states) is expected
 
 
-def _record(run_id: str, status: str = "RUNNING", tags: dict | None = None, metrics: dict | None = None) -> RunRecord:
-    return RunRecord(run_id, run_id, status, 0.0, None, dict(tags or {}), metrics=dict(metrics or {}))
-
-
 def test_needs_update_only_when_the_parent_disagrees_with_its_trials():
-    sweep = _record("p", "RUNNING", {TAG_OBJECTIVE_METRIC: "eval/acc", TAG_OBJECTIVE_MODE: "max"})
-    trials = [_record("a", "FINISHED", metrics={"eval/acc": 0.5}), _record("b", "RUNNING")]
+    sweep = run_record("RUNNING", {TAG_OBJECTIVE_METRIC: "eval/acc", TAG_OBJECTIVE_MODE: "max"}, run_id="p")
+    trials = [run_record("FINISHED", run_id="a", metrics={"eval/acc": 0.5}), run_record("RUNNING", run_id="b")]
     running = {"a": TrialState.COMPLETED, "b": TrialState.RUNNING}
     assert not needs_update(sweep, trials, running)
     ended = {"a": TrialState.COMPLETED, "b": TrialState.FAILED}
     assert needs_update(sweep, trials, ended)
-    summarized = _record("p", "FAILED", {**sweep.tags, TAG_SUMMARY_OF: fingerprint(trials, ended, ranking_of(sweep))})
+    summarized = run_record("FAILED", {**sweep.tags, TAG_SUMMARY_OF: fingerprint(trials, ended, ranking_of(sweep))}, run_id="p")
     assert not needs_update(summarized, trials, ended)
     # A resumed trial runs again: the FAILED parent is out of date, and so is its summary once it ends anew.
     assert needs_update(summarized, trials, running)
@@ -131,8 +127,8 @@ def test_needs_update_only_when_the_parent_disagrees_with_its_trials():
 
 
 def test_ranking_comes_from_the_sweep_tags_else_the_task_default():
-    assert ranking_of(_record("p", tags={TAG_OBJECTIVE_METRIC: "train/loss", TAG_OBJECTIVE_MODE: "min"})) == MIN
-    assert ranking_of(_record("p", tags={TAG_TASK: "evaluate"})) == Ranking("eval/linear_probe_acc", "max")
+    assert ranking_of(run_record(tags={TAG_OBJECTIVE_METRIC: "train/loss", TAG_OBJECTIVE_MODE: "min"}, run_id="p")) == MIN
+    assert ranking_of(run_record(tags={TAG_TASK: "evaluate"}, run_id="p")) == Ranking("eval/linear_probe_acc", "max")
 
 
 def test_shared_view_filters_the_sweeps_trials_sorts_by_the_objective_and_shows_swept_columns():

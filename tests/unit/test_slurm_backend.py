@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.run_records import run_record
 from vitolaunch.backends import SchedulerState as S, SchedulerView, slurm_retry
 from vitolaunch.backends.slurm import (
     parse_job_table,
@@ -22,7 +23,6 @@ from vitolaunch.backends.slurm import (
 from vitolaunch.results.states import TrialState as T, trial_states
 from vitolaunch.spec.resources import Resources
 from vitolaunch.tracking.records import TAG_JOB_STARTED_AT
-from vitolaunch.tracking.store import RunRecord
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -175,9 +175,8 @@ def test_after_step_leaves_a_task_alone_that_requeued_itself(monkeypatch, tmp_pa
     assert slurm_retry.after_step(0, str(tmp_path)) == 0
 
 
-def _record(status: str, **tags: str) -> RunRecord:
-    return RunRecord("r", "n", status, 0, None, {"vitolaunch.job_id": "1_0", "vitolaunch.backend": "fake", **tags},
-                     last_metric_time=None)
+# A trial run queued as job 1_0 on the backend that the test replaces with a fake.
+FAKE_JOB_TAGS = {"vitolaunch.job_id": "1_0", "vitolaunch.backend": "fake"}
 
 
 def test_a_running_trial_quiet_for_too_long_is_stalled(monkeypatch):
@@ -188,12 +187,12 @@ def test_a_running_trial_quiet_for_too_long_is_stalled(monkeypatch):
             return SchedulerView({h.job_id: S.RUNNING for h in handles}, start_times={"1_0": 1000.0})
 
     monkeypatch.setattr(states, "make_backend", lambda name: Fake())
-    quiet = _record("RUNNING")
+    quiet = run_record("RUNNING", FAKE_JOB_TAGS)
     assert trial_states([quiet], stalled_after=600, now=1500.0)["r"] is T.RUNNING
     assert trial_states([quiet], stalled_after=600, now=1700.0)["r"] is T.STALLED
     quiet.last_metric_time = 1650.0
     assert trial_states([quiet], stalled_after=600, now=1700.0)["r"] is T.RUNNING
-    restarted = _record("RUNNING", **{TAG_JOB_STARTED_AT: "1690"})
+    restarted = run_record("RUNNING", {**FAKE_JOB_TAGS, TAG_JOB_STARTED_AT: "1690"})
     assert trial_states([restarted], stalled_after=5, now=1700.0)["r"] is T.STALLED
     assert trial_states([restarted], stalled_after=60, now=1700.0)["r"] is T.RUNNING
     assert T.STALLED.is_active and not T.STALLED.is_terminal

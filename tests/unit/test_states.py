@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from tests.unit.run_records import run_record
 from vitolaunch.backends import SchedulerState as S
 from vitolaunch.results.states import TrialState as T, merge_state
 from vitolaunch.tracking.records import TAG_STOPPED_AT_STEP
-from vitolaunch.tracking.store import RunRecord
-
-
-def _run(status: str, **tags: str) -> RunRecord:
-    return RunRecord(run_id="r", name="n", status=status, start_time=0, end_time=None, tags=tags)
 
 
 @pytest.mark.parametrize(
@@ -31,8 +27,8 @@ def _run(status: str, **tags: str) -> RunRecord:
     ],
 )
 def test_merge(mlflow_status, scheduler, expected):
-    assert merge_state(_run(mlflow_status), scheduler) is expected
+    assert merge_state(run_record(mlflow_status), scheduler) is expected
 
 
 def test_a_trial_stopped_on_request_is_resumable_not_cancelled():
-    assert merge_state(_run("KILLED", **{TAG_STOPPED_AT_STEP: "40"}), None) is T.INTERRUPTED
+    assert merge_state(run_record("KILLED", {TAG_STOPPED_AT_STEP: "40"}), None) is T.INTERRUPTED

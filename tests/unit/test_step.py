@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from vito.config import LossConfig, ModelConfig, VitoConfig
+from tests.unit.tiny_model import tiny_model_cfg, views
+from vito.config import LossConfig, VitoConfig
 from vito.engine import (
     autocast,
     check_whole_tensors,
@@ -22,17 +23,6 @@ from vito.model import VitoModel
 from vito.optim import LARS, param_groups_for
 
 torch.set_num_threads(1)
-
-
-def tiny_model_cfg(**overrides) -> ModelConfig:
-    fields = {"arch": "resnet18", "width": 8, "pool_hidden": 16, "proj_hidden": 32, "proj_dim": 16, "pred_hidden": 32}
-    fields.update(overrides)
-    return ModelConfig(**fields)
-
-
-def views(batch: int = 8, size: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, 3, size, size, generator=generator), torch.randn(batch, 3, size, size, generator=generator)
 
 
 def per_tensor_lars_step(params, grads, buffers, lr, momentum, weight_decay, eta, exclude):

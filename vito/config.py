@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from typing import Any, Literal
 
@@ -201,6 +202,12 @@ class ImageFolderBenchmark(_Section):
     linear_epochs: int = Field(100, ge=1)
     linear_batch_size: int = Field(1024, ge=1)
     linear_holdout: float = Field(0.1, gt=0, lt=1, description="share of train that picks the lr (never val)")
+
+    @field_validator("root")
+    @classmethod
+    def _home_expanded(cls, root: str) -> str:
+        # `~` means the submitting user's home: the job may run as the same user elsewhere, with another $HOME
+        return os.path.expanduser(root) if root.startswith("~") else root
 
     @field_validator("knn_k")
     @classmethod

@@ -135,7 +135,7 @@ def run(cfg: VitoConfig, ctx) -> Any:
             metrics.flush()
 
 
-EVAL_ERROR_TAG = "vito.eval_error"  # why an evaluation could not start (a benchmark's layout, say)
+EVAL_ERROR_TAG = "vito.eval_error"  # why an evaluation could not start; read by vitolaunch (records.TAG_EVAL_ERROR)
 
 
 def check_benchmark_layouts(cfg: VitoConfig, storage_options: dict[str, Any], metrics) -> None:

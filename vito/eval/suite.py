@@ -25,7 +25,7 @@ from vito.model import VitoModel
 
 log = logging.getLogger(__name__)
 
-PROGRESS_TAG = "vito.eval_progress"  # "<benchmark> <split> <done>/<total>" while features are extracted
+PROGRESS_TAG = "vito.eval_progress"  # "<benchmark> <split> <done>/<total>"; read by vitolaunch (records.TAG_EVAL_PROGRESS)
 PROGRESS_EVERY_S = 10.0
 
 

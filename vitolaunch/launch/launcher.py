@@ -21,6 +21,7 @@ from typing import get_args
 from vitolaunch.backends import Backend, JobHandle, make_backend
 from vitolaunch.errors import VitolaunchError
 from vitolaunch.job.trial import Task, TrialJob
+from vitolaunch.launch.benchmark_check import check_benchmark_roots
 from vitolaunch.launch.resource_check import check_resources
 from vitolaunch.launch.sweep_lock import sweep_lock
 from vitolaunch.results.states import TrialState, trial_states
@@ -220,6 +221,7 @@ class Launcher:
         )
         _check_storage(target.checkpoint_root, target.storage_options)
         _check_data(trials)
+        check_benchmark_roots(spec, trials)
         check_early_stop(spec, trials)
         return target
 

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from vitolaunch.results.states import TrialState, observe_trials, state_markup
-from vitolaunch.tracking.records import TAG_JOB_ID, TAG_TOTAL_STEPS
+from vitolaunch.tracking.records import TAG_EVAL_ERROR, TAG_EVAL_PROGRESS, TAG_JOB_ID, TAG_TOTAL_STEPS
 from vitolaunch.tracking.store import RunQueries, RunRecord
 
 
@@ -29,6 +29,8 @@ class TrialRow:
     eval_acc_random_init: float | None
     elapsed_s: float | None
     job_id: str | None
+    progress: str | None = None  # an evaluation's "<benchmark> <split> <done>/<total>", while it extracts
+    error: str | None = None  # why an evaluation failed before its work (shown under the table)
 
 
 def _elapsed(record: RunRecord, state: TrialState) -> float | None:
@@ -87,9 +89,17 @@ def collect_rows(
                     eval_acc_random_init=metrics.get("eval/linear_probe_acc_random_init"),
                     elapsed_s=_elapsed(trial, states[trial.run_id]),
                     job_id=trial.tags.get(TAG_JOB_ID),
+                    progress=_progress(trial, states[trial.run_id]),
+                    error=trial.tags.get(TAG_EVAL_ERROR) if states[trial.run_id] is TrialState.FAILED else None,
                 )
             )
     return StatusReport(rows, observed.problems, sweep_problems)
+
+
+def _progress(record: RunRecord, state: TrialState) -> str | None:
+    """Where a running evaluation is, in the step column's place."""
+    text = record.tags.get(TAG_EVAL_PROGRESS)
+    return text if text and text != "done" and state.is_active else None
 
 
 def all_terminal(rows: list[TrialRow]) -> bool:
@@ -113,10 +123,13 @@ def _fmt_params(params: dict[str, Any]) -> str:
 
 
 def render_table(rows: list[TrialRow], title: str | None = None, problems: Sequence[str] = ()):
+    from rich.markup import escape
     from rich.table import Table
 
     # What the scheduler could not tell goes right under the table, where UNKNOWN rows send the eye.
-    caption = "\n".join(f"[yellow]{problem}: states it cannot vouch for show as UNKNOWN[/]" for problem in problems)
+    lines = [f"[yellow]{problem}: states it cannot vouch for show as UNKNOWN[/]" for problem in problems]
+    lines += [f"[red]{row.index:03d} {row.run_id[:12]}: {escape(row.error)}[/]" for row in rows if row.error]
+    caption = "\n".join(lines)
     table = Table(title=title, caption=caption or None, caption_justify="left", header_style="bold", expand=False)
     for column in ("sweep", "trial", "run id", "params", "state", "step", "loss", "probe acc (rand)", "elapsed"):
         table.add_column(column, no_wrap=column != "params")
@@ -125,7 +138,7 @@ def render_table(rows: list[TrialRow], title: str | None = None, problems: Seque
         if previous_sweep is not None and row.sweep != previous_sweep:
             table.add_section()
         previous_sweep = row.sweep
-        progress = f"{row.step or 0}/{row.total_steps}" if row.total_steps else "-"
+        progress = row.progress or (f"{row.step or 0}/{row.total_steps}" if row.total_steps else "-")
         acc = "-"
         if row.eval_acc is not None:
             acc = f"{row.eval_acc:.3f}"

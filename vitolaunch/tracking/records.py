@@ -83,6 +83,10 @@ def rung_metric(metric: str, rung: int) -> str:
 TAG_WAITS_FOR_RUN = "vitolaunch.waits_for_run"  # on an evaluation trial: the pretraining run it waits to finish
 TAG_TARGET_ENDED = "vitolaunch.target_ended"  # why an evaluation never ran: its target ended without finishing
 
+# -- what an evaluation trial says about itself (written by vito/evaluate_task.py and vito/eval/suite.py) --------
+TAG_EVAL_PROGRESS = "vito.eval_progress"  # "<benchmark> <split> <done>/<total>" while features are extracted
+TAG_EVAL_ERROR = "vito.eval_error"  # why an evaluation could not start (a benchmark's layout, say)
+
 
 # -- MLflow's own tags, which vitolaunch sets or reads ------------------------------------------------
 TAG_PARENT = "mlflow.parentRunId"

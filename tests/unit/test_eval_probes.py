@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from vito.eval.knn import KnnResult, knn_evaluate, knn_predict
+from vito.eval.knn import DEFAULT_BLOCK_BYTES, KnnResult, default_sizes, knn_evaluate, knn_predict
 from vito.eval.linear import (
     LinearProbeResult,
     feature_stats,
@@ -97,6 +97,15 @@ def test_knn_chunking_and_bank_blocks_give_the_same_predictions():
         for k in ks:
             torch.testing.assert_close(scores[k], whole[k], rtol=1e-5, atol=0)  # fp32 sums in another order
             assert torch.equal(ranked[k], whole_ranked[k])
+
+
+@pytest.mark.parametrize("chunk", [None, 64, 512, 4096])
+def test_default_sizes_bound_the_chunk_the_block_and_their_similarities(chunk):
+    # ImageNet-1k: a 1.28M x 2048 bank, 50k queries, fp32 compute on CPU.
+    got_chunk, block = default_sizes(50_000, 1_281_167, 2048, chunk_size=chunk)
+    assert got_chunk == (chunk or 4096)
+    for size in (got_chunk * 2048 * 4, block * 2048 * 4, got_chunk * block * 4):
+        assert size <= DEFAULT_BLOCK_BYTES
 
 
 def test_knn_evaluate_accuracies_and_recorded_constants():
@@ -220,3 +229,33 @@ def test_state_dict_round_trip_gives_the_same_logits():
     assert loaded.as_dict() == result.as_dict() and loaded.lr_grid == result.lr_grid
     assert (loaded.lr, loaded.standardize, loaded.epochs) == (result.lr, False, 10)
     assert torch.equal(loaded.mean, torch.zeros(12)) and torch.equal(loaded.std, torch.ones(12))
+
+
+def _data_parallel_worker(rank: int, world: int, init_file: str, out_file: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        x, y = blobs(8, 300)
+        result = fit_linear_probe(x, y, 4, lr_grid=(0.1, 1.0), epochs=4, batch_size=63)
+        if rank == 0:
+            torch.save(result.state_dict(), out_file)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_data_parallel_over_two_ranks_matches_one_process(tmp_path):
+    # Two gloo ranks, each a slice of every batch (63: uneven slices), gradients all-reduced.
+    # fork, not spawn (which re-imports torch: ~8 s here). Safe because this module runs torch on one intra-op
+    # thread (set_num_threads(1) above), so no busy OpenMP pool is forked.
+    torch.multiprocessing.start_processes(
+        _data_parallel_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "probe.pt")), nprocs=2, join=True,
+        start_method="fork",
+    )
+    parallel = LinearProbeResult.from_state_dict(torch.load(tmp_path / "probe.pt", weights_only=True))
+    x, y = blobs(8, 300)
+    alone = fit_linear_probe(x, y, 4, lr_grid=(0.1, 1.0), epochs=4, batch_size=63)
+    assert parallel.lr == alone.lr and parallel.lr_grid == pytest.approx(alone.lr_grid)
+    torch.testing.assert_close(parallel.weight, alone.weight, rtol=1e-4, atol=1e-6)  # float reduction order only
+    torch.testing.assert_close(parallel.bias, alone.bias, rtol=1e-4, atol=1e-6)

@@ -72,12 +72,12 @@ def _compute_dtype(device: torch.device, bank_dtype: torch.dtype) -> torch.dtype
 
 
 def default_sizes(num_queries: int, num_bank: int, dim: int, compute_dtype: torch.dtype = torch.float32,
-                  block_bytes: int = DEFAULT_BLOCK_BYTES) -> tuple[int, int]:
+                  block_bytes: int = DEFAULT_BLOCK_BYTES, chunk_size: int | None = None) -> tuple[int, int]:
     """(chunk_size, bank_block_size) so that a query chunk, a cast bank block and their similarity matrix each
-    stay under `block_bytes`. The chunk is as large as that allows, up to 4096 queries: each bank block is cast
-    once per chunk, so larger chunks cast the bank fewer times."""
+    stay under `block_bytes`. The chunk (unless given) is as large as that allows, up to 4096 queries: each bank
+    block is cast once per chunk, so larger chunks cast the bank fewer times. The block follows the chunk."""
     itemsize = torch.empty((), dtype=compute_dtype).element_size()
-    chunk = max(1, min(num_queries, 4096, block_bytes // (dim * itemsize)))
+    chunk = int(chunk_size) if chunk_size else max(1, min(num_queries, 4096, block_bytes // (dim * itemsize)))
     block = max(1, min(num_bank, block_bytes // (dim * itemsize), block_bytes // (chunk * itemsize)))
     return chunk, block
 
@@ -98,8 +98,10 @@ def _validate(bank: Tensor, bank_labels: Tensor, queries: Tensor, num_classes: i
 
 
 def _inverse_norms(bank: Tensor, block: int) -> Tensor:
-    """1 / ||row|| in fp32 for every bank row, computed block by block (no full-size copy); zero rows give 0."""
+    """1 / ||row|| in fp32 for every bank row, computed block by block (no full-size copy); zero rows give 0.
+    At most 4096 rows at a time: the norm of an fp32 block allocates about the block's size again."""
     out = torch.empty(bank.shape[0], dtype=torch.float32, device=bank.device)
+    block = min(block, 4096)
     for start in range(0, bank.shape[0], block):
         rows = bank[start:start + block].float()
         out[start:start + block] = rows.norm(dim=1)
@@ -153,8 +155,7 @@ def knn_predict(
     device = torch.device(device) if device is not None else bank.device
     bank = bank.to(device)
     compute_dtype = _compute_dtype(device, bank.dtype)
-    default_chunk, default_block = default_sizes(queries.shape[0], bank.shape[0], bank.shape[1], compute_dtype)
-    chunk = int(chunk_size) if chunk_size else default_chunk
+    chunk, default_block = default_sizes(queries.shape[0], bank.shape[0], bank.shape[1], compute_dtype, chunk_size=chunk_size)
     block = int(bank_block_size) if bank_block_size else default_block
     if chunk < 1 or block < 1:
         raise ValueError(f"chunk_size and bank_block_size must be >= 1, got {chunk}, {block}")
@@ -208,8 +209,9 @@ def knn_evaluate(
         raise ValueError(f"query_labels must have one label per query: {tuple(query_labels.shape)} for {queries.shape[0]} queries")
     k_values = tuple(int(k) for k in k_values)
     dev = torch.device(device) if device is not None else bank.device
-    default_chunk, default_block = default_sizes(queries.shape[0], bank.shape[0], bank.shape[1], _compute_dtype(dev, bank.dtype))
-    chunk = int(chunk_size) if chunk_size else default_chunk
+    chunk, default_block = default_sizes(
+        queries.shape[0], bank.shape[0], bank.shape[1], _compute_dtype(dev, bank.dtype), chunk_size=chunk_size
+    )
     block = int(bank_block_size) if bank_block_size else default_block
     ranked = knn_predict(bank, bank_labels, queries, num_classes, k_values, temperature, chunk, device, bank_block_size=block)
     y = query_labels.to(torch.int64).cpu().unsqueeze(1)

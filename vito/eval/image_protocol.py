@@ -118,18 +118,15 @@ def run_image_folder(name: str, bench: ImageFolderBenchmark, encoder: Encoder, s
                            k_values=tuple(bench.knn_k), temperature=bench.knn_temperature, device=encoder.device)
         for k, top1 in knn.top1.items():
             metrics[f"{prefix}knn{k}_top1{suffix}"] = top1
-        record["knn"] = {"k": list(knn.k_values), "temperature": knn.temperature, "top1": knn.top1,
-                         "top5": knn.top5, "bank": knn.num_bank, "queries": knn.num_queries,
-                         "similarity": "cosine of L2-normalised features", "vote": "exp(sim / T)"}
+        record["knn"] = {**knn.as_dict(), "similarity": "cosine of L2-normalised features", "vote": "exp(sim / T)"}
     readout = None
     if bench.linear:
         probe = fit_linear_probe(train.features.float(), train.labels, len(classes), lr_grid=tuple(bench.linear_lr_grid),
                                  epochs=bench.linear_epochs, batch_size=bench.linear_batch_size,
                                  holdout_fraction=bench.linear_holdout, seed=seed, device=encoder.device)
         metrics[f"{prefix}linear_top1{suffix}"] = probe.top1(val.features.float(), val_labels)
-        record["linear"] = {"lr": probe.lr, "lr_grid_holdout_top1": {str(k): v for k, v in probe.lr_grid.items()},
-                            "epochs": probe.epochs, "batch_size": probe.batch_size, "holdout": probe.holdout_fraction,
-                            "seed": probe.seed, "optimizer": "SGD momentum 0.9, wd 0, cosine", "reported": "last epoch"}
+        record["linear"] = {**probe.as_dict(), "schedule": "cosine", "reported": "last epoch",
+                            "lr_chosen_on": f"{probe.holdout_fraction:g} of train, stratified (never val)"}
         readout = {**probe.state_dict(), "classes": classes}
     record["metrics"] = metrics
     skipped = [{"split": split, "index": i, "path": path, "reason": reason}

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vitolaunch.results.benchmark_table import benchmark_table
 from vitolaunch.results.ranking import (
     Ranking,
     as_records,
@@ -177,6 +178,11 @@ def write_summary_files(registry, folder: Path, trials: Sequence[RunRecord], row
     (folder / "comparison.md").write_text(
         f"# {sweep_name}: trials ranked by {ranking.metric} ({better} is better)\n\n" + to_markdown(records))
     names = ["comparison.csv", "comparison.md"]
+    table = benchmark_table(rows)
+    if table:  # an evaluate sweep: the paper's table, checkpoints by benchmarks
+        (folder / "benchmarks.csv").write_text(to_csv(table))
+        (folder / "benchmarks.md").write_text(f"# {sweep_name}: top-1 by benchmark\n\n" + to_markdown(table))
+        names += ["benchmarks.csv", "benchmarks.md"]
     # A swept seed is a repeat, not a setting: the other plots fold it into mean ± std (as `compare --group-by`).
     seeds = [k for k in swept_keys(rows) if k.split(".")[-1].endswith("seed")]
     for key in swept_keys(rows):

@@ -273,9 +273,12 @@ def _rows(collect_rows, reader, sweep_id) -> tuple[list, list[str]]:
               help="Plot the objective against a swept parameter (one line per other swept value).")
 @click.option("--x", "x_key", metavar="KEY",
               help="The swept key on the plot's x axis [default: the first swept key that varies, seeds last].")
+@click.option("--by", "by", metavar="METRIC[:min|max]",
+              help="Rank by this metric instead of the sweep's objective, e.g. eval/imagenet/knn20_top1 "
+                   "[default mode: max, min for a loss].")
 @TRACKING_OPTION
 def compare(sweeps: tuple[str, ...], group_by: str | None, as_json: bool, as_csv: bool, plot_file: str | None,
-            x_key: str | None, tracking_uri: str | None) -> None:
+            x_key: str | None, by: str | None, tracking_uri: str | None) -> None:
     """Rank the trials of SWEEPS (names or run ids) by the objective, with swept values and final metrics."""
     from vitolaunch.results import ranking as results
     from vitolaunch.results.compare import collect, render_groups, render_trials
@@ -287,7 +290,7 @@ def compare(sweeps: tuple[str, ...], group_by: str | None, as_json: bool, as_csv
     quiet_mlflow_environment()
     workspace = Workspace.from_env()
     uri = _existing_tracking_uri(tracking_uri)
-    comparison = collect(open_run_reader(uri, workspace), sweeps)
+    comparison = collect(open_run_reader(uri, workspace), sweeps, results.parse_ranking(by) if by else None)
     ranking, rows = comparison.ranking, comparison.rows
     groups = results.group(rows, group_by, ranking) if group_by else None
     fold = groups[0].folded if groups else None

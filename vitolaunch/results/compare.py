@@ -23,17 +23,19 @@ class Comparison:
     problems: list[str]  # what kept the scheduler from vouching for a state
 
 
-def collect(reader: RunQueries, names: Sequence[str]) -> Comparison:
+def collect(reader: RunQueries, names: Sequence[str], by: Ranking | None = None) -> Comparison:
+    """The trials of the named sweeps, ranked by their objective, or by `by` (any metric the trials log)."""
     sweeps = []
     for name in names:
         sweep = reader.sweep_of(reader.resolve(name))
         if sweep.run_id not in {s.run_id for s in sweeps}:
             sweeps.append(sweep)
-    rankings = {ranking_of(s) for s in sweeps}
-    ranking = ranking_of(sweeps[0])
+    rankings = {ranking_of(s) for s in sweeps} if by is None else {by}
+    ranking = by or ranking_of(sweeps[0])
     if len(rankings) > 1:
         listed = ", ".join(f"{s.sweep}: {ranking_of(s).metric} {ranking_of(s).mode}" for s in sweeps)
-        raise VitolaunchError(f"these sweeps rank their trials differently ({listed}): compare them one at a time")
+        raise VitolaunchError(f"these sweeps rank their trials differently ({listed}): compare them one at a time, "
+                              "or rank them all by one metric with --by METRIC")
     trials_of = {s.run_id: reader.trials(s) for s in sweeps}
     observed = observe_trials([t for trials in trials_of.values() for t in trials])
     rows = [result_row(s, t, observed.states[t.run_id].value, ranking) for s in sweeps for t in trials_of[s.run_id]]

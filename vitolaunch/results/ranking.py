@@ -47,6 +47,14 @@ def ranking_of(sweep: RunRecord) -> Ranking:
     return Ranking(metric, mode if mode in ("max", "min") else "max")
 
 
+def parse_ranking(text: str) -> Ranking:
+    """`METRIC` or `METRIC:min|max` (compare --by); without a mode, a loss is minimised and anything else maximised."""
+    metric, _, mode = text.rpartition(":") if text.endswith((":min", ":max")) else (text, "", "")
+    if not metric:
+        raise VitolaunchError(f"--by {text!r}: give a metric name, e.g. eval/imagenet/linear_top1")
+    return Ranking(metric, mode or ("min" if "loss" in metric.rsplit("/", 1)[-1] else "max"))
+
+
 @dataclass
 class ResultRow:
     sweep: str

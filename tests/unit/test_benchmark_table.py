@@ -1,0 +1,40 @@
+"""The paper-shaped table of an evaluate sweep: checkpoints by benchmarks, the baseline beside each number."""
+
+from __future__ import annotations
+
+from vitolaunch.results.benchmark_table import benchmark_columns, benchmark_table
+from vitolaunch.results.ranking import ResultRow
+
+
+def _row(index: int, metrics: dict[str, float]) -> ResultRow:
+    return ResultRow("ev", f"run{index}", f"ev-{index}", index, {"pretrain.loss.temperature": 0.1 * (index + 1)},
+                     "COMPLETED", None, metrics)
+
+
+def test_columns_by_benchmark_then_protocol_with_the_baseline_after() -> None:
+    rows = [_row(0, {"eval/imagenet/knn20_top1": 0.5, "eval/imagenet/knn10_top1": 0.4, "eval/imagenet/linear_top1": 0.6,
+                     "eval/imagenet/linear_top1_random_init": 0.1, "eval/imagenet/val_images_scored": 48.0,
+                     "eval/c/linear_top1": 0.3, "train/loss": 1.0})]
+    assert benchmark_columns(rows) == ["eval/c/linear_top1", "eval/imagenet/linear_top1",
+                                       "eval/imagenet/linear_top1_random_init", "eval/imagenet/knn10_top1",
+                                       "eval/imagenet/knn20_top1"]
+
+
+def test_one_row_per_checkpoint_in_trial_order() -> None:
+    rows = [_row(1, {"eval/imagenet/linear_top1": 0.7}), _row(0, {"eval/imagenet/linear_top1": 0.6})]
+    table = benchmark_table(rows)
+    assert [r["trial"] for r in table] == ["000", "001"]
+    assert table[0] == {"trial": "000", "checkpoint": "pretrain.loss.temperature=0.1", "state": "COMPLETED",
+                        "imagenet linear": 0.6}
+
+
+def test_a_sweep_without_benchmark_metrics_has_no_table() -> None:
+    assert benchmark_table([_row(0, {"eval/linear_probe_acc": 0.3})]) == []
+
+
+def test_compare_by_any_metric_parses_its_direction() -> None:
+    from vitolaunch.results.ranking import Ranking, parse_ranking
+
+    assert parse_ranking("eval/imagenet/knn20_top1") == Ranking("eval/imagenet/knn20_top1", "max")
+    assert parse_ranking("train/loss") == Ranking("train/loss", "min")
+    assert parse_ranking("eval/imagenet/linear_top1:min") == Ranking("eval/imagenet/linear_top1", "min")

@@ -260,7 +260,9 @@ class ImageTransform:
     antialias=True resizes with PIL (whose filters always antialias: torchvision's PIL pipeline);
     antialias=False resizes the uint8 tensor with torch's interpolate without antialiasing (torchvision's tensor
     pipeline). decoder_draft asks libjpeg to decode a JPEG at 1/2, 1/4 or 1/8 scale when the result is still at
-    least the resize target in both sides, then resizes from there: several times faster on large photos.
+    least the resize target in both sides, then resizes from there: several times faster on large photos. The
+    reduced decode averages pixels (DCT scaling), so with antialias=False it is further from a full decode than
+    with antialias=True; both are part of key().
     """
 
     resize: int = 256

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
@@ -37,6 +38,7 @@ from vito.data.augment import MEAN, STD
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 _EXPECTED = "{split}/<class>/*.JPEG"
+_ADDRESS = re.compile(r" (object )?at 0x[0-9a-fA-F]+")
 _MEAN_CHW = MEAN[:, None, None]
 _STD_CHW = STD[:, None, None]
 
@@ -422,4 +424,6 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         try:
             return index, self.transform.decode(data), None
         except Exception as problem:  # noqa: BLE001 - a corrupt, truncated or foreign file: reported, not raised
-            return index, None, f"cannot decode {path} ({len(data)} bytes): {type(problem).__name__}: {problem}"
+            # Reasons are stored in the feature cache, whose bytes must not depend on the process: no addresses.
+            reason = _ADDRESS.sub("", f"{type(problem).__name__}: {problem}")
+            return index, None, f"cannot decode {path} ({len(data)} bytes): {reason}"

@@ -162,3 +162,19 @@ def test_an_empty_shard_of_unreadable_images_and_a_last_short_shard(tmp_path: Pa
     assert result.indices.tolist() == [0, 1, 2, 3, 8, 9] and [i for i, _, _ in result.skipped] == [4, 5, 6, 7]
     again = _run(dataset, tmp_path / "cache", shard_size=4, batch_size=2)
     assert again.reused_shards == [0, 1, 2] and torch.equal(again.features, result.features)
+
+
+def test_a_dataset_that_returns_other_indices_is_refused(images: Path, tmp_path: Path) -> None:
+    class Shifted(torch.utils.data.Dataset):
+        def __init__(self, inner):
+            self.inner, self.samples = inner, inner.samples
+
+        def __len__(self) -> int:
+            return len(self.inner)
+
+        def __getitem__(self, i):
+            _, image, error = self.inner[i]
+            return (i + 1) % len(self.inner), image, error
+
+    with pytest.raises(ValueError, match=r"dataset\[i\] must return \(i, tensor \| None, reason \| None\)"):
+        _run(Shifted(dataset_of(images)), tmp_path / "cache")

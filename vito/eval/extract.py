@@ -31,6 +31,7 @@ from typing import Any
 
 import fsspec
 import torch
+from fsspec.implementations.local import LocalFileSystem
 
 from vito.checkpoint import with_retries
 from vito.eval.image_folder import collate
@@ -89,6 +90,7 @@ class _Cache:
         self.url = url.rstrip("/")
         self.fs, self.root = fsspec.core.url_to_fs(self.url, **(storage_options or {}))
         self.root = self.root.rstrip("/")
+        self.local = isinstance(self.fs, LocalFileSystem)
 
     def path(self, name: str) -> str:
         return f"{self.root}/{name}"
@@ -109,13 +111,16 @@ class _Cache:
         self.write_bytes(name, json.dumps(payload, indent=1, sort_keys=True).encode())
 
     def write_bytes(self, name: str, data: bytes) -> None:
-        # Write-then-rename: atomic on a local disk; on S3 the final PUT is.
+        # Write-then-rename on a local disk, where a crash can leave half a file; on S3 the PUT is atomic.
         final, tmp = self.path(name), self.path(f"{name}.tmp-{os.getpid()}")
 
         def write() -> None:
             self.fs.makedirs(self.root, exist_ok=True)
-            self.fs.pipe_file(tmp, data)
-            self.fs.mv(tmp, final)
+            if self.local:
+                self.fs.pipe_file(tmp, data)
+                self.fs.mv(tmp, final)
+            else:  # an object store's PUT is atomic already: no copy
+                self.fs.pipe_file(final, data)
 
         with_retries(write, f"writing {self.url}/{name}")
 
@@ -287,10 +292,12 @@ def extract_features(
     `encode(images (B, 3, H, W)) -> (B, D)`; the caller puts the model in eval mode. `dataset[i]` returns
     `(i, tensor | None, reason | None)` and `dataset.samples[i]` has `.path` and `.label` (ImageFolderDataset).
     `cache_key_fields` (encoder and transform keys, ...) are written into manifest.json and must match on
-    resume. `group`: the process group for the wait between computing and reading (default: a new gloo group
-    with VITO_CONTROL_TIMEOUT_S). `progress(done, total)` counts samples over all shards, cached ones included
-    (a rank sees the shards that were committed when it started plus its own). On CUDA, `bf16_autocast` and
-    `channels_last` apply; on CPU the encoder runs in fp32. Features are stored and returned in fp16.
+    resume. `group`: a gloo process group for the waits (pass vito.distributed's DistInfo.control_group; by
+    default each call makes a new gloo group with VITO_CONTROL_TIMEOUT_S, 2 h: a rank whose shards were cached
+    may wait for all of another's). If a rank fails, the others fail when its process exits.
+    `progress(done, total)` counts samples over all shards, cached ones included (a rank sees the shards that
+    were committed when it started, plus its own). On CUDA, `bf16_autocast` and `channels_last` apply; on CPU
+    the encoder runs in fp32. Features are stored and returned in fp16.
     """
     if shard_size <= 0 or batch_size <= 0:
         raise ValueError(f"shard_size and batch_size must be positive (got {shard_size}, {batch_size})")
@@ -301,6 +308,13 @@ def extract_features(
     control = _control_group(world_size, group)
 
     expected = _expected_manifest(dataset, num_samples, shard_size, dict(cache_key_fields or {}))
+    if control is not None:  # every rank must be extracting the same thing: say so on all of them, not hang
+        seen: list[Any] = [None] * world_size
+        torch.distributed.all_gather_object(seen, expected, group=control)
+        disagree = [r for r, other in enumerate(seen) if other != seen[0]]
+        if disagree:
+            raise CacheMismatch(f"ranks disagree on the extraction: rank {disagree[0]} has "
+                                f"{'; '.join(_manifest_difference(seen[0], seen[disagree[0]]))} (against rank 0)")
     if not _check_manifest(cache, expected) and rank == 0:
         cache.write_json(MANIFEST, expected)
     _barrier(control)
@@ -388,6 +402,10 @@ def _compute(encode, dataset, cache: _Cache, shards: list[int], shard_size: int,
         while first >= end:  # an empty shard cannot happen; this only advances past a finished one
             shard = next(pending)
             end = shard_range(shard, shard_size, num_samples).stop
+        returned = sorted(good.tolist() + [index for index, _ in errors])
+        if returned != batches[batch_number]:
+            raise ValueError(f"the dataset returned samples {returned[:4]}... for indices {batches[batch_number][:4]}...: "
+                             "dataset[i] must return (i, tensor | None, reason | None)")
         if images is not None:
             images = images.to(device, non_blocking=True)
             if cuda and channels_last:

@@ -186,7 +186,7 @@ def check_layout(root: str, splits: Sequence[str] = ("train", "val"), storage_op
 # -- the set -----------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: ImageNet train holds 1.28 M of them on every rank
 class ImageSample:
     path: str  # opens the file: an absolute local path or a full URL
     label: int

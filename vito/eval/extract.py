@@ -347,17 +347,9 @@ def extract_features(
     tracker.report(force=True)
 
     _barrier(control)  # every shard is committed
-    for shard in range(num_shards):
-        if shard in payloads:
-            continue
-        payload, why_not = _load_shard(cache, shard, shard_size, num_samples)
-        if why_not is not None:
-            raise RuntimeError(f"{cache.url}/{shard_name(shard)} (rank {shard % world_size}'s) is not usable after "
-                               f"every rank finished: {why_not}")
-        payloads[shard] = payload
+    result = _gather(dataset, cache, payloads, num_shards, shard_size, world_size)
     if progress is not None:
         progress(num_samples, num_samples)
-    result = _merge(dataset, payloads, num_shards, num_samples)
     result.computed_shards, result.reused_shards = list(todo), reused
     return result
 
@@ -450,18 +442,53 @@ def _commit_shard(cache: _Cache, shard: int, rows: list[torch.Tensor], indices: 
     return payload
 
 
-def _merge(dataset, payloads: dict[int, dict], num_shards: int, num_samples: int) -> ExtractedFeatures:
-    parts = [payloads[shard] for shard in range(num_shards)]
-    widths = {p["features"].shape[1] for p in parts if p["features"].shape[0]}
-    if len(widths) > 1:
-        raise RuntimeError(f"shards hold features of different widths {sorted(widths)}")
-    width = widths.pop() if widths else 0
-    nonempty = [p["features"] for p in parts if p["features"].shape[0]]
-    features = torch.cat(nonempty) if nonempty else torch.zeros(0, width, dtype=torch.float16)
-    indices = torch.cat([p["indices"] for p in parts]) if parts else torch.zeros(0, dtype=torch.int64)
-    skipped = sorted(((int(i), str(path), str(reason)) for p in parts for i, path, reason in p["skipped"]))
-    order = torch.argsort(indices)
-    features, indices = features[order], indices[order]
+def _gather(dataset, cache: _Cache, own: dict[int, dict], num_shards: int, shard_size: int,
+            world_size: int) -> ExtractedFeatures:
+    """Every shard in order into one preallocated fp16 matrix: the peak is the result plus one shard (and this
+    rank's own shards, already in memory), not two copies of the whole bank."""
+    num_samples = len(dataset)
+    counts = {}
+    for shard in range(num_shards):
+        if shard in own:
+            counts[shard] = int(own[shard]["indices"].numel())
+        else:
+            marker = cache.read_json(f"{shard_name(shard)}.done")
+            if marker is None:
+                raise RuntimeError(f"{cache.url}/{shard_name(shard)} (rank {shard % world_size}'s) has no commit marker "
+                                   "after every rank finished: is cache_dir shared by every rank?")
+            counts[shard] = int(marker.get("count", 0))
+    total = sum(counts.values())
+    features: torch.Tensor | None = None
+    index_parts, skipped, offset = [], [], 0
+    for shard in range(num_shards):
+        payload = own.pop(shard, None)
+        if payload is None:
+            payload, why_not = _load_shard(cache, shard, shard_size, num_samples)
+            if why_not is not None:
+                raise RuntimeError(f"{cache.url}/{shard_name(shard)} (rank {shard % world_size}'s) is not usable after "
+                                   f"every rank finished: {why_not}")
+        rows = payload["features"]
+        if rows.shape[0] != counts[shard]:
+            raise RuntimeError(f"{cache.url}/{shard_name(shard)} changed while being read ({rows.shape[0]} rows, "
+                               f"{counts[shard]} expected)")
+        if rows.shape[0]:
+            if features is None:
+                features = torch.empty(total, rows.shape[1], dtype=torch.float16)
+            elif rows.shape[1] != features.shape[1]:
+                raise RuntimeError(f"{cache.url}/{shard_name(shard)} holds {rows.shape[1]}-d features, the shards "
+                                   f"before it {features.shape[1]}-d")
+            features[offset:offset + rows.shape[0]] = rows
+        offset += rows.shape[0]
+        index_parts.append(payload["indices"])
+        skipped += [(int(i), str(path), str(reason)) for i, path, reason in payload["skipped"]]
+        del payload, rows
+    if features is None:
+        features = torch.zeros(0, 0, dtype=torch.float16)
+    indices = torch.cat(index_parts) if index_parts else torch.zeros(0, dtype=torch.int64)
+    skipped.sort()
+    if indices.numel() > 1 and not bool((indices[1:] > indices[:-1]).all()):
+        order = torch.argsort(indices)  # never with shards this module wrote (ascending within each)
+        features, indices = features[order], indices[order]
     covered = torch.zeros(num_samples, dtype=torch.int64)
     covered.index_add_(0, indices, torch.ones_like(indices))
     for index, _, _ in skipped:

@@ -101,7 +101,7 @@ def run(cfg: VitoConfig, ctx) -> Any:
     metrics = ctx.metrics or MetricsLogger(ctx.tracking_uri, ctx.run_id, enabled=rank == 0)
     try:
         check_benchmark_layouts(cfg, ctx.storage_options, metrics)  # a wrong layout fails the trial first thing
-        device = _device(world)
+        device, group = _device(world)
         Path(ctx.scratch_dir).mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=ctx.scratch_dir) as scratch:
             model, step, trained_cfg = load_pretrained_model(cfg, scratch, ctx.storage_options)
@@ -112,7 +112,8 @@ def run(cfg: VitoConfig, ctx) -> Any:
                 from vito.eval.suite import run_benchmarks
 
                 benchmarks = run_benchmarks(cfg, trained_cfg, model, step, device=device, is_main=rank == 0,
-                                            storage_options=ctx.storage_options, metrics=metrics, scratch=scratch)
+                                            storage_options=ctx.storage_options, metrics=metrics, scratch=scratch,
+                                            group=group)
         if rank != 0:
             return TrainResult(True, 0, None, {})
         suite: dict[str, float] = {}
@@ -153,10 +154,11 @@ def check_benchmark_layouts(cfg: VitoConfig, storage_options: dict[str, Any], me
             raise LayoutError(message) from None
 
 
-def _device(world: int) -> torch.device:
-    """The rank's device, in the job's process group when the benchmarks are spread over several ranks."""
+def _device(world: int) -> tuple[torch.device, Any]:
+    """The rank's device and, when the benchmarks are spread over several ranks, the job's gloo control group."""
     if world > 1:
         from vito.distributed import init_distributed
 
-        return init_distributed().device
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+        dist = init_distributed()
+        return dist.device, dist.control_group
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"), None

@@ -55,8 +55,8 @@ def data() -> None:
 @data.command("fixtures")
 @click.argument("output", type=click.Path(file_okay=False))
 @click.option("--classes", default=4, show_default=True, type=click.IntRange(2, 8), help="Classes of every set.")
-@click.option("--train-per-class", default=40, show_default=True, type=click.IntRange(1), help="Train images per class.")
-@click.option("--val-per-class", default=12, show_default=True, type=click.IntRange(1), help="Val images per class.")
+@click.option("--train-per-class", default=100, show_default=True, type=click.IntRange(1), help="Train images per class.")
+@click.option("--val-per-class", default=25, show_default=True, type=click.IntRange(1), help="Val images per class.")
 def fixtures(output: str, classes: int, train_per_class: int, val_per_class: int) -> None:
     """Write small benchmark sets in their real layouts under OUTPUT, rendered from the synthetic videos, so
     the evaluation a cluster runs on ImageNet runs here on a CPU (sweeps/quickstart_eval.yaml)."""

@@ -50,6 +50,7 @@ class ExtractionSettings:
     workers: int
     storage_options: dict[str, Any]
     progress: Callable[[str, int, int], None] | None = None  # (what, done, total)
+    group: Any = None  # the job's gloo control group for the waits between ranks (None: one process)
 
 
 def transform_of(bench: ImageFolderBenchmark):
@@ -78,7 +79,7 @@ def extract_split(bench: ImageFolderBenchmark, split: str, encoder: Encoder, set
         encoder.encode, ImageFolderDataset(images, transform), folder,
         shard_size=settings.shard_size, batch_size=settings.batch_size, workers=settings.workers,
         device=encoder.device, bf16_autocast=encoder.bf16_autocast, channels_last=encoder.channels_last,
-        storage_options=settings.storage_options, progress=report,
+        storage_options=settings.storage_options, progress=report, group=settings.group,
         cache_key_fields={"encoder": encoder.key, "dataset": images.fingerprint(), "transform": transform.key(),
                           "root": bench.root, "split": split},
     )

@@ -55,11 +55,12 @@ def feature_cache_root(cfg: VitoConfig) -> str:
 
 
 def run_benchmarks(cfg: VitoConfig, trained_cfg: VitoConfig, model: VitoModel, step: int, *, device: torch.device,
-                   is_main: bool, storage_options: dict[str, Any], metrics, scratch: str) -> dict[str, float]:
+                   is_main: bool, storage_options: dict[str, Any], metrics, scratch: str, group: Any = None
+                   ) -> dict[str, float]:
     """Every benchmark of cfg.eval.benchmarks on `model` (and on a random-init network when asked); the main
     rank returns the metrics, the others an empty dict."""
     settings = ExtractionSettings(feature_cache_root(cfg), cfg.eval.extract_shard_size, cfg.eval.extract_batch_size,
-                                  cfg.eval.loader_workers, storage_options, _progress_reporter(metrics))
+                                  cfg.eval.loader_workers, storage_options, _progress_reporter(metrics), group)
     networks = [(model_encoder(model, encoder_key(cfg.eval.checkpoint, step, trained_cfg), device), "")]
     if cfg.eval.random_init_baseline:
         torch.manual_seed(cfg.eval.seed)

@@ -112,8 +112,8 @@ def run(cfg: VitoConfig, ctx) -> Any:
                 from vito.eval.suite import run_benchmarks
 
                 benchmarks = run_benchmarks(cfg, trained_cfg, model, step, device=device, is_main=rank == 0,
-                                            storage_options=ctx.storage_options, metrics=metrics, scratch=scratch,
-                                            group=group)
+                                            storage_options=ctx.storage_options, metrics=metrics,
+                                            artifact_dir=ctx.scratch_dir, group=group)
         if rank != 0:
             return TrainResult(True, 0, None, {})
         suite: dict[str, float] = {}

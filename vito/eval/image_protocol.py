@@ -96,10 +96,15 @@ def run_image_folder(name: str, bench: ImageFolderBenchmark, encoder: Encoder, s
 
     train_set, train, train_cache = extract_split(bench, bench.train_split, encoder, settings, name)
     val_set, val, val_cache = extract_split(bench, bench.val_split, encoder, settings, name)
-    if not is_main:
-        return None
     classes = train_set.classes
     val_labels = _relabel(val.labels, val_set.classes, classes)
+    probe = None
+    if bench.linear:  # every rank: the probe is data-parallel over the job's ranks (each holds all features)
+        probe = fit_linear_probe(train.features.float(), train.labels, len(classes), lr_grid=tuple(bench.linear_lr_grid),
+                                 epochs=bench.linear_epochs, batch_size=bench.linear_batch_size,
+                                 holdout_fraction=bench.linear_holdout, seed=seed, device=encoder.device)
+    if not is_main:
+        return None
     prefix = f"eval/{name}/"
     metrics: dict[str, float] = {
         f"{prefix}val_images_scored{suffix}": float(len(val.indices)),
@@ -121,10 +126,7 @@ def run_image_folder(name: str, bench: ImageFolderBenchmark, encoder: Encoder, s
             metrics[f"{prefix}knn{k}_top1{suffix}"] = top1
         record["knn"] = {**knn.as_dict(), "similarity": "cosine of L2-normalised features", "vote": "exp(sim / T)"}
     readout = None
-    if bench.linear:
-        probe = fit_linear_probe(train.features.float(), train.labels, len(classes), lr_grid=tuple(bench.linear_lr_grid),
-                                 epochs=bench.linear_epochs, batch_size=bench.linear_batch_size,
-                                 holdout_fraction=bench.linear_holdout, seed=seed, device=encoder.device)
+    if probe is not None:
         metrics[f"{prefix}linear_top1{suffix}"] = probe.top1(val.features.float(), val_labels)
         record["linear"] = {**probe.as_dict(), "schedule": "cosine", "reported": "last epoch",
                             "lr_chosen_on": f"{probe.holdout_fraction:g} of train, stratified (never val)"}

@@ -55,10 +55,11 @@ def feature_cache_root(cfg: VitoConfig) -> str:
 
 
 def run_benchmarks(cfg: VitoConfig, trained_cfg: VitoConfig, model: VitoModel, step: int, *, device: torch.device,
-                   is_main: bool, storage_options: dict[str, Any], metrics, scratch: str, group: Any = None
+                   is_main: bool, storage_options: dict[str, Any], metrics, artifact_dir: str, group: Any = None
                    ) -> dict[str, float]:
     """Every benchmark of cfg.eval.benchmarks on `model` (and on a random-init network when asked); the main
-    rank returns the metrics, the others an empty dict."""
+    rank returns the metrics, the others an empty dict. Files to upload are written under `artifact_dir`, which
+    must outlive the metrics logger's queue (uploads happen in its background thread)."""
     settings = ExtractionSettings(feature_cache_root(cfg), cfg.eval.extract_shard_size, cfg.eval.extract_batch_size,
                                   cfg.eval.loader_workers, storage_options, _progress_reporter(metrics), group)
     networks = [(model_encoder(model, encoder_key(cfg.eval.checkpoint, step, trained_cfg), device), "")]
@@ -75,7 +76,7 @@ def run_benchmarks(cfg: VitoConfig, trained_cfg: VitoConfig, model: VitoModel, s
                 continue
             results.update(outcome.metrics)
             metrics.log(step, outcome.metrics)  # each benchmark's metrics appear as soon as it finishes
-            _log_artifacts(metrics, name, suffix, outcome, scratch)
+            _log_artifacts(metrics, name, suffix, outcome, artifact_dir)
             for key, value in outcome.metrics.items():
                 log.info("%s = %.4f", key, value)
     if is_main:
@@ -83,12 +84,12 @@ def run_benchmarks(cfg: VitoConfig, trained_cfg: VitoConfig, model: VitoModel, s
     return results
 
 
-def _log_artifacts(metrics, name: str, suffix: str, outcome: BenchmarkOutcome, scratch: str) -> None:
+def _log_artifacts(metrics, name: str, suffix: str, outcome: BenchmarkOutcome, artifact_dir: str) -> None:
     folder = f"eval/{name}"
     metrics.log_dict_artifact(outcome.record, f"{folder}/results{suffix}.json")
     metrics.log_dict_artifact({"count": len(outcome.skipped), "images": outcome.skipped}, f"{folder}/skipped{suffix}.json")
     if outcome.readout is not None and not suffix:
-        path = Path(tempfile.mkdtemp(dir=scratch)) / "readout.pt"
+        path = Path(tempfile.mkdtemp(dir=artifact_dir)) / "readout.pt"
         torch.save(outcome.readout, path)
         metrics.log_artifact(str(path), folder)
 

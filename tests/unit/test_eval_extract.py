@@ -178,3 +178,27 @@ def test_a_dataset_that_returns_other_indices_is_refused(images: Path, tmp_path:
 
     with pytest.raises(ValueError, match=r"dataset\[i\] must return \(i, tensor \| None, reason \| None\)"):
         _run(Shifted(dataset_of(images)), tmp_path / "cache")
+
+
+def test_a_cache_on_a_remote_store(images: Path, tmp_path: Path) -> None:
+    """The cache through fsspec's in-memory store (the code path of s3://): same bytes, same resume."""
+    import uuid
+
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    cache = f"memory://cache-{uuid.uuid4().hex[:8]}"
+    dataset = dataset_of(images)
+    try:
+        remote = _run(dataset, cache)
+        local = _run(dataset, tmp_path / "cache")
+        assert torch.equal(remote.features, local.features) and remote.skipped == local.skipped
+        for shard in range(5):
+            name = f"{shard_name(shard)}.pt"
+            assert fs.cat_file(f"{cache}/{name}") == (tmp_path / "cache" / name).read_bytes()
+        assert not [p for p in fs.find(cache) if ".tmp-" in p]
+        fs.rm(f"{cache}/{shard_name(4)}.done")
+        resumed = _run(dataset, cache)
+        assert resumed.computed_shards == [4] and torch.equal(resumed.features, local.features)
+    finally:
+        fs.rm(cache.removeprefix("memory:/"), recursive=True)

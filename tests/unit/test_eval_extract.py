@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -105,7 +106,7 @@ def _pt_bytes(cache: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(cache.glob("shard-*.pt"))}
 
 
-def test_resume_recomputes_only_the_shards_without_a_valid_marker(images: Path, tmp_path: Path) -> None:
+def test_resume_recomputes_only_the_shards_without_a_valid_marker(images: Path, tmp_path: Path, caplog) -> None:
     dataset = dataset_of(images)
     cache = tmp_path / "cache"
     first = _run(dataset, cache)
@@ -117,8 +118,11 @@ def test_resume_recomputes_only_the_shards_without_a_valid_marker(images: Path, 
 
     calls = []
     (cache / f"{shard_name(2)}.done").unlink()  # died after the .pt, before its marker
-    resumed = _run(dataset, cache, progress=lambda done, total: calls.append(done))
+    with caplog.at_level(logging.INFO, logger="vito.eval.extract"):
+        resumed = _run(dataset, cache, progress=lambda done, total: calls.append(done))
     assert resumed.computed_shards == [2] and resumed.reused_shards == [0, 1, 3, 4]
+    assert f"{shard_name(2)}: no commit marker; recomputing it" in caplog.text
+    assert "4 of its 5 shards cached, 1 to compute" in caplog.text and "37/37 samples done" in caplog.text
     assert calls[0] == 37 - 8  # the cached shards count as done from the start
     assert torch.equal(resumed.features, first.features) and torch.equal(resumed.indices, first.indices)
     assert resumed.skipped == first.skipped and torch.equal(resumed.labels, first.labels)

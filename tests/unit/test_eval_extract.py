@@ -157,6 +157,9 @@ def test_a_cache_of_another_extraction_is_refused(images: Path, tmp_path: Path) 
     finally:
         (images / "val" / "c0" / "img9999.JPEG").unlink()
     assert _run(dataset, cache).computed_shards == []  # the refusals changed nothing
+    (cache / "manifest.json").unlink()  # shards of an unknown extraction are never adopted
+    with pytest.raises(CacheMismatch, match=r"holds 10 shard file\(s\) \(e\.g\. shard-000000\.done\) but no manifest\.json"):
+        _run(dataset, cache)
 
 
 def test_an_empty_shard_of_unreadable_images_and_a_last_short_shard(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import uuid
 from pathlib import Path
@@ -119,5 +120,17 @@ def test_images_and_cache_in_s3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         resumed = extract_features(toy_encoder(), remote, f"{prefix}/cache", shard_size=8, batch_size=3, workers=0,
                                    cache_key_fields=KEYS)
         assert resumed.computed_shards == [1] and torch.equal(resumed.features, from_s3.features)
+
+        from vito.eval.image_folder import LayoutError
+
+        with pytest.raises(LayoutError, match=rf"{re.escape(prefix)}/images: no train/ folder \(expected train/<class>/\*\.JPEG\)"):
+            check_layout(f"{prefix}/images")
+        with pytest.raises(LayoutError, match=rf"{re.escape(prefix)}/images/val: 1 class folder\(s\) not in train/: c2"):
+            fs.put_file(str(local / "val" / "c0" / "img0000.JPEG"), f"{prefix.removeprefix('s3://')}/images/train/c0/a.JPEG")
+            fs.put_file(str(local / "val" / "c0" / "img0000.JPEG"), f"{prefix.removeprefix('s3://')}/images/train/c1/a.JPEG")
+            check_layout(f"{prefix}/images")
+        fs.put_file(str(local / "val" / "c0" / "img0000.JPEG"), f"{prefix.removeprefix('s3://')}/images/val/stray.JPEG")
+        with pytest.raises(LayoutError, match=r"images/val: 1 image file\(s\) directly under val/ \(e\.g\. stray\.JPEG\)"):
+            read_image_folder(f"{prefix}/images", "val", classes_from=None)
     finally:
         remove_tree(env, prefix)

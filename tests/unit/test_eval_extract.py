@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -105,7 +106,7 @@ def _pt_bytes(cache: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(cache.glob("shard-*.pt"))}
 
 
-def test_resume_recomputes_only_the_shards_without_a_valid_marker(images: Path, tmp_path: Path) -> None:
+def test_resume_recomputes_only_the_shards_without_a_valid_marker(images: Path, tmp_path: Path, caplog) -> None:
     dataset = dataset_of(images)
     cache = tmp_path / "cache"
     first = _run(dataset, cache)
@@ -117,8 +118,11 @@ def test_resume_recomputes_only_the_shards_without_a_valid_marker(images: Path, 
 
     calls = []
     (cache / f"{shard_name(2)}.done").unlink()  # died after the .pt, before its marker
-    resumed = _run(dataset, cache, progress=lambda done, total: calls.append(done))
+    with caplog.at_level(logging.INFO, logger="vito.eval.extract"):
+        resumed = _run(dataset, cache, progress=lambda done, total: calls.append(done))
     assert resumed.computed_shards == [2] and resumed.reused_shards == [0, 1, 3, 4]
+    assert f"{shard_name(2)}: no commit marker; recomputing it" in caplog.text
+    assert "4 of its 5 shards cached, 1 to compute" in caplog.text and "37/37 samples done" in caplog.text
     assert calls[0] == 37 - 8  # the cached shards count as done from the start
     assert torch.equal(resumed.features, first.features) and torch.equal(resumed.indices, first.indices)
     assert resumed.skipped == first.skipped and torch.equal(resumed.labels, first.labels)
@@ -153,6 +157,9 @@ def test_a_cache_of_another_extraction_is_refused(images: Path, tmp_path: Path) 
     finally:
         (images / "val" / "c0" / "img9999.JPEG").unlink()
     assert _run(dataset, cache).computed_shards == []  # the refusals changed nothing
+    (cache / "manifest.json").unlink()  # shards of an unknown extraction are never adopted
+    with pytest.raises(CacheMismatch, match=r"holds 10 shard file\(s\) \(e\.g\. shard-000000\.done\) but no manifest\.json"):
+        _run(dataset, cache)
 
 
 def test_an_empty_shard_of_unreadable_images_and_a_last_short_shard(tmp_path: Path) -> None:
@@ -178,3 +185,27 @@ def test_a_dataset_that_returns_other_indices_is_refused(images: Path, tmp_path:
 
     with pytest.raises(ValueError, match=r"dataset\[i\] must return \(i, tensor \| None, reason \| None\)"):
         _run(Shifted(dataset_of(images)), tmp_path / "cache")
+
+
+def test_a_cache_on_a_remote_store(images: Path, tmp_path: Path) -> None:
+    """The cache through fsspec's in-memory store (the code path of s3://): same bytes, same resume."""
+    import uuid
+
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    cache = f"memory://cache-{uuid.uuid4().hex[:8]}"
+    dataset = dataset_of(images)
+    try:
+        remote = _run(dataset, cache)
+        local = _run(dataset, tmp_path / "cache")
+        assert torch.equal(remote.features, local.features) and remote.skipped == local.skipped
+        for shard in range(5):
+            name = f"{shard_name(shard)}.pt"
+            assert fs.cat_file(f"{cache}/{name}") == (tmp_path / "cache" / name).read_bytes()
+        assert not [p for p in fs.find(cache) if ".tmp-" in p]
+        fs.rm(f"{cache}/{shard_name(4)}.done")
+        resumed = _run(dataset, cache)
+        assert resumed.computed_shards == [4] and torch.equal(resumed.features, local.features)
+    finally:
+        fs.rm(cache.removeprefix("memory:/"), recursive=True)

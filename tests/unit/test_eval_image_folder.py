@@ -227,3 +227,34 @@ def test_sizes_follow_torchvision_and_crop_only_keeps_the_pixels() -> None:
 def test_samples_are_plain_values() -> None:
     sample = ImageSample("/data/train/n1/a.JPEG", 3)
     assert sample == ImageSample("/data/train/n1/a.JPEG", 3) and hash(sample) == hash(ImageSample(sample.path, 3))
+
+
+def test_a_remote_root_through_fsspec(in1k: Path) -> None:
+    """The remote code path (fsspec listing and reading) on fsspec's in-memory store, as for s3://."""
+    import uuid
+
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    root = f"memory://in1k-{uuid.uuid4().hex[:8]}"
+    try:
+        for path in sorted(p for p in in1k.rglob("*") if p.is_file()):
+            fs.pipe_file(f"{root}/{path.relative_to(in1k).as_posix()}", path.read_bytes())
+        check_layout(root)
+        local, remote = read_image_folder(str(in1k), "val"), read_image_folder(root, "val")
+        assert remote.classes == local.classes == ["n0001", "n0002", "n0003"]
+        assert [(remote.relative_path(s), s.label) for s in remote.samples] == \
+            [(local.relative_path(s), s.label) for s in local.samples]
+        assert remote.samples[0].path == f"{root}/val/n0001/val_n0001.JPEG"
+        assert remote.fingerprint() == local.fingerprint()
+        transform = ImageTransform(resize=32, crop=28)
+        remote_set, local_set = ImageFolderDataset(remote, transform), ImageFolderDataset(local, transform)
+        assert all(torch.equal(remote_set[i][1], local_set[i][1]) for i in range(len(local_set)))
+
+        fs.pipe_file(f"{root}/val/stray.JPEG", b"x")
+        with pytest.raises(LayoutError, match=rf"{root}/val: 1 image file\(s\) directly under val/"):
+            check_layout(root)
+        with pytest.raises(LayoutError, match=rf"{root}: no test/ folder"):
+            check_layout(root, splits=("test",))
+    finally:
+        fs.rm(root.removeprefix("memory:/"), recursive=True)

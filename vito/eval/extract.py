@@ -170,6 +170,11 @@ def _check_manifest(cache: _Cache, expected: dict) -> bool:
     """True if the manifest exists and agrees; False if absent; CacheMismatch if it disagrees."""
     found = cache.read_json(MANIFEST)
     if found is None:
+        leftovers = _shard_files(cache)
+        if leftovers:  # the manifest is written before any shard: these are of an unknown extraction
+            raise CacheMismatch(f"{cache.url} holds {len(leftovers)} shard file(s) (e.g. {leftovers[0]}) but no "
+                                f"{MANIFEST}, so what they were computed from is unknown: use another cache_dir, or "
+                                "delete that folder to recompute")
         return False
     differences = _manifest_difference(found, expected)
     if differences:
@@ -354,19 +359,23 @@ def extract_features(
     return result
 
 
-def _committed_elsewhere(cache: _Cache, num_shards: int, mine: set[int]) -> list[int]:
-    """Other ranks' shards whose markers exist now (for progress counts only; read and verified later)."""
+def _shard_files(cache: _Cache) -> list[str]:
+    """Names of the shard files (.pt and .done) in the cache folder."""
     try:
         names = cache.fs.ls(cache.root, detail=False, refresh=True)
     except FileNotFoundError:
         return []
+    bases = (name.rstrip("/").rsplit("/", 1)[-1] for name in names)
+    return sorted(base for base in bases if base.startswith("shard-") and base.endswith((".pt", ".done")))
+
+
+def _committed_elsewhere(cache: _Cache, num_shards: int, mine: set[int]) -> list[int]:
+    """Other ranks' shards whose markers exist now (for progress counts only; read and verified later)."""
     found = []
-    for name in names:
-        base = name.rstrip("/").rsplit("/", 1)[-1]
-        if base.startswith("shard-") and base.endswith(".done"):
-            shard = int(base[len("shard-"):-len(".done")])
-            if shard < num_shards and shard not in mine:
-                found.append(shard)
+    for base in _shard_files(cache):
+        number = base[len("shard-"):-len(".done")]
+        if base.endswith(".done") and number.isdigit() and int(number) < num_shards and int(number) not in mine:
+            found.append(int(number))
     return found
 
 

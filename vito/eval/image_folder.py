@@ -68,7 +68,7 @@ class _Listing:
 
 class _Store:
     """The root's filesystem, with the one difference that matters for speed: a local tree is walked with
-    os.scandir (no stat per file), a remote one listed with fsspec (one paginated listing per split on S3)."""
+    os.scandir (no stat per file), a remote one listed with fsspec (one recursive listing per split)."""
 
     def __init__(self, root: str, storage_options: dict | None):
         self.root = root.rstrip("/") or "/"
@@ -113,24 +113,28 @@ class _Store:
             (folders if entry.get("type") == "directory" else files).append(name)
         return sorted(folders), sorted(files)
 
-    def find_images(self, relative: str) -> list[str]:
-        """Image files at any depth under `relative`, as paths relative to it, sorted."""
-        found = []
+    def images_by_class(self, split: str, classes: Sequence[str]) -> dict[str, list[str]]:
+        """Each class folder's image files at any depth, as paths relative to the class folder, sorted.
+
+        Local: a walk per class folder. Remote: one recursive listing of the split (on S3 a paginated
+        listing, 1,000 keys a request), grouped by class: far fewer requests than one listing per class."""
+        found: dict[str, list[str]] = {name: [] for name in classes}
         if self.local:
-            top = os.path.join(self.base, relative)
-            for folder, dirs, files in os.walk(top):
-                dirs[:] = [d for d in dirs if not d.startswith(".")]
-                prefix = os.path.relpath(folder, top)
-                for name in files:
-                    if is_image_name(name) and not name.startswith("."):
-                        found.append(name if prefix == "." else f"{prefix}/{name}")
-            return sorted(found)
-        path = f"{self.base}/{relative}"
-        for name in with_retries(lambda: self.fs.find(path, withdirs=False), f"listing {self.root}/{relative}"):
-            rel = name[len(path) + 1:]
-            if is_image_name(rel) and not any(part.startswith(".") for part in rel.split("/")):
-                found.append(rel)
-        return sorted(found)
+            for name in classes:
+                top = os.path.join(self.base, split, name)
+                for folder, dirs, files in os.walk(top):
+                    dirs[:] = [d for d in dirs if not d.startswith(".")]
+                    prefix = os.path.relpath(folder, top)
+                    found[name] += [f if prefix == "." else f"{prefix}/{f}"
+                                    for f in files if is_image_name(f) and not f.startswith(".")]
+        else:
+            path = f"{self.base}/{split}"
+            for key in with_retries(lambda: self.fs.find(path, withdirs=False), f"listing {self.root}/{split}"):
+                parts = key[len(path) + 1:].split("/")
+                if len(parts) >= 2 and parts[0] in found and is_image_name(parts[-1]) \
+                        and not any(part.startswith(".") for part in parts):
+                    found[parts[0]].append("/".join(parts[1:]))
+        return {name: sorted(files) for name, files in found.items()}
 
 
 def _list_split(store: _Store, split: str) -> _Listing:
@@ -148,7 +152,7 @@ def _list_split(store: _Store, split: str) -> _Listing:
         )
     if not folders:
         raise LayoutError(f"{where}: no class folders (expected {expected})")
-    by_class = {name: store.find_images(f"{split}/{name}") for name in folders}
+    by_class = store.images_by_class(split, folders)
     if not any(by_class.values()):
         raise LayoutError(f"{where}: no images ({' '.join(IMAGE_EXTENSIONS)}) in its {len(folders)} class folder(s) "
                           f"(expected {expected})")

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from tests.unit.test_eval_extract import KEYS, dataset_of, toy_encoder, write_image_folder
+from tests.eval_images import KEYS, dataset_of, toy_encoder, write_image_folder
 from vito.eval.extract import extract_features
 
 pytestmark = pytest.mark.integration

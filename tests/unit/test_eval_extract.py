@@ -12,45 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.unit.test_eval_image_folder import truncate, write_jpeg
+from tests.eval_images import KEYS, TRANSFORM, dataset_of, toy_encoder, write_image_folder, write_jpeg
 from vito.eval.extract import CacheMismatch, extract_features, shard_name
-from vito.eval.image_folder import ImageFolderDataset, ImageTransform, read_image_folder
-
-TRANSFORM = ImageTransform(resize=32, crop=28)
-
-
-def toy_encoder() -> torch.nn.Module:
-    """Two convolutions and a mean pool: (B, 3, 28, 28) -> (B, 8), the same weights in every process."""
-    generator = torch.Generator().manual_seed(0)
-    model = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 4, 3, stride=2), torch.nn.ReLU(), torch.nn.Conv2d(4, 8, 3, stride=2),
-        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
-    )
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
-    return model.eval()
-
-
-def write_image_folder(root: Path, num_images: int, bad: dict[int, str] | None = None) -> Path:
-    """`num_images` 40x30 JPEGs over 3 classes under root/val; `bad` maps a sample index to 'truncated' or
-    'garbage' (sample order = sorted class, then sorted name)."""
-    for i in range(num_images):
-        write_jpeg(root / "val" / f"c{i % 3}" / f"img{i:04d}.JPEG", seed=i)
-    order = sorted((root / "val").glob("*/*.JPEG"))
-    for index, kind in (bad or {}).items():
-        if kind == "truncated":
-            truncate(order[index])
-        else:
-            order[index].write_bytes(b"garbage")
-    return root
-
-
-def dataset_of(root: Path) -> ImageFolderDataset:
-    return ImageFolderDataset(read_image_folder(str(root), "val", classes_from=None), TRANSFORM)
-
-
-KEYS = {"encoder": "toy-2conv", "transform": TRANSFORM.key()}
+from vito.eval.image_folder import ImageFolderDataset, ImageTransform
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 
+from tests.eval_images import truncate, write_jpeg
 from vito.data.augment import MEAN, STD
 from vito.eval.image_folder import (
     ImageFolderDataset,
@@ -21,21 +22,6 @@ from vito.eval.image_folder import (
     collate,
     read_image_folder,
 )
-
-
-def write_jpeg(path: Path, seed: int, size: tuple[int, int] = (40, 30), fmt: str = "JPEG") -> None:
-    """A smooth random image (a photo-like JPEG, not noise) of size (width, height)."""
-    rng = np.random.default_rng(seed)
-    width, height = size
-    small = rng.integers(0, 256, (max(2, height // 8), max(2, width // 8), 3), dtype=np.uint8)
-    image = Image.fromarray(small).resize((width, height), Image.Resampling.BILINEAR)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path, fmt, **({"quality": 90} if fmt == "JPEG" else {}))
-
-
-def truncate(path: Path, keep: float = 0.6) -> None:
-    data = path.read_bytes()
-    path.write_bytes(data[: int(len(data) * keep)])
 
 
 @pytest.fixture

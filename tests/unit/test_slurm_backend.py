@@ -259,3 +259,21 @@ def test_hung_accounting_keeps_what_the_controller_knows(monkeypatch, tmp_path):
     assert view.states == {"12_0": S.RUNNING, "12_1": S.UNKNOWN}
     (problem,) = view.problems
     assert "accounting" in problem
+
+
+@pytest.mark.timeout(10)
+def test_a_silent_daemon_is_named_with_the_real_bound_and_what_to_check(monkeypatch, tmp_path):
+    """With slurmdbd frozen the message read "`sacct --parsable2 -n` did not answer within 2 s: is slurmctld up?":
+    the wrong daemon, and the 1.5 s bound rounded to 2."""
+    from vitolaunch.backends import JobHandle
+    from vitolaunch.backends.slurm import SlurmBackend
+
+    _fake_slurm_commands(tmp_path, sacct="sleep 60", squeue="sleep 60")
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    monkeypatch.delenv("VITOLAUNCH_SLURM_STATUS_TIMEOUT_S", raising=False)
+    accounting, controller = SlurmBackend().observe([JobHandle("12_0", "")]).problems
+    assert "sacct" in accounting and "slurmdbd within 1.5 s" in accounting, accounting
+    assert "slurmctld" not in accounting and "2 s" not in accounting, accounting
+    assert "sacctmgr show cluster" in accounting and "VITOLAUNCH_SLURM_STATUS_TIMEOUT_S" in accounting, accounting
+    assert "squeue" in controller and "slurmctld within 1.5 s" in controller and "scontrol ping" in controller, controller
+    assert "slurmdbd" not in controller, controller

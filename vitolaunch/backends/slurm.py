@@ -80,13 +80,35 @@ def status_timeout_s() -> float:
     return env_float(STATUS_TIMEOUT_ENV, DEFAULT_STATUS_TIMEOUT_S)
 
 
+# Which daemon answers each command: the accounting commands ask slurmdbd, the others slurmctld.
+_ACCOUNTING_COMMANDS = frozenset({"sacct", "sacctmgr", "sreport"})
+
+
+def answering_daemon(command: str) -> str:
+    """The SLURM daemon a command waits on: 'slurmdbd' for sacct/sacctmgr/sreport, else 'slurmctld'."""
+    return "slurmdbd" if Path(command).name in _ACCOUNTING_COMMANDS else "slurmctld"
+
+
+def _no_answer(args: Sequence[str], timeout: float) -> str:
+    """What to say when a SLURM command timed out: the daemon it waited on, the real bound, what to check."""
+    daemon = answering_daemon(args[0])
+    if daemon == "slurmdbd":
+        check = ("check that slurmdbd and its database are up (`sacctmgr show cluster` should answer at once; "
+                 "its log, SlurmdbdLogFile in slurmdbd.conf)")
+    else:
+        check = "check that slurmctld is up (`scontrol ping`; its log, SlurmctldLogFile in slurm.conf)"
+    if timeout == status_timeout_s():
+        check += f"; if it is only slow, raise the bound with {STATUS_TIMEOUT_ENV}"
+    return f"`{' '.join(args[:3])}` got no answer from {daemon} within {timeout:g} s: {check}"
+
+
 def _run(args: Sequence[str], timeout: float = CLI_TIMEOUT_S, check: bool = True) -> subprocess.CompletedProcess[str]:
     try:
         proc = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout)
     except FileNotFoundError as problem:
         raise SlurmUnavailable(f"`{args[0]}` is not on PATH: is this a SLURM login node?") from problem
     except subprocess.TimeoutExpired as problem:
-        raise SlurmUnavailable(f"`{' '.join(args[:3])}` did not answer within {timeout:.0f} s: is slurmctld up?") from problem
+        raise SlurmUnavailable(_no_answer(args, timeout)) from problem
     if check and proc.returncode != 0:
         raise SlurmUnavailable(f"`{' '.join(args[:3])}` failed: {(proc.stderr or proc.stdout).strip()[:300]}")
     return proc

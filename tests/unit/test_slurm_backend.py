@@ -317,3 +317,51 @@ def test_a_silent_daemon_is_named_with_the_real_bound_and_what_to_check(monkeypa
     assert "sacctmgr show cluster" in accounting and "VITOLAUNCH_SLURM_STATUS_TIMEOUT_S" in accounting, accounting
     assert "squeue" in controller and "slurmctld within 1.5 s" in controller and "scontrol ping" in controller, controller
     assert "slurmdbd" not in controller, controller
+
+
+class _Store:
+    """A run store with one sweep of the given trials (what status's collect_rows asks of it)."""
+
+    def __init__(self, trials):
+        self.sweep, self._trials = RunRecord("p", "p", "RUNNING", 0.0, None, {"vitolaunch.sweep": "s"}), trials
+
+    def sweeps(self):
+        return [self.sweep]
+
+    def trials(self, sweep):
+        return self._trials
+
+
+@pytest.mark.timeout(20)
+def test_a_task_slurm_requeued_after_a_node_failure_says_so_under_the_table(monkeypatch, tmp_path):
+    """After SLURM requeued a job for a node failure, status showed QUEUED with no reason. sacct -D keeps the
+    attempt that failed (NODE_FAIL); slurmdbd's node events say which node went down."""
+    from rich.console import Console
+
+    from vitolaunch.results.status_table import collect_rows, render_table
+    from vitolaunch.tracking.records import TAG_BACKEND, TAG_JOB_ID
+
+    # What the loopback cluster's sacct -D prints: the requeued task's old record first, then its current one.
+    _fake_slurm_commands(
+        tmp_path,
+        sacct="printf '12_0|NODE_FAIL|2026-11-29T01:00:00|2026-11-29T01:05:00|n[1-2]\\n"
+              "12_1|RUNNING|2026-11-29T01:00:00|Unknown|n1\\n12_0|PENDING|Unknown|Unknown|None assigned\\n'",
+        squeue="printf '12_0|PENDING|N/A\\n12_1|RUNNING|2026-11-29T01:00:00\\n'",
+    )
+    sacctmgr = tmp_path / "sacctmgr"
+    sacctmgr.write_text('#!/bin/sh\necho "$@" > "$(dirname "$0")/sacctmgr.args"\nprintf "n2|2026-11-29T01:04:58|DOWN\\n"\n')
+    sacctmgr.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    trials = [RunRecord(f"run{k}", f"run{k}", "RUNNING" if k else "SCHEDULED", 0.0, None,
+                        {TAG_BACKEND: "slurm", TAG_JOB_ID: f"12_{k}", "vitolaunch.trial_index": str(k),
+                         TAG_JOB_STARTED_AT: "1.0"}) for k in range(2)]
+    rows = collect_rows(_Store(trials), stalled_after=1e12).rows
+    assert [(r.state, r.note) for r in rows] == [
+        ("QUEUED", "requeued by SLURM after node n2 failed (restart 1); it resumes from its last committed checkpoint"),
+        ("RUNNING", None)]
+    args = (tmp_path / "sacctmgr.args").read_text()
+    assert "nodes=n[1-2]" in args and "start=2026-11-29T01:00:00" in args and "end=2026-11-29T01:05:00" in args, args
+    console = Console(width=250, record=True)
+    console.print(render_table(rows))
+    text = console.export_text()
+    assert "s trial 000 (run0, QUEUED): requeued by SLURM after node n2 failed (restart 1)" in text, text

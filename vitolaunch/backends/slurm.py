@@ -192,6 +192,18 @@ def parse_job_table(text: str) -> dict[str, tuple[SchedulerState, float | None]]
     return table
 
 
+def earlier_records(text: str) -> dict[str, list[list[str]]]:
+    """`sacct -D` lines (JobID|State|Start|End|NodeList, oldest record first) -> each task's records before its
+    current one, the ones a requeue left (REQUEUED, NODE_FAIL, PREEMPTED); tasks never requeued are absent."""
+    records: dict[str, list[list[str]]] = {}
+    for line in text.splitlines():
+        fields = line.strip().split("|")
+        if len(fields) < 2 or not fields[0] or "." in fields[0] or "_[" in fields[0]:
+            continue
+        records.setdefault(fields[0], []).append(fields)
+    return {job: rows[:-1] for job, rows in records.items() if len(rows) > 1}
+
+
 def signal_delay_s(resources: Resources) -> int:
     """Seconds of warning (USR2) before the time limit: enough to reach a step boundary, save and commit.
 
@@ -569,13 +581,16 @@ class SlurmBackend(Backend):
             return view
         timeout = status_timeout_s()
         with ThreadPoolExecutor(2) as pool:
-            accounting = pool.submit(self._query, ["sacct", "--parsable2", "-n", "-X", "-o", "JobID,State,Start",
-                                                   "-j", ",".join(arrays)], True, timeout)
+            # -D: a requeued task's earlier records too (oldest first), to say why it is queued again.
+            accounting = pool.submit(self._query, ["sacct", "--parsable2", "-n", "-X", "-D", "-o",
+                                                   "JobID,State,Start,End,NodeList", "-j", ",".join(arrays)], True, timeout)
             controller = pool.submit(self._query, ["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T|%S",
                                                    "-j", ",".join(arrays)], False, timeout)
         table: dict[str, tuple[SchedulerState, float | None]] = {}
+        earlier: dict[str, list[list[str]]] = {}
         try:
-            table = parse_job_table(accounting.result())
+            text = accounting.result()
+            table, earlier = parse_job_table(text), earlier_records(text)
         except SlurmUnavailable as problem:
             view.problems.append(f"SLURM accounting (sacct/slurmdbd) did not answer: {problem}")
         # sacct lags the controller by seconds (more on a busy slurmdbd): for a task the controller still
@@ -595,7 +610,40 @@ class SlurmBackend(Backend):
             view.states[handle.job_id] = state
             if start is not None:
                 view.start_times[handle.job_id] = start
+            if state is S.PENDING and earlier.get(handle.job_id):
+                view.reasons[handle.job_id] = self._requeue_reason(earlier[handle.job_id], timeout)
         return view
+
+    def _requeue_reason(self, records: list[list[str]], timeout: float) -> str:
+        """Why a pending task is queued again, from its earlier accounting records (JobID|State|Start|End|NodeList)."""
+        last = records[-1] + [""] * 5
+        word, start, end, nodes = last[1].split(" ")[0].rstrip("+").upper(), last[2], last[3], last[4]
+        restarts = f"(restart {len(records)})"
+        if word == "NODE_FAIL":
+            failed = self._failed_nodes(nodes, start, end, timeout)
+            what = f"node {failed} failed" if failed else f"a node of {nodes or 'its allocation'} failed"
+            return f"requeued by SLURM after {what} {restarts}; it resumes from its last committed checkpoint"
+        if word == "PREEMPTED":
+            return f"requeued by SLURM after it was preempted {restarts}; it resumes from its last committed checkpoint"
+        if word == "REQUEUED":
+            return (f"requeued with `scontrol requeue` (by vitolaunch's retry hook or an admin) {restarts}; "
+                    "it resumes from its last committed checkpoint")
+        return f"queued again after it ended {word or 'without a state'} {restarts}"
+
+    def _failed_nodes(self, nodes: str, start: str, end: str, timeout: float) -> str | None:
+        """The node(s) of `nodes` that went down while the task ran (slurmdbd's node events), None if unknown."""
+        if not nodes or not start or start == "Unknown":
+            return None
+        args = ["sacctmgr", "-n", "-P", "show", "event", f"nodes={nodes}", f"start={start}",
+                "format=NodeName,TimeStart,State"]
+        if end and end != "Unknown":
+            args.append(f"end={end}")
+        try:
+            out = self._query(args, True, timeout)
+        except SlurmUnavailable:
+            return None
+        down = sorted({line.split("|")[0] for line in out.splitlines() if line.split("|")[0]})
+        return ", ".join(down) or None
 
     def _query(self, args: list[str], check: bool = True, timeout: float = CLI_TIMEOUT_S):
         self.queries.append(args)

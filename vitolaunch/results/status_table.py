@@ -36,6 +36,7 @@ class TrialRow:
     elapsed_s: float | None  # running time: since its job (last) started, to its end or now; None if it never ran
     job_id: str | None
     queued_s: float | None = None  # from submission to its job's start (or to now, or to its end if it never ran)
+    note: str | None = None  # why it is in its state, where the scheduler says (e.g. requeued after a node failed)
 
 
 # vito's tag on a run that continued from a checkpoint (vito.metrics.TAG_RESUMED_FROM_STEP; not imported: the
@@ -133,6 +134,7 @@ def collect_rows(
                     elapsed_s=_elapsed(trial, states[trial.run_id]),
                     job_id=trial.tags.get(TAG_JOB_ID),
                     queued_s=_queued(trial, states[trial.run_id]),
+                    note=observed.reasons.get(trial.run_id),
                 )
             )
     return StatusReport(rows, observed.problems, sweep_problems)
@@ -166,10 +168,15 @@ def _fmt_params(params: dict[str, Any]) -> str:
 
 
 def render_table(rows: list[TrialRow], title: str | None = None, problems: Sequence[str] = ()):
+    from rich.markup import escape
     from rich.table import Table
 
     # What the scheduler could not tell goes right under the table, where UNKNOWN rows send the eye.
     caption = "\n".join(f"[yellow]{problem}: states it cannot vouch for show as UNKNOWN[/]" for problem in problems)
+    # Why a trial is in its state, where the scheduler said more than the state (a requeue after a node failure).
+    notes = "\n".join(f"{row.sweep} trial {row.index:03d} ({row.run_id[:12]}, {row.state}): {escape(row.note)}"
+                      for row in rows if row.note)
+    caption = "\n".join(part for part in (notes, caption) if part)
     table = Table(title=title, caption=caption or None, caption_justify="left", header_style="bold", expand=False)
     for column in ("sweep", "trial", "run id", "params", "state", "step", "loss", "probe acc (rand)", "elapsed"):
         table.add_column(column, no_wrap=column != "params")

@@ -636,14 +636,19 @@ class SlurmBackend(Backend):
             return None
         args = ["sacctmgr", "-n", "-P", "show", "event", f"nodes={nodes}", f"start={start}",
                 "format=NodeName,TimeStart,State"]
-        if end and end != "Unknown":
-            args.append(f"end={end}")
         try:
             out = self._query(args, True, timeout)
         except SlurmUnavailable:
             return None
-        down = sorted({line.split("|")[0] for line in out.splitlines() if line.split("|")[0]})
-        return ", ".join(down) or None
+        # The node is marked down as the task is killed: an event that began by (about) the record's end.
+        until = _timestamp(end)
+        down = set()
+        for line in out.splitlines():
+            name, _, began = line.partition("|")
+            began_s = _timestamp(began.split("|")[0])
+            if name and (until is None or began_s is None or began_s <= until + 60):
+                down.add(name)
+        return ", ".join(sorted(down)) or None
 
     def _query(self, args: list[str], check: bool = True, timeout: float = CLI_TIMEOUT_S):
         self.queries.append(args)

@@ -177,7 +177,7 @@ def _local_note(console, resources, cluster: str) -> None:
 
 def _slurm_dry_run(console, spec, trials) -> None:
     """The sbatch script, then (where SLURM answers) the partition checks and `sbatch --test-only`."""
-    from vitolaunch.backends.slurm import SlurmBackend, render_script
+    from vitolaunch.backends.slurm import SlurmBackend, plan_arrays, render_script
     from vitolaunch.launch.resource_check import check_resources
     from vitolaunch.spec import trial_resources
     from vitolaunch.tracking.records import trial_job_name
@@ -188,15 +188,36 @@ def _slurm_dry_run(console, spec, trials) -> None:
     names = [trial_job_name(spec.name, t.index, t.key) for t in trials]
     backend = SlurmBackend()
     reachable = backend.reachable()
-    first = names[: backend.max_array_size()] if reachable else names
-    arrays = -(-len(names) // len(first)) if first else 0
-    console.print(f"sbatch script ({'first of ' if arrays > 1 else ''}{arrays} array{'s' if arrays > 1 else ''}):")
-    click.echo(render_script(resources, first, log_root))
+    # The plan submit() queues (one function plans both): each array's range and %N, its lane, what it waits for.
+    plan = plan_arrays(len(names), resources.array_parallelism, backend.max_array_size() if reachable else max(1, len(names)))
+    if len(plan) > 1:
+        click.echo("\n".join(split_plan_lines(plan, [t.index for t in trials], backend.max_array_size(),
+                                               resources.array_parallelism)))
+        console.print("sbatch script of array 1 (the others differ only in --array and --dependency, as listed):")
+    else:
+        console.print(f"sbatch script ({len(plan)} array):")
+    first = plan[0] if plan else None
+    click.echo(render_script(resources, [names[k] for k in first.trials] if first else names, log_root, planned=first))
     if not reachable:
         console.print("SLURM is not reachable from here: partition checks and sbatch --test-only skipped")
         return
     check_resources(spec, backend, resources)  # a missing partition, too many nodes, too long: one located error
     console.print(f"sbatch --test-only: {backend.test_only(resources, names, log_root)}")
+
+
+def split_plan_lines(plan, indexes: list[int], max_array_size: int, parallelism: int) -> list[str]:
+    """A split sweep's arrays as sbatch will get them: each array's trials, --array=<range>%N, lane, dependency."""
+    lanes = len({planned.lane for planned in plan})
+    shared = f"{lanes} lanes whose %N add up to" if lanes > 1 else "1 lane whose %N is"
+    lines = [f"{len(indexes)} trials in {len(plan)} arrays (the cluster's MaxArraySize is {max_array_size}), in "
+             f"{shared} {min(parallelism, len(indexes))} (array_parallelism {parallelism}):",
+             "in a lane each array starts once the one before it has ended (--dependency=afterany)"]
+    for number, planned in enumerate(plan, start=1):
+        first, last = indexes[planned.trials[0]], indexes[planned.trials[-1]]
+        trials = f"trial {first:03d}" if first == last else f"trials {first:03d}-{last:03d}"
+        waits = f"  --dependency=afterany:<array {planned.after + 1}>" if planned.after is not None else ""
+        lines.append(f"  array {number}  lane {planned.lane + 1}  {trials:<17} --array={planned.array_range}{waits}")
+    return lines
 
 
 @main.command()

@@ -73,3 +73,16 @@ def test_status_with_a_silent_controller_or_accounting_daemon(tmp_path, cancel_o
 
     (row,) = json.loads(_status(home, "--json").stdout)  # both answer again: nothing was marked for good
     assert row["state"] == "RUNNING" and row["run_id"] == trial.info.run_id, row
+
+
+@pytest.mark.timeout(60)
+def test_a_frozen_slurmdbd_is_named_with_the_real_bound():
+    """The real slurmdbd frozen: the message named slurmctld and said "2 s" for the 1.5 s bound."""
+    from vitolaunch.backends import JobHandle
+    from vitolaunch.backends.slurm import SlurmBackend
+
+    with _frozen("slurmdbd"):
+        view = SlurmBackend().observe([JobHandle("999999_0", "")])
+    (problem,) = view.problems  # the controller answered (an unknown job is not a fault)
+    assert "`sacct --parsable2 -n` got no answer from slurmdbd within 1.5 s" in problem, problem
+    assert "slurmctld" not in problem and "sacctmgr show cluster" in problem, problem

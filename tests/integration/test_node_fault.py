@@ -78,3 +78,34 @@ def test_node_failure_mid_trial_retries_from_the_last_checkpoint(tmp_path, cance
     # every logged step is there: none committed before the fault was lost, the lost ones were redone
     every, steps = LONG_TRAIN["log_every"], LONG_TRAIN["steps"]
     assert sorted(set(logged_loss_steps(home, run_id))) == list(range(every, steps + 1, every))
+
+
+@pytest.mark.timeout(180)
+def test_a_task_queued_again_by_a_requeue_says_why_and_its_restart_count(tmp_path, cancel_on_exit):
+    """A task the cluster requeued read QUEUED with no reason. On the real cluster (sacct -D's record of the
+    attempt before): `scontrol requeue` of a running task; a node failure is the same path with NODE_FAIL
+    (tests/unit/test_slurm_backend.py), not provoked here, since it would kill other users' jobs on the node."""
+    import functools
+
+    from vitolaunch.backends import Resources, SchedulerState
+    from vitolaunch.backends.slurm import SlurmBackend
+
+    cancel_on_exit("it-requeue")
+    backend = SlurmBackend()
+    (handle,) = backend.submit([functools.partial(time.sleep, 60)], ["it-requeue.000.abcdef12"],
+                               Resources(mem_gb=0.5, timeout_min=5), tmp_path)
+    deadline = time.monotonic() + 60
+    while backend.states([handle])[handle.job_id] is not SchedulerState.RUNNING:
+        assert time.monotonic() < deadline, "the task did not start"
+        time.sleep(0.5)
+    assert not backend.observe([handle]).reasons  # never requeued: nothing to say
+    subprocess.run(["scontrol", "requeue", handle.job_id], check=True, capture_output=True, timeout=30)
+    deadline, view = time.monotonic() + 60, None
+    while time.monotonic() < deadline:
+        view = backend.observe([handle])
+        if handle.job_id in view.reasons:
+            break
+        time.sleep(0.5)
+    assert view is not None and view.states[handle.job_id] is SchedulerState.PENDING, view
+    assert view.reasons[handle.job_id].startswith("requeued with `scontrol requeue`"), view.reasons
+    assert "(restart 1)" in view.reasons[handle.job_id], view.reasons

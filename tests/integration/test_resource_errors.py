@@ -76,3 +76,30 @@ def test_partition_and_time_limit_refusals_are_located(slurm_cluster, tmp_path):
     assert f"{path}:{lines['partition']}: key 'resources.partition': " in result.stderr, result.stderr
     assert "partitions: debug, short" in result.stderr
     _nothing_queued("errs-time")
+
+
+@pytest.mark.timeout(300)
+def test_account_and_qos_refusals_are_located_like_every_other_resource_error(slurm_cluster, tmp_path):
+    """The account/QOS refusal carried no origin (`error: resources.account 'x' is not an account ...`): it now
+    names the spec line, the `-o` override, or the cluster profile's line that gave the value."""
+    home = tmp_path / "home"
+    path, lines = _slurm_spec(tmp_path, "errs-account", nodes=1, account="vitolaunch-other")
+    result = vitolaunch(home, "sweep", str(path), "--dry-run", check=False)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"{path}:{lines['account']}: key 'resources.account': resources.account 'vitolaunch-other' is not an " \
+           "account user" in result.stderr, result.stderr
+    assert "nothing was submitted" in result.stderr
+
+    result = vitolaunch(home, "sweep", str(path), "-o", "resources.account=nosuch", check=False)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"{path} (-o resources.account=nosuch): key 'resources.account':" in result.stderr, result.stderr
+
+    # A value the cluster profile gave is located at the profile's line.
+    profiles = tmp_path / "clusters.yaml"
+    profiles.write_text("default: site\nprofiles:\n  site:\n    account: root\n    qos: express\n")
+    path, lines = _slurm_spec(tmp_path, "errs-qos", nodes=1)
+    result = vitolaunch(home, "sweep", str(path), "--dry-run", check=False, env={"VITOLAUNCH_CLUSTERS": str(profiles)})
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"{profiles}:5: key 'resources.qos': resources.qos 'express' is not a QOS user" in result.stderr, result.stderr
+    _nothing_queued("errs-account")
+    _nothing_queued("errs-qos")

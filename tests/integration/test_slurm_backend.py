@@ -99,9 +99,10 @@ def test_more_trials_than_max_array_size_split_into_arrays_and_one_sacct_call_re
     names = [f"it-split.{k:03d}.abcdef12" for k in range(5)]
     handles = backend.submit(jobs, names, Resources(mem_gb=1, timeout_min=5, array_parallelism=4), tmp_path)
     arrays = [h.job_id.split("_")[0] for h in handles]
-    assert len(set(arrays)) == 3 and [h.job_id.split("_")[1] for h in handles] == ["0", "1", "0", "1", "0"]
+    # plan_arrays(5, 4, 2): lanes of %2, %1, %1 holding 3, 1 and 1 trials; the %2 lane's 3 are 2 arrays (0-1, 0-0)
+    assert len(set(arrays)) == 4 and [h.job_id.split("_")[1] for h in handles] == ["0", "1", "0", "0", "0"]
     script = (tmp_path / f"array_{arrays[0]}.sbatch.sh").read_text()
-    assert "#SBATCH --array=0-1%2" in script, script  # parallelism 4 shared by 3 arrays: 2 + 1 + 1
+    assert "#SBATCH --array=0-1%2" in script, script  # parallelism 4 shared by 3 lanes: 2 + 1 + 1
     deadline = time.monotonic() + 90
     while True:
         backend.queries.clear()
@@ -118,6 +119,64 @@ def test_more_trials_than_max_array_size_split_into_arrays_and_one_sacct_call_re
     assert [r[1] for r in results] == [0, 3, 6, 9, 12]
 
 
+def _max_array_size_shim(folder: Path, size: int) -> str:
+    """A PATH whose `scontrol show config` says MaxArraySize=<size> (the shared cluster keeps its 1001); every
+    other scontrol call, and every other command, is the real one."""
+    import shutil
+
+    real = shutil.which("scontrol")
+    folder.mkdir(parents=True, exist_ok=True)
+    shim = folder / "scontrol"
+    shim.write_text(f'#!/bin/sh\nif [ "$1 $2" = "show config" ]; then\n  {real} "$@" | '
+                    f"sed 's/^MaxArraySize *=.*/MaxArraySize = {size}/'\nelse\n  exec {real} \"$@\"\nfi\n")
+    shim.chmod(0o755)
+    return f"{folder}:{os.environ['PATH']}"
+
+
+@pytest.mark.timeout(240)
+def test_the_dry_run_of_a_split_sweep_shows_the_arrays_that_are_queued(tmp_path, cancel_on_exit):
+    """MaxArraySize 5, 12 trials, array_parallelism 2: the dry run printed `first of 3 arrays` with
+    `--array=0-4%2`, while 0-4%1, 0-4%1 and 0-1%1 (afterany) were queued. Now it lists every array, and they
+    are the ones sbatch gets: same ranges, %N, lanes and dependencies."""
+    import re
+
+    from vitolaunch.backends import Resources, SchedulerState
+    from vitolaunch.backends.slurm import SlurmBackend
+
+    home = tmp_path / "home"
+    path = _max_array_size_shim(tmp_path / "bin", 5)
+    spec = write_slurm_spec(tmp_path, "it-plan", {"loss.temperature": [round(0.1 * k, 1) for k in range(1, 13)]}, nodes=1)
+    dry = vitolaunch(home, "sweep", str(spec), "--dry-run", env={"PATH": path}).stdout
+    assert "first of" not in dry and "12 trials in 4 arrays (the cluster's MaxArraySize is 5)" in dry, dry
+    listed = re.findall(r"^  array (\d+)  lane (\d+)  trials? (\d+)(?:-(\d+))? +--array=(\S+)"
+                        r"(?:  --dependency=afterany:<array (\d+)>)?$", dry, re.M)
+    assert [(r, d) for _, _, _, _, r, d in listed] == [("0-4%1", ""), ("0-0%1", "1"), ("0-4%1", ""), ("0-0%1", "3")], dry
+    assert "sbatch script of array 1" in dry and "#SBATCH --array=0-4%1" in dry, dry
+
+    # What is queued for the same 12 trials (trivial tasks here: the arrays are the point, not training).
+    cancel_on_exit("it-plan")
+    backend = SlurmBackend(max_array_size=5)
+    jobs = [functools.partial(operator.mul, 3, k) for k in range(12)]
+    names = [f"it-plan.{k:03d}.abcdef12" for k in range(12)]
+    handles = backend.submit(jobs, names, Resources(mem_gb=1, timeout_min=5, array_parallelism=2), tmp_path / "logs")
+    arrays = sorted({h.job_id.split("_")[0] for h in handles}, key=int)  # submitted in plan order
+    assert len(arrays) == len(listed), (arrays, dry)
+    for array_id, (number, _, first, last, array_range, after) in zip(arrays, listed):
+        script = (tmp_path / "logs" / f"array_{array_id}.sbatch.sh").read_text()
+        assert f"#SBATCH --array={array_range}\n" in script, (number, script)
+        dependency = re.findall(r"^#SBATCH --dependency=(\S+)$", script, re.M)
+        assert dependency == ([f"afterany:{arrays[int(after) - 1]}"] if after else []), (number, script)
+        tasks = (tmp_path / "logs" / f"array_{array_id}.tsv").read_text().split()[1::2]
+        assert [int(name.split(".")[1]) for name in tasks] == list(range(int(first), int(last or first) + 1))
+    deadline = time.monotonic() + 180
+    while not all(s is SchedulerState.COMPLETED for s in backend.states(handles).values()):
+        assert time.monotonic() < deadline, backend.states(handles)
+        time.sleep(1)
+    from submitit.core.utils import JobPaths, pickle_load
+
+    assert [pickle_load(JobPaths(h.log_dir, h.job_id, 0).result_pickle)[1] for h in handles] == [3 * k for k in range(12)]
+
+
 def _running_tasks(name: str) -> int:
     out = subprocess.run(["squeue", "-h", "-r", "-t", "R", "-n", name, "-o", "%i"], capture_output=True, text=True,
                          timeout=30).stdout
@@ -127,7 +186,8 @@ def _running_tasks(name: str) -> int:
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("parallelism", [1, 2])
 def test_split_arrays_never_run_more_than_array_parallelism_at_once(tmp_path, cancel_on_exit, parallelism):
-    """3 arrays of 2 one-CPU tasks: the cluster could run all 6 at once, the sweep asked for at most 1 or 2."""
+    """6 one-CPU tasks in arrays of at most 2: the cluster could run all 6 at once, the sweep asked for at most 1
+    or 2 (1: one lane of 3 arrays; 2: two lanes of 3 trials, each 2 arrays)."""
     from vitolaunch.backends import Resources, SchedulerState
     from vitolaunch.backends.slurm import SlurmBackend
 
@@ -137,7 +197,7 @@ def test_split_arrays_never_run_more_than_array_parallelism_at_once(tmp_path, ca
     jobs = [functools.partial(time.sleep, 4) for _ in range(6)]
     names = [f"{name}.{k:03d}.abcdef12" for k in range(6)]
     handles = backend.submit(jobs, names, Resources(mem_gb=1, timeout_min=5, array_parallelism=parallelism), tmp_path)
-    assert len({h.job_id.split("_")[0] for h in handles}) == 3
+    assert len({h.job_id.split("_")[0] for h in handles}) == {1: 3, 2: 4}[parallelism]
     most, deadline = 0, time.monotonic() + 200
     while not all(s is SchedulerState.COMPLETED for s in backend.states(handles).values()):
         most = max(most, _running_tasks(name))

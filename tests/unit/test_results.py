@@ -36,6 +36,7 @@ from vitolaunch.tracking.records import (
     TAG_TASK,
     RunStatus,
 )
+from vitolaunch.tracking.store import RunRecord
 
 MAX = Ranking("eval/acc", "max")
 MIN = Ranking("train/loss", "min")
@@ -167,3 +168,48 @@ def test_objective_is_a_spec_key_with_a_default_per_task_that_does_not_change_th
 def test_a_bad_objective_is_named_with_its_line(tmp_path, body, where):
     with pytest.raises(SpecError, match=rf"s.yaml:4: .*{where}"):
         _spec(tmp_path, body)
+
+
+class _OneSweep:
+    """A run store holding one sweep and the given trials (what collect_rows asks of it)."""
+
+    def __init__(self, trials):
+        self.sweep, self._trials = RunRecord("p", "p", "RUNNING", 0.0, None, {"vitolaunch.sweep": "s"}), trials
+
+    def sweeps(self):
+        return [self.sweep]
+
+    def trials(self, sweep):
+        return self._trials
+
+
+def test_elapsed_is_the_running_time_and_queue_time_is_reported_apart(monkeypatch):
+    """A 21 s trial that waited 190 s in the queue showed 3:31, and a cancelled trial that never started 0:57."""
+    from vitolaunch.results import status_table
+    from vitolaunch.results.status_table import collect_rows, render_table
+    from vitolaunch.tracking.records import TAG_JOB_STARTED_AT, TAG_LAST_REQUEUE
+
+    monkeypatch.setattr(status_table.time, "time", lambda: 1000.0 + 600)
+    submitted = 1000.0
+    trials = [
+        RunRecord("ran", "ran", "FINISHED", submitted, submitted + 211, {TAG_JOB_STARTED_AT: str(submitted + 190)}),
+        RunRecord("never", "never", "KILLED", submitted, submitted + 57, {}),
+        RunRecord("waiting", "waiting", "SCHEDULED", submitted, None, {}),  # no job id yet: QUEUED, never asked
+        RunRecord("requeued", "requeued", "FINISHED", submitted, submitted + 500,
+                  {TAG_JOB_STARTED_AT: str(submitted + 400), TAG_LAST_REQUEUE: "timeout at step 10"}),
+    ]
+    rows = {row.run_id: row for row in collect_rows(_OneSweep(trials)).rows}
+    assert [rows[k].elapsed_s for k in ("ran", "never", "waiting")] == [21.0, None, None]
+    assert (rows["ran"].state, rows["ran"].elapsed_s, rows["ran"].queued_s) == ("COMPLETED", 21.0, 190.0)
+    assert (rows["never"].state, rows["never"].elapsed_s, rows["never"].queued_s) == ("CANCELLED", None, 57.0)
+    assert (rows["waiting"].state, rows["waiting"].elapsed_s, rows["waiting"].queued_s) == ("QUEUED", None, 600.0)
+    # Requeued: its last attempt's running time; the time from submission to that start was not one wait.
+    assert (rows["requeued"].elapsed_s, rows["requeued"].queued_s) == (100.0, None)
+
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    console.print(render_table(list(rows.values())))
+    lines = {line.split("│")[3].strip(): line for line in console.export_text().splitlines() if line.count("│") > 5}
+    assert lines["ran"].rstrip(" │").endswith("0:21") and lines["never"].rstrip(" │").endswith("-"), lines
+    assert lines["waiting"].rstrip(" │").endswith("queued 10:00"), lines

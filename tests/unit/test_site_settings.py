@@ -311,3 +311,19 @@ def test_an_error_about_a_value_the_profile_gave_points_at_the_profile_line(tmp_
     # a value the spec itself gives is still located in the spec
     assert spec.error_at(("resources", "timeout_min"), "x").line == 7
     assert spec.error_at(("resources", "env", "OMP_NUM_THREADS"), "x").line == 5  # merged key by key from the profile
+
+
+@pytest.mark.parametrize("word", ["yes", "no", "on", "off", "true", "False"])
+def test_env_value_that_yaml_reads_as_a_boolean_is_refused_at_its_line(tmp_path, word):
+    """`env: {X: yes}` exported X=1: YAML 1.1 made the word a boolean. The user meant the text: say to quote it."""
+    error = refused(spec_with(tmp_path, f"env:\n  OMP_NUM_THREADS: 4\n  X: {word}\n"))
+    text = str(error)
+    assert error.line == 11 and error.key == "resources.env.X", text
+    assert "quote the value" in text and "X: 'yes'" in text, text
+    quoted = load_spec(spec_with(tmp_path, f"env:\n  X: '{word}'\n"))
+    assert quoted.resources.env["X"] == word
+
+
+def test_env_boolean_given_with_o_is_refused_at_the_option(tmp_path):
+    text = str(refused(spec_with(tmp_path, ""), ("resources.env.X=on",)))
+    assert "-o resources.env.X" in text and "quote the value" in text, text

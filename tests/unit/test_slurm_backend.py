@@ -23,6 +23,7 @@ from vitolaunch.backends.slurm import (
 from vitolaunch.results.states import TrialState as T, trial_states
 from vitolaunch.spec.resources import Resources
 from vitolaunch.tracking.records import TAG_JOB_STARTED_AT
+from vitolaunch.tracking.store import RunRecord
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -211,19 +212,59 @@ def test_cancel_takes_whole_arrays_by_id_and_lone_tasks_by_task_id(tmp_path):
     assert cancel_targets([JobHandle("9_0", str(tmp_path / "9_0"))]) == ["9_0"]
 
 
-@pytest.mark.parametrize("arrays", [1, 2, 3, 5, 8])
-@pytest.mark.parametrize("parallelism", [1, 2, 3, 4, 7, 16])
-def test_split_arrays_share_the_parallelism_exactly(arrays, parallelism):
-    from vitolaunch.backends.slurm import array_lanes
+def _makespan(arrays) -> int:
+    """Wall time of equal-length trials in trial-units: a lane runs its arrays one after the other, an array of
+    n tasks at %k takes ceil(n / k) units; lanes run side by side."""
+    lanes: dict[int, int] = {}
+    for array in arrays:
+        lanes[array.lane] = lanes.get(array.lane, 0) + -(-len(array.trials) // array.limit)
+    return max(lanes.values())
 
-    lanes = array_lanes(arrays, parallelism)
-    assert len(lanes) == arrays and all(lane.limit >= 1 for lane in lanes)
-    heads = [lane for lane in lanes if lane.after is None]  # what can run at the same time
-    assert sum(lane.limit for lane in heads) == parallelism
-    assert len(heads) == min(arrays, parallelism)
-    for k, lane in enumerate(lanes):  # an array that waits waits for an earlier one with the same limit
-        if lane.after is not None:
-            assert lane.after < k and lanes[lane.after].limit == lane.limit
+
+def _plan_before_issue_21(count: int, parallelism: int, max_array_size: int):
+    """The plan as it was: arrays of MaxArraySize first, then dealt round-robin into lanes."""
+    from vitolaunch.backends.slurm import PlannedArray
+
+    chunks = [tuple(range(s, min(s + max_array_size, count))) for s in range(0, count, max_array_size)]
+    lanes = min(len(chunks), parallelism)
+    shares = [parallelism // lanes + (1 if lane < parallelism % lanes else 0) for lane in range(lanes)]
+    return [PlannedArray(chunk, shares[k % lanes], k % lanes, k - lanes if k >= lanes else None)
+            for k, chunk in enumerate(chunks)]
+
+
+def test_a_split_sweep_is_dealt_into_balanced_lanes_first():
+    """12 equal trials, array_parallelism 2, MaxArraySize 5: the lanes were 7 and 5 trials (one slot idle for the
+    last 2 units): 7 units of wall time. Lanes of 6 and 6: 6 units, the least 2 slots can do."""
+    from vitolaunch.backends.slurm import plan_arrays
+
+    plan = plan_arrays(12, 2, 5)
+    assert [(a.array_range, a.lane, a.after) for a in plan] == [
+        ("0-4%1", 0, None), ("0-0%1", 0, 0), ("0-4%1", 1, None), ("0-0%1", 1, 2)]
+    assert _makespan(_plan_before_issue_21(12, 2, 5)) == 7
+    assert _makespan(plan) == 6
+
+
+@pytest.mark.parametrize("count", [1, 5, 6, 11, 12, 13, 40, 2003])
+@pytest.mark.parametrize("parallelism", [1, 2, 3, 4, 7, 16, 100])
+@pytest.mark.parametrize("max_array_size", [2, 5, 1001])
+def test_split_arrays_share_the_parallelism_exactly_and_end_together(count, parallelism, max_array_size):
+    from vitolaunch.backends.slurm import plan_arrays
+
+    plan = plan_arrays(count, parallelism, max_array_size)
+    assert [k for array in plan for k in array.trials] == list(range(count))  # each trial once, in order
+    assert all(1 <= len(a.trials) <= max_array_size and a.limit >= 1 for a in plan)
+    heads = [a for a in plan if a.after is None]  # one per lane: what can run at the same time
+    if len(plan) == 1:
+        assert plan[0].limit == parallelism  # one array: %N is array_parallelism itself
+    else:
+        assert sum(a.limit for a in heads) == min(parallelism, count)  # %N exact, never over
+        assert len({a.lane for a in heads}) == len(heads)
+    for k, array in enumerate(plan):  # an array that waits waits for the one before it in its lane
+        if array.after is not None:
+            assert array.after < k and plan[array.after].lane == array.lane and plan[array.after].limit == array.limit
+    # Equal-length trials end in the fewest units the slots allow, never later than the plan before.
+    assert _makespan(plan) == -(-count // min(parallelism, count))
+    assert _makespan(plan) <= _makespan(_plan_before_issue_21(count, parallelism, max_array_size))
 
 
 def _fake_slurm_commands(folder: Path, sacct: str, squeue: str) -> None:
@@ -258,3 +299,70 @@ def test_hung_accounting_keeps_what_the_controller_knows(monkeypatch, tmp_path):
     assert view.states == {"12_0": S.RUNNING, "12_1": S.UNKNOWN}
     (problem,) = view.problems
     assert "accounting" in problem
+
+
+@pytest.mark.timeout(10)
+def test_a_silent_daemon_is_named_with_the_real_bound_and_what_to_check(monkeypatch, tmp_path):
+    """With slurmdbd frozen the message read "`sacct --parsable2 -n` did not answer within 2 s: is slurmctld up?":
+    the wrong daemon, and the 1.5 s bound rounded to 2."""
+    from vitolaunch.backends import JobHandle
+    from vitolaunch.backends.slurm import SlurmBackend
+
+    _fake_slurm_commands(tmp_path, sacct="sleep 60", squeue="sleep 60")
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    monkeypatch.delenv("VITOLAUNCH_SLURM_STATUS_TIMEOUT_S", raising=False)
+    accounting, controller = SlurmBackend().observe([JobHandle("12_0", "")]).problems
+    assert "sacct" in accounting and "slurmdbd within 1.5 s" in accounting, accounting
+    assert "slurmctld" not in accounting and "2 s" not in accounting, accounting
+    assert "sacctmgr show cluster" in accounting and "VITOLAUNCH_SLURM_STATUS_TIMEOUT_S" in accounting, accounting
+    assert "squeue" in controller and "slurmctld within 1.5 s" in controller and "scontrol ping" in controller, controller
+    assert "slurmdbd" not in controller, controller
+
+
+class _Store:
+    """A run store with one sweep of the given trials (what status's collect_rows asks of it)."""
+
+    def __init__(self, trials):
+        self.sweep, self._trials = RunRecord("p", "p", "RUNNING", 0.0, None, {"vitolaunch.sweep": "s"}), trials
+
+    def sweeps(self):
+        return [self.sweep]
+
+    def trials(self, sweep):
+        return self._trials
+
+
+@pytest.mark.timeout(20)
+def test_a_task_slurm_requeued_after_a_node_failure_says_so_under_the_table(monkeypatch, tmp_path):
+    """After SLURM requeued a job for a node failure, status showed QUEUED with no reason. sacct -D keeps the
+    attempt that failed (NODE_FAIL); slurmdbd's node events say which node went down."""
+    from rich.console import Console
+
+    from vitolaunch.results.status_table import collect_rows, render_table
+    from vitolaunch.tracking.records import TAG_BACKEND, TAG_JOB_ID
+
+    # What the loopback cluster's sacct -D prints: the requeued task's old record first, then its current one.
+    _fake_slurm_commands(
+        tmp_path,
+        sacct="printf '12_0|NODE_FAIL|2026-11-29T01:00:00|2026-11-29T01:05:00|n[1-2]\\n"
+              "12_1|RUNNING|2026-11-29T01:00:00|Unknown|n1\\n12_0|PENDING|Unknown|Unknown|None assigned\\n'",
+        squeue="printf '12_0|PENDING|N/A\\n12_1|RUNNING|2026-11-29T01:00:00\\n'",
+    )
+    sacctmgr = tmp_path / "sacctmgr"
+    events = "n2|2026-11-29T01:04:58|DOWN\\nn1|2026-11-29T03:00:00|DOWN\\n"  # n1 went down hours later
+    sacctmgr.write_text(f'#!/bin/sh\necho "$@" > "$(dirname "$0")/sacctmgr.args"\nprintf "{events}"\n')
+    sacctmgr.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    trials = [RunRecord(f"run{k}", f"run{k}", "RUNNING" if k else "SCHEDULED", 0.0, None,
+                        {TAG_BACKEND: "slurm", TAG_JOB_ID: f"12_{k}", "vitolaunch.trial_index": str(k),
+                         TAG_JOB_STARTED_AT: "1.0"}) for k in range(2)]
+    rows = collect_rows(_Store(trials), stalled_after=1e12).rows
+    assert [(r.state, r.note) for r in rows] == [
+        ("QUEUED", "requeued by SLURM after node n2 failed (restart 1); it resumes from its last committed checkpoint"),
+        ("RUNNING", None)]
+    args = (tmp_path / "sacctmgr.args").read_text()
+    assert "nodes=n[1-2]" in args and "start=2026-11-29T01:00:00" in args, args
+    console = Console(width=250, record=True)
+    console.print(render_table(rows))
+    text = console.export_text()
+    assert "s trial 000 (run0, QUEUED): requeued by SLURM after node n2 failed (restart 1)" in text, text

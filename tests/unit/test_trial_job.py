@@ -62,3 +62,30 @@ def test_the_rendezvous_port_is_per_job_and_below_the_ephemeral_range():
     assert all(20000 <= port < 32768 for port in ports)  # Linux hands out 32768-60999 to outgoing connections
     assert len(ports) > 190  # tasks of one array (one node on the loopback cluster) rarely share a port
     assert rendezvous_port("549_1") == rendezvous_port("549_1")  # every rank and a requeued attempt agree
+
+
+def test_a_run_that_goes_on_loses_the_tags_of_the_stop_it_came_back_from(tmp_path, monkeypatch) -> None:
+    """Terminated, requeued, then completed: the run kept `vitolaunch.terminated_at_step` (and a stale
+    `stopped_at_step` would make a later cancel read INTERRUPTED). A job that starts clears them."""
+    from types import SimpleNamespace
+
+    from mlflow.tracking import MlflowClient
+
+    from vitolaunch.tracking.records import TAG_NOT_REQUEUED, TAG_STOPPED_AT_STEP, TAG_TERMINATED_AT_STEP
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    run = client.create_run(client.create_experiment("t"), tags={
+        TAG_TERMINATED_AT_STEP: "40", TAG_STOPPED_AT_STEP: "20", TAG_NOT_REQUEUED: "no retries left", "keep": "me"})
+    job = TrialJob(run_id=run.info.run_id, tracking_uri=uri, config={}, checkpoint_uri=str(tmp_path / "ckpt"),
+                   data_root=str(tmp_path / "data"), scratch_root=str(tmp_path / "scratch"), task="pretrain")
+    monkeypatch.setattr(TrialJob, "_export_distributed_environment", lambda self: 0)
+    monkeypatch.setattr(TrialJob, "entry_point",
+                        lambda self: lambda cfg, ctx: SimpleNamespace(completed=True, step=80, evaluation={}))
+    monkeypatch.setattr("vitolaunch.results.sweep_summary.after_trial", lambda *a, **k: None)
+    assert job()["completed"]
+    after = client.get_run(run.info.run_id)
+    assert after.info.status == "FINISHED"
+    stale = {TAG_TERMINATED_AT_STEP, TAG_STOPPED_AT_STEP, TAG_NOT_REQUEUED} & set(after.data.tags)
+    assert not stale, after.data.tags
+    assert after.data.tags["keep"] == "me"

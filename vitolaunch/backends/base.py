@@ -39,6 +39,9 @@ class SchedulerView:
     states: dict[str, SchedulerState]
     start_times: dict[str, float] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    # Why a job is in its state, where the scheduler's own record says more than the state does (e.g. queued
+    # again because SLURM requeued it after a node failed): a line a user can act on, by job id.
+    reasons: dict[str, str] = field(default_factory=dict)
 
 
 class Backend(ABC):

@@ -5,7 +5,8 @@
 - Arrays are submitted held, their pickles put in place, then released: a task can never start before
   its folder and pickle exist, and a failure half-way cancels what was queued (nothing half-submitted).
 - More trials than the cluster's MaxArraySize (the highest index + 1, from `scontrol show config`) go
-  into several arrays; `resources.array_parallelism` is shared between them.
+  into several arrays; `resources.array_parallelism` is shared between them in lanes (plan_arrays, which the
+  dry run prints too).
 - `--signal=USR2@<delay>` warns the ranks before the time limit; the batch script itself ignores USR2,
   and after srun fails it runs the crash-retry hook (vitolaunch.backends.slurm_retry).
 - Status: one `sacct` call for all the arrays asked about, then one `squeue` call for the tasks sacct shows
@@ -80,13 +81,35 @@ def status_timeout_s() -> float:
     return env_float(STATUS_TIMEOUT_ENV, DEFAULT_STATUS_TIMEOUT_S)
 
 
+# Which daemon answers each command: the accounting commands ask slurmdbd, the others slurmctld.
+_ACCOUNTING_COMMANDS = frozenset({"sacct", "sacctmgr", "sreport"})
+
+
+def answering_daemon(command: str) -> str:
+    """The SLURM daemon a command waits on: 'slurmdbd' for sacct/sacctmgr/sreport, else 'slurmctld'."""
+    return "slurmdbd" if Path(command).name in _ACCOUNTING_COMMANDS else "slurmctld"
+
+
+def _no_answer(args: Sequence[str], timeout: float) -> str:
+    """What to say when a SLURM command timed out: the daemon it waited on, the real bound, what to check."""
+    daemon = answering_daemon(args[0])
+    if daemon == "slurmdbd":
+        check = ("check that slurmdbd and its database are up (`sacctmgr show cluster` should answer at once; "
+                 "its log, SlurmdbdLogFile in slurmdbd.conf)")
+    else:
+        check = "check that slurmctld is up (`scontrol ping`; its log, SlurmctldLogFile in slurm.conf)"
+    if timeout == status_timeout_s():
+        check += f"; if it is only slow, raise the bound with {STATUS_TIMEOUT_ENV}"
+    return f"`{' '.join(args[:3])}` got no answer from {daemon} within {timeout:g} s: {check}"
+
+
 def _run(args: Sequence[str], timeout: float = CLI_TIMEOUT_S, check: bool = True) -> subprocess.CompletedProcess[str]:
     try:
         proc = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout)
     except FileNotFoundError as problem:
         raise SlurmUnavailable(f"`{args[0]}` is not on PATH: is this a SLURM login node?") from problem
     except subprocess.TimeoutExpired as problem:
-        raise SlurmUnavailable(f"`{' '.join(args[:3])}` did not answer within {timeout:.0f} s: is slurmctld up?") from problem
+        raise SlurmUnavailable(_no_answer(args, timeout)) from problem
     if check and proc.returncode != 0:
         raise SlurmUnavailable(f"`{' '.join(args[:3])}` failed: {(proc.stderr or proc.stdout).strip()[:300]}")
     return proc
@@ -167,6 +190,18 @@ def parse_job_table(text: str) -> dict[str, tuple[SchedulerState, float | None]]
         for job in _expand_ids(fields[0]):
             table[job] = (state, start)
     return table
+
+
+def earlier_records(text: str) -> dict[str, list[list[str]]]:
+    """`sacct -D` lines (JobID|State|Start|End|NodeList, oldest record first) -> each task's records before its
+    current one, the ones a requeue left (REQUEUED, NODE_FAIL, PREEMPTED); tasks never requeued are absent."""
+    records: dict[str, list[list[str]]] = {}
+    for line in text.splitlines():
+        fields = line.strip().split("|")
+        if len(fields) < 2 or not fields[0] or "." in fields[0] or "_[" in fields[0]:
+            continue
+        records.setdefault(fields[0], []).append(fields)
+    return {job: rows[:-1] for job, rows in records.items() if len(rows) > 1}
 
 
 def signal_delay_s(resources: Resources) -> int:
@@ -267,10 +302,82 @@ def _mem(mem_gb: float) -> str:
     return f"{int(mem_gb)}GB" if float(mem_gb).is_integer() else f"{int(mem_gb * 1024)}MB"
 
 
-def render_script(resources: Resources, names: Sequence[str], log_root: Path, python: str | None = None) -> str:
-    """The sbatch script a submission of these trials uses (for the first array, if split)."""
+@dataclass(frozen=True)
+class PlannedArray:
+    """One sbatch array of a submission, as planned before anything is queued (plan_arrays)."""
+
+    trials: tuple[int, ...]  # positions, in the submission, of the trials it holds: task k runs trials[k]
+    limit: int  # its %N
+    lane: int  # the lane it belongs to (0-based); a lane's arrays run one after the other
+    after: int | None  # position, in the plan, of the array it waits for (afterany), if any
+
+    @property
+    def array_range(self) -> str:
+        """sbatch's --array value: '0-4%1'."""
+        return f"0-{len(self.trials) - 1}%{self.limit}"
+
+
+def plan_arrays(count: int, parallelism: int, max_array_size: int) -> list[PlannedArray]:
+    """The arrays, lanes and dependencies that submit() queues for `count` trials; the dry run prints this plan.
+
+    Up to `max_array_size` trials are one array with %parallelism. More are split into lanes *first*: SLURM limits
+    concurrency per array only, so `parallelism` (up to one slot per trial) is divided into lanes whose %N add up
+    to it exactly, as few lanes as the split needs (one per array of the smallest split, at most one per slot).
+    The trials are dealt to the lanes in proportion to their %N, so that equal-length trials make the lanes end
+    together; then each lane is cut into arrays of at most `max_array_size` (a multiple of its %N, so no slot
+    idles at an array's end), each waiting for the one before it in its lane (`--dependency=afterany`). Never
+    more than `parallelism` trials run at once; the plan's order is the submission's (lane by lane).
+    """
+    if count <= 0:
+        return []
+    if count <= max_array_size:
+        return [PlannedArray(tuple(range(count)), parallelism, 0, None)]
+    slots = min(parallelism, count)
+    lanes = min(slots, -(-count // max_array_size))
+    limits = [slots // lanes + (1 if lane < slots % lanes else 0) for lane in range(lanes)]
+    # Largest remainders: each lane's share of the trials in proportion to its slots.
+    shares = [count * limit / slots for limit in limits]
+    sizes = [int(share) for share in shares]
+    by_remainder = sorted(range(lanes), key=lambda lane: (-(shares[lane] - sizes[lane]), lane))
+    for lane in by_remainder[: count - sum(sizes)]:
+        sizes[lane] += 1
+    plan: list[PlannedArray] = []
+    first = 0
+    for lane, (limit, size) in enumerate(zip(limits, sizes)):
+        step = max_array_size // limit * limit
+        previous = None
+        for start in range(first, first + size, step):
+            plan.append(PlannedArray(tuple(range(start, min(start + step, first + size))), limit, lane, previous))
+            previous = len(plan) - 1
+        first += size
+    return plan
+
+
+def array_parameters(
+    resources: Resources, name: str, log_root: Path, planned: PlannedArray, python: str,
+    after: str | None = None, previous: str | None = None,
+) -> dict:
+    """sbatch_parameters of one planned array: its size and %N, and what it waits for (`afterok:<after>`, the
+    pretraining task of a chained evaluation; `afterany:<previous>`, the array before it in its lane)."""
+    params = sbatch_parameters(resources, name, log_root, len(planned.trials), python)
+    params["array_parallelism"] = planned.limit
+    waits = ([f"afterok:{after}"] if after else []) + ([f"afterany:{previous}"] if previous else [])
+    if waits:
+        extra = {"dependency": ",".join(waits)}
+        if after:
+            extra["kill_on_invalid_dep"] = "yes"
+        params["additional_parameters"] = {**params["additional_parameters"], **extra}
+    return params
+
+
+def render_script(
+    resources: Resources, names: Sequence[str], log_root: Path, python: str | None = None,
+    planned: PlannedArray | None = None, previous: str | None = None,
+) -> str:
+    """The sbatch script of one array of these trials: `planned` (by default all of them, as one array)."""
     python = python or shlex.quote(sys.executable)
-    params = sbatch_parameters(resources, _array_name(names), log_root, len(names), python)
+    planned = planned or PlannedArray(tuple(range(len(names))), resources.array_parallelism, 0, None)
+    params = array_parameters(resources, _array_name(names), log_root, planned, python, previous=previous)
     return sbatch_script(python, log_root / "%j", **params)
 
 
@@ -359,7 +466,8 @@ class SlurmBackend(Backend):
 
     def test_only(self, resources: Resources, names: Sequence[str], log_root: Path) -> str:
         """`sbatch --test-only` of the script: where and when it would start. Raises if SLURM refuses it."""
-        script = render_script(resources, names[: self.max_array_size()], log_root)
+        first = plan_arrays(len(names), resources.array_parallelism, self.max_array_size())[0]
+        script = render_script(resources, [names[k] for k in first.trials], log_root, planned=first)
         with tempfile.NamedTemporaryFile("w", suffix=".sh", delete=False) as handle:
             handle.write(script)
         try:
@@ -404,24 +512,18 @@ class SlurmBackend(Backend):
 
         log_dir = Path(log_dir)
         log_dir.mkdir(parents=True, exist_ok=True)
-        size = self.max_array_size()
-        chunks = [list(range(start, min(start + size, len(jobs)))) for start in range(0, len(jobs), size)]
+        plan = plan_arrays(len(jobs), resources.array_parallelism, self.max_array_size())
         name = _array_name(names)
         python = shlex.quote(sys.executable)
         submitted: list[str] = []
-        handles: list[JobHandle] = []
+        handles: list[JobHandle | None] = [None] * len(jobs)
         staging = log_dir / ".submitting"
         staging.mkdir(exist_ok=True)
         try:
-            for chunk, lane in zip(chunks, array_lanes(len(chunks), resources.array_parallelism)):
-                params = sbatch_parameters(resources, name, log_dir, len(chunk), python)
-                params["array_parallelism"] = lane.limit
-                waits = ([f"afterok:{after}"] if after else []) + ([f"afterany:{submitted[lane.after]}"] if lane.after is not None else [])
-                if waits:
-                    extra = {"dependency": ",".join(waits)}
-                    if after:
-                        extra["kill_on_invalid_dep"] = "yes"
-                    params["additional_parameters"] = {**params["additional_parameters"], **extra}
+            for planned in plan:
+                chunk = planned.trials
+                previous = submitted[planned.after] if planned.after is not None else None
+                params = array_parameters(resources, name, log_dir, planned, python, after, previous)
                 # Pickles first (the slow part), then sbatch --hold, then move them into place, then release.
                 pickles = []
                 for index in chunk:
@@ -432,12 +534,12 @@ class SlurmBackend(Backend):
                     pickles.append(path)
                 array_id = self._sbatch_held(params, log_dir, python)
                 submitted.append(array_id)
-                for task, path in enumerate(pickles):
+                for task, (index, path) in enumerate(zip(chunk, pickles)):
                     job_id = f"{array_id}_{task}"
                     paths = JobPaths(log_dir / "%j", job_id)
                     paths.folder.mkdir(parents=True, exist_ok=True)
                     os.replace(path, paths.submitted_pickle)
-                    handles.append(JobHandle(job_id=job_id, log_dir=str(paths.folder)))
+                    handles[index] = JobHandle(job_id=job_id, log_dir=str(paths.folder))
                 with open(log_dir / f"array_{array_id}.tsv", "w") as mapping:
                     mapping.writelines(f"{task}\t{names[index]}\n" for task, index in enumerate(chunk))
             _run(["scontrol", "release", ",".join(submitted)])
@@ -447,7 +549,7 @@ class SlurmBackend(Backend):
             raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        return handles
+        return handles  # type: ignore[return-value]
 
     def _sbatch_held(self, params: dict, log_dir: Path, python: str) -> str:
         script = sbatch_script(python, log_dir / "%j", **params)
@@ -479,13 +581,16 @@ class SlurmBackend(Backend):
             return view
         timeout = status_timeout_s()
         with ThreadPoolExecutor(2) as pool:
-            accounting = pool.submit(self._query, ["sacct", "--parsable2", "-n", "-X", "-o", "JobID,State,Start",
-                                                   "-j", ",".join(arrays)], True, timeout)
+            # -D: a requeued task's earlier records too (oldest first), to say why it is queued again.
+            accounting = pool.submit(self._query, ["sacct", "--parsable2", "-n", "-X", "-D", "-o",
+                                                   "JobID,State,Start,End,NodeList", "-j", ",".join(arrays)], True, timeout)
             controller = pool.submit(self._query, ["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T|%S",
                                                    "-j", ",".join(arrays)], False, timeout)
         table: dict[str, tuple[SchedulerState, float | None]] = {}
+        earlier: dict[str, list[list[str]]] = {}
         try:
-            table = parse_job_table(accounting.result())
+            text = accounting.result()
+            table, earlier = parse_job_table(text), earlier_records(text)
         except SlurmUnavailable as problem:
             view.problems.append(f"SLURM accounting (sacct/slurmdbd) did not answer: {problem}")
         # sacct lags the controller by seconds (more on a busy slurmdbd): for a task the controller still
@@ -505,7 +610,45 @@ class SlurmBackend(Backend):
             view.states[handle.job_id] = state
             if start is not None:
                 view.start_times[handle.job_id] = start
+            if state is S.PENDING and earlier.get(handle.job_id):
+                view.reasons[handle.job_id] = self._requeue_reason(earlier[handle.job_id], timeout)
         return view
+
+    def _requeue_reason(self, records: list[list[str]], timeout: float) -> str:
+        """Why a pending task is queued again, from its earlier accounting records (JobID|State|Start|End|NodeList)."""
+        last = records[-1] + [""] * 5
+        word, start, end, nodes = last[1].split(" ")[0].rstrip("+").upper(), last[2], last[3], last[4]
+        restarts = f"(restart {len(records)})"
+        if word == "NODE_FAIL":
+            failed = self._failed_nodes(nodes, start, end, timeout)
+            what = f"node {failed} failed" if failed else f"a node of {nodes or 'its allocation'} failed"
+            return f"requeued by SLURM after {what} {restarts}; it resumes from its last committed checkpoint"
+        if word == "PREEMPTED":
+            return f"requeued by SLURM after it was preempted {restarts}; it resumes from its last committed checkpoint"
+        if word == "REQUEUED":
+            return (f"requeued with `scontrol requeue` (by vitolaunch's retry hook or an admin) {restarts}; "
+                    "it resumes from its last committed checkpoint")
+        return f"queued again after it ended {word or 'without a state'} {restarts}"
+
+    def _failed_nodes(self, nodes: str, start: str, end: str, timeout: float) -> str | None:
+        """The node(s) of `nodes` that went down while the task ran (slurmdbd's node events), None if unknown."""
+        if not nodes or not start or start == "Unknown":
+            return None
+        args = ["sacctmgr", "-n", "-P", "show", "event", f"nodes={nodes}", f"start={start}",
+                "format=NodeName,TimeStart,State"]
+        try:
+            out = self._query(args, True, timeout)
+        except SlurmUnavailable:
+            return None
+        # The node is marked down as the task is killed: an event that began by (about) the record's end.
+        until = _timestamp(end)
+        down = set()
+        for line in out.splitlines():
+            name, _, began = line.partition("|")
+            began_s = _timestamp(began.split("|")[0])
+            if name and (until is None or began_s is None or began_s <= until + 60):
+                down.add(name)
+        return ", ".join(sorted(down)) or None
 
     def _query(self, args: list[str], check: bool = True, timeout: float = CLI_TIMEOUT_S):
         self.queries.append(args)
@@ -541,21 +684,3 @@ def cancel_targets(handles: Sequence[JobHandle]) -> list[str]:
         asked = {h.job_id for h in group}
         targets.extend([array_id] if submitted and submitted <= asked else sorted(asked))
     return targets
-
-
-@dataclass(frozen=True)
-class ArrayLane:
-    limit: int  # the array's %N
-    after: int | None  # index of the array it waits for (afterany), if any
-
-
-def array_lanes(arrays: int, parallelism: int) -> list[ArrayLane]:
-    """How the arrays of one split sweep share `parallelism`, so that never more trials run at once.
-
-    SLURM limits concurrency per array only. The arrays are dealt round-robin into `min(arrays, parallelism)`
-    lanes whose %N limits add up to exactly `parallelism`; within a lane each array waits for the previous one
-    (`--dependency=afterany`). A lane may idle while another still works; it never overshoots.
-    """
-    lanes = min(arrays, parallelism)
-    shares = [parallelism // lanes + (1 if lane < parallelism % lanes else 0) for lane in range(lanes)]
-    return [ArrayLane(shares[k % lanes], k - lanes if k >= lanes else None) for k in range(arrays)]

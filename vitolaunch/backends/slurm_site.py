@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable, Sequence
 from subprocess import CompletedProcess
 
-from vitolaunch.errors import VitolaunchError
+from vitolaunch.errors import ResourceError
 from vitolaunch.spec.resources import Resources
 
 Run = Callable[..., CompletedProcess]
@@ -60,15 +60,17 @@ def check_association(resources: Resources, run: Run, config: Callable[[], str],
         account = default.stdout.strip().splitlines()[0] if default.returncode == 0 and default.stdout.strip() else None
     where = f"user '{user}' on cluster '{cluster}' (partition '{partition}')"
     if resources.account and resources.account not in allowed:
-        raise VitolaunchError(
+        raise ResourceError(
             f"resources.account '{resources.account}' is not an account {where} may use; yours: "
             f"{', '.join(sorted(allowed))}. Fix the spec or the cluster profile, or ask your admin to add you "
-            f"(sacctmgr add user {user} account={resources.account}): nothing was submitted"
+            f"(sacctmgr add user {user} account={resources.account}): nothing was submitted",
+            key="resources.account",
         )
     if resources.qos and account in allowed and resources.qos not in allowed[account]:
-        raise VitolaunchError(
+        raise ResourceError(
             f"resources.qos '{resources.qos}' is not a QOS {where} may use with account '{account}'; allowed: "
-            f"{', '.join(sorted(allowed[account])) or 'none'}. Fix the spec or the cluster profile: nothing was submitted"
+            f"{', '.join(sorted(allowed[account])) or 'none'}. Fix the spec or the cluster profile: nothing was submitted",
+            key="resources.qos",
         )
 
 
@@ -87,9 +89,10 @@ def check_constraint(resources: Resources, run: Run, partition: str) -> None:
     known = {f for line in proc.stdout.split() for f in line.split(",") if f and f != "(null)"}
     missing = [f for f in constraint_features(resources.constraint) if f not in known]
     if missing:
-        raise VitolaunchError(
+        raise ResourceError(
             f"resources.constraint '{resources.constraint}' names feature(s) {', '.join(missing)} that no node of "
-            f"partition '{partition}' has (features there: {', '.join(sorted(known)) or 'none'}): nothing was submitted"
+            f"partition '{partition}' has (features there: {', '.join(sorted(known)) or 'none'}): nothing was submitted",
+            key="resources.constraint",
         )
 
 

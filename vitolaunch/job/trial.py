@@ -22,6 +22,7 @@ from typing import Any, Literal, get_args
 from vitolaunch.backends import slurm_retry
 from vitolaunch.tracking.chooser import store_in_job
 from vitolaunch.tracking.records import (
+    STOP_TAGS,
     TAG_EVALUATED_BY_PREFIX,
     TAG_EVALUATED_STEP,
     TAG_HOST,
@@ -99,6 +100,7 @@ class TrialJob:
             return {"step": 0, "completed": False}
         _queue_status(tracking, RunStatus.RUNNING)
         tracking.set_tags(_job_tags())
+        tracking.call("clear the tags of the stop this run came back from", clear_stop_tags)
         context = RunContext(
             checkpoint_uri=self.checkpoint_uri,
             data_root=self.data_root,
@@ -294,6 +296,18 @@ def _job_tags() -> dict[str, str]:
         tags[TAG_SLURM_JOB_ID] = os.environ["SLURM_JOB_ID"]
         tags[TAG_SLURM_RESTART_COUNT] = str(slurm_retry.restart_count())
     return tags
+
+
+def clear_stop_tags(client, run_id: str) -> None:
+    """Remove the tags a previous stop left (records.STOP_TAGS): the run goes on, so they no longer hold.
+
+    A run terminated, requeued and then completed kept `terminated_at_step`; a stale `stopped_at_step` would make
+    a later cancel read as INTERRUPTED.
+    """
+    tags = client.get_run(run_id).data.tags
+    for tag in STOP_TAGS:
+        if tag in tags:
+            client.delete_tag(run_id, tag)
 
 
 def _task_folder() -> Path:

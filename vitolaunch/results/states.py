@@ -125,6 +125,7 @@ class Observation:
 
     states: dict[str, TrialState]
     problems: list[str] = field(default_factory=list)
+    reasons: dict[str, str] = field(default_factory=dict)  # by run id: SchedulerView.reasons of its job
 
 
 def trial_states(
@@ -165,4 +166,6 @@ def observe_trials(
                 if seen is not None and now - seen > stalled_after:
                     state = TrialState.STALLED
             observed.states[record.run_id] = state
+            if handle.job_id in view.reasons and state is TrialState.QUEUED:
+                observed.reasons[record.run_id] = view.reasons[handle.job_id]
     return observed

@@ -9,7 +9,15 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from vitolaunch.results.states import TrialState, observe_trials, state_markup
-from vitolaunch.tracking.records import TAG_EVAL_ERROR, TAG_EVAL_PROGRESS, TAG_JOB_ID, TAG_TOTAL_STEPS
+from vitolaunch.tracking.records import (
+    TAG_EVAL_ERROR,
+    TAG_EVAL_PROGRESS,
+    TAG_JOB_ID,
+    TAG_JOB_STARTED_AT,
+    TAG_LAST_REQUEUE,
+    TAG_SLURM_RESTART_COUNT,
+    TAG_TOTAL_STEPS,
+)
 from vitolaunch.tracking.store import RunQueries, RunRecord
 
 
@@ -27,17 +35,57 @@ class TrialRow:
     loss: float | None
     eval_acc: float | None
     eval_acc_random_init: float | None
-    elapsed_s: float | None
+    elapsed_s: float | None  # running time: since its job (last) started, to its end or now; None if it never ran
     job_id: str | None
     progress: str | None = None  # an evaluation's "<benchmark> <split> <done>/<total>", while it extracts
-    error: str | None = None  # why an evaluation failed before its work (shown under the table)
+    queued_s: float | None = None  # from submission to its job's start (or to now, or to its end if it never ran)
+    note: str | None = None  # why it is in its state: the scheduler's word (a requeue after a node failed), or
+    # why an evaluation failed before its work (its benchmark's layout)
+
+
+# vito's tag on a run that continued from a checkpoint (vito.metrics.TAG_RESUMED_FROM_STEP; not imported: the
+# status path stays free of torch)
+_TAG_RESUMED_FROM_STEP = "vito.resumed_from_step"
+
+
+def _job_started(record: RunRecord) -> float | None:
+    """When the trial's job last started running (the job's own tag, written at every (re)start)."""
+    try:
+        return float(record.tags[TAG_JOB_STARTED_AT])
+    except (KeyError, ValueError):
+        return None
+
+
+def _restarted(record: RunRecord) -> bool:
+    """Ran more than once (requeued or resumed): its submission-to-start time is no longer one wait."""
+    return (record.tags.get(TAG_SLURM_RESTART_COUNT, "0") not in ("", "0") or TAG_LAST_REQUEUE in record.tags
+            or _TAG_RESUMED_FROM_STEP in record.tags)
+
+
+def _end(record: RunRecord, state: TrialState) -> float:
+    return record.end_time if state.is_terminal and record.end_time else time.time()
 
 
 def _elapsed(record: RunRecord, state: TrialState) -> float | None:
-    if record.start_time is None or state is TrialState.QUEUED:  # nothing has run yet: no time to show
+    """The running time, not the time since submission (the run is created then, and may wait in the queue)."""
+    started = _job_started(record)
+    if started is None or state is TrialState.QUEUED:  # nothing runs now (never, or requeued): no time to show
         return None
-    end = record.end_time if state.is_terminal and record.end_time else time.time()
-    return max(0.0, end - record.start_time)
+    return max(0.0, _end(record, state) - started)
+
+
+def _queued(record: RunRecord, state: TrialState) -> float | None:
+    """From submission to the start of its job; for one that never started, to now (or to its end)."""
+    if record.start_time is None:
+        return None
+    started = _job_started(record)
+    if started is None:
+        if state is TrialState.QUEUED or (state.is_terminal and record.end_time):
+            return max(0.0, _end(record, state) - record.start_time)
+        return None
+    if _restarted(record):
+        return None
+    return max(0.0, started - record.start_time)
 
 
 @dataclass
@@ -89,11 +137,17 @@ def collect_rows(
                     eval_acc_random_init=metrics.get("eval/linear_probe_acc_random_init"),
                     elapsed_s=_elapsed(trial, states[trial.run_id]),
                     job_id=trial.tags.get(TAG_JOB_ID),
+                    queued_s=_queued(trial, states[trial.run_id]),
                     progress=_progress(trial, states[trial.run_id]),
-                    error=trial.tags.get(TAG_EVAL_ERROR) if states[trial.run_id] is TrialState.FAILED else None,
+                    note=observed.reasons.get(trial.run_id) or _failure(trial, states[trial.run_id]),
                 )
             )
     return StatusReport(rows, observed.problems, sweep_problems)
+
+
+def _failure(record: RunRecord, state: TrialState) -> str | None:
+    """Why an evaluation failed before its work (its run's tag), for the line under the table."""
+    return record.tags.get(TAG_EVAL_ERROR) if state is TrialState.FAILED else None
 
 
 def _progress(record: RunRecord, state: TrialState) -> str | None:
@@ -118,6 +172,13 @@ def _fmt_duration(seconds: float | None) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
+def _elapsed_cell(row: TrialRow) -> str:
+    """The running time; a trial still waiting shows how long it has waited instead (its running time is none)."""
+    if row.state == TrialState.QUEUED.value and row.elapsed_s is None and row.queued_s is not None:
+        return f"[dim]queued {_fmt_duration(row.queued_s)}[/]"
+    return _fmt_duration(row.elapsed_s)
+
+
 def _fmt_params(params: dict[str, Any]) -> str:
     return " ".join(f"{key.split('.')[-1]}={value}" for key, value in params.items()) or "-"
 
@@ -127,9 +188,11 @@ def render_table(rows: list[TrialRow], title: str | None = None, problems: Seque
     from rich.table import Table
 
     # What the scheduler could not tell goes right under the table, where UNKNOWN rows send the eye.
-    lines = [f"[yellow]{problem}: states it cannot vouch for show as UNKNOWN[/]" for problem in problems]
-    lines += [f"[red]{row.index:03d} {row.run_id[:12]}: {escape(row.error)}[/]" for row in rows if row.error]
-    caption = "\n".join(lines)
+    caption = "\n".join(f"[yellow]{problem}: states it cannot vouch for show as UNKNOWN[/]" for problem in problems)
+    # Why a trial is in its state, where the scheduler said more than the state (a requeue after a node failure).
+    notes = "\n".join(f"{row.sweep} trial {row.index:03d} ({row.run_id[:12]}, {row.state}): {escape(row.note)}"
+                      for row in rows if row.note)
+    caption = "\n".join(part for part in (notes, caption) if part)
     table = Table(title=title, caption=caption or None, caption_justify="left", header_style="bold", expand=False)
     for column in ("sweep", "trial", "run id", "params", "state", "step", "loss", "probe acc (rand)", "elapsed"):
         table.add_column(column, no_wrap=column != "params")
@@ -153,6 +216,6 @@ def render_table(rows: list[TrialRow], title: str | None = None, problems: Seque
             progress,
             f"{row.loss:.4f}" if row.loss is not None else "-",
             acc,
-            _fmt_duration(row.elapsed_s),
+            _elapsed_cell(row),
         )
     return table

@@ -92,7 +92,14 @@ def _env_name(name: str) -> str:
 
 def _env_value(value: Any) -> str:
     if isinstance(value, bool):
-        value = "1" if value else "0"
+        # YAML 1.1 reads an unquoted yes/no/on/off/true/false as a boolean; someone writing an environment value
+        # means the text, and exporting 1 or 0 instead would be a silent guess.
+        raise PydanticCustomError(
+            "env_value",
+            "is the YAML boolean {value} (an unquoted yes, no, on, off, true or false): quote the value to export "
+            "it as written, e.g. X: 'yes' (or write 1 or 0)",
+            {"value": str(value).lower()},
+        )
     if not isinstance(value, (str, int, float)):
         raise PydanticCustomError("env_value", "an env value must be a string or a number")
     kind = secret_shape(str(value))

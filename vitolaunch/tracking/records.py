@@ -46,6 +46,9 @@ TAG_NOT_REQUEUED = "vitolaunch.not_requeued"  # why a stopped SLURM task was not
 TAG_RETRIES = "vitolaunch.retries"  # JSON: requeues so far by cause
 TAG_LAST_REQUEUE = "vitolaunch.last_requeue"
 TAG_LAST_ERROR = "vitolaunch.last_error"
+# What a stop leaves on the run; removed when the run goes on (requeued or resumed), so they always describe
+# the stop the run is in now, never one it came back from.
+STOP_TAGS = (TAG_STOPPED_AT_STEP, TAG_TERMINATED_AT_STEP, TAG_NOT_REQUEUED)
 
 # -- links between runs ------------------------------------------------------------------------------
 TAG_PRETRAIN_RUN = "vitolaunch.pretrain_run_id"  # on an evaluation trial: the trial it evaluates

@@ -38,3 +38,27 @@ def test_compare_by_any_metric_parses_its_direction() -> None:
     assert parse_ranking("eval/imagenet/knn20_top1") == Ranking("eval/imagenet/knn20_top1", "max")
     assert parse_ranking("train/loss") == Ranking("train/loss", "min")
     assert parse_ranking("eval/imagenet/linear_top1:min") == Ranking("eval/imagenet/linear_top1", "min")
+
+
+def test_status_shows_where_an_evaluation_is_and_why_one_failed() -> None:
+    import io
+
+    from rich.console import Console
+
+    from tests.unit.run_records import run_record
+    from vitolaunch.results.states import TrialState
+    from vitolaunch.results.status_table import TrialRow, _failure, _progress, render_table
+
+    running = run_record("RUNNING", {"vito.eval_progress": "imagenet train 1200/5000"})
+    assert _progress(running, TrialState.RUNNING) == "imagenet train 1200/5000"
+    assert _progress(running, TrialState.COMPLETED) is None  # progress only while it runs
+    failed = run_record("FAILED", {"vito.eval_error": "eval.benchmarks.imagenet.root /d: no train/ folder"})
+    assert _failure(failed, TrialState.FAILED).endswith("no train/ folder")
+    rows = [TrialRow("ev", "s", "r1", 0, "k", {}, "RUNNING", None, None, None, None, None, 3.0, "1_0",
+                     progress="imagenet train 1200/5000"),
+            TrialRow("ev", "s", "r2", 1, "k", {}, "FAILED", None, None, None, None, None, 1.0, "1_1",
+                     note=_failure(failed, TrialState.FAILED))]
+    console = Console(file=io.StringIO(), width=250, color_system=None)
+    console.print(render_table(rows))
+    text = console.file.getvalue()
+    assert "imagenet train 1200/5000" in text and "no train/ folder" in text

@@ -137,6 +137,13 @@ class MetricsLogger:
                 try:
                     self._send(kind, payload)
                 except Exception as problem:  # noqa: BLE001 - whatever the server does, the item is kept and retried
+                    if _never_sendable(kind, payload, problem):
+                        # Not an outage: the local file is gone, and retrying would hold every later item (and
+                        # the job's end, which drains the queue) forever.
+                        log.error("not uploading %s: %s", payload[0], _one_line(problem))
+                        with self._lock:
+                            self._queue.popleft()
+                        continue
                     self._note_outage(problem)
                     if self._closed:
                         return
@@ -222,6 +229,11 @@ def loss_curve_figure(history, metric: str):
     axes.set_ylabel(metric)
     axes.grid(alpha=0.3)
     return figure
+
+
+def _never_sendable(kind: str, payload: Any, problem: Exception) -> bool:
+    """An artifact whose local file no longer exists: no retry can send it."""
+    return kind == "file" and isinstance(problem, FileNotFoundError) and not Path(payload[0]).exists()
 
 
 def _one_line(problem: Exception) -> str:

@@ -98,6 +98,7 @@ def _printed(console, submitted):
 
 
 def _dry_run(console, planned) -> None:
+    from vitolaunch.launch.benchmark_check import check_benchmark_roots
     from vitolaunch.launch.plan import render_plan, resource_lines
     from vitolaunch.spec import check_early_stop, check_trials_fit_resources, resolve_cluster, trial_resources
 
@@ -111,6 +112,7 @@ def _dry_run(console, planned) -> None:
         _slurm_dry_run(console, spec, trials)
     check_trials_fit_resources(spec, trials)  # after the cluster's facts; a real sweep checks both in preflight
     check_early_stop(spec, trials)
+    check_benchmark_roots(spec, trials)
     console.print(f"dry run: {len(trials)} trials, nothing submitted")
     if planned.then is not None:
         console.print(f"then: {planned.then.source_file} would be queued, each evaluation waiting for its pretraining trial")

@@ -24,7 +24,7 @@ def test_one_row_per_checkpoint_in_trial_order() -> None:
     rows = [_row(1, {"eval/imagenet/linear_top1": 0.7}), _row(0, {"eval/imagenet/linear_top1": 0.6})]
     table = benchmark_table(rows)
     assert [r["trial"] for r in table] == ["000", "001"]
-    assert table[0] == {"trial": "000", "checkpoint": "pretrain.loss.temperature=0.1", "state": "COMPLETED",
+    assert table[0] == {"trial": "000", "checkpoint": "loss.temperature=0.1", "state": "COMPLETED",
                         "imagenet linear": 0.6}
 
 
@@ -62,3 +62,17 @@ def test_status_shows_where_an_evaluation_is_and_why_one_failed() -> None:
     console.print(render_table(rows))
     text = console.file.getvalue()
     assert "imagenet train 1200/5000" in text and "no train/ folder" in text
+
+
+def test_compare_shows_benchmark_numbers_compactly_and_counts_only_in_json() -> None:
+    from vitolaunch.results.compare import _cell, _metric_columns, _short
+    from vitolaunch.results.ranking import Ranking
+
+    ranking = Ranking("eval/imagenet/linear_top1", "max")
+    metrics = ["eval/imagenet/linear_top1", "eval/imagenet/knn20_top1_random_init", "eval/imagenet/val_images_scored",
+               "eval/imagenet/skipped_images_random_init", "eval/imagenet/knn20_top1"]
+    assert _metric_columns(metrics, ranking) == ["eval/imagenet/linear_top1", "eval/imagenet/knn20_top1",
+                                                 "eval/imagenet/knn20_top1_random_init"]
+    assert _short("eval/imagenet/knn20_top1_random_init") == "imagenet\nknn20 (rand)"
+    assert _short("eval/linear_probe_acc") == "linear_probe_acc"
+    assert _cell("7fffce1c928448299468aa368d09a799") == "7fffce1c9284" and _cell(0.05) == "0.05"

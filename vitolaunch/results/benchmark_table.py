@@ -35,6 +35,11 @@ def column_title(key: str) -> str:
     return f"{match['bench']} {protocol}" + (" (random init)" if match["baseline"] else "")
 
 
+def checkpoint_label(params: dict[str, Any]) -> str:
+    """What an evaluation evaluated, short: its swept values without the run id (`pretrain.` dropped)."""
+    return " ".join(f"{k.removeprefix('pretrain.')}={v}" for k, v in params.items() if not k.endswith(".run"))
+
+
 def benchmark_table(rows: Sequence[ResultRow]) -> list[dict[str, Any]]:
     """One record per trial: which checkpoint (the evaluation's swept values), then each headline top-1."""
     columns = benchmark_columns(rows)
@@ -42,7 +47,7 @@ def benchmark_table(rows: Sequence[ResultRow]) -> list[dict[str, Any]]:
         return []
     table = []
     for row in sorted(rows, key=lambda r: r.index):
-        label = " ".join(f"{k}={v}" for k, v in row.params.items()) or row.name
+        label = checkpoint_label(row.params) or row.name
         record: dict[str, Any] = {"trial": f"{row.index:03d}", "checkpoint": label, "state": row.state}
         record.update({column_title(c): row.metrics.get(c) for c in columns})
         table.append(record)

@@ -43,7 +43,12 @@ def collect(reader: RunQueries, names: Sequence[str], by: Ranking | None = None)
 
 
 def _short(metric: str) -> str:
-    return metric.removeprefix("eval/")
+    """A column header: `eval/` dropped; a benchmark's metric on two lines (benchmark, then protocol)."""
+    name = metric.removeprefix("eval/")
+    bench, _, rest = name.partition("/")
+    if not rest:
+        return name
+    return f"{bench}\n{rest.removesuffix('_top1').replace('_top1_random_init', ' (rand)')}"
 
 
 def _num(value: float | None) -> str:
@@ -52,8 +57,20 @@ def _num(value: float | None) -> str:
 
 def _metric_columns(metrics: Sequence[str], ranking: Ranking, limit: int = 6) -> list[str]:
     """The objective, then the others: the random-init baselines and rarer evals after the headline ones."""
-    others = sorted((m for m in metrics if m != ranking.metric), key=lambda m: ("random_init" in m, m))
+    shown = [m for m in metrics if m != ranking.metric and not _is_count(m)]
+    others = sorted(shown, key=lambda m: ("random_init" in m, m))
     return [ranking.metric, *others[: limit - 1]]
+
+
+def _is_count(metric: str) -> bool:
+    """How many images a benchmark scored or skipped: beside the numbers in --json and results.json, not a column."""
+    return metric.split("/")[-1].split("_random_init")[0] in ("train_images", "val_images_scored", "skipped_images")
+
+
+def _cell(value) -> str:
+    """A swept value as a table cell; a run id (32 hex digits) as the 12 characters `status` shows."""
+    text = str(value)
+    return text[:12] if len(text) == 32 and all(c in "0123456789abcdef" for c in text) else text
 
 
 def _title(comparison: Comparison, grouped: str | None) -> str:
@@ -76,7 +93,7 @@ def render_trials(comparison: Comparison):
         table.add_column(column, no_wrap=True, justify="right" if column in map(_short, metrics) else "left")
     for position, row in enumerate(rows, 1):
         cells = [str(position) if row.objective is not None else "-", *([row.sweep] if several else []),
-                 f"{row.index:03d}", row.run_id[:12], *(str(row.params.get(k, "-")) for k in params),
+                 f"{row.index:03d}", row.run_id[:12], *(_cell(row.params.get(k, "-")) for k in params),
                  state_markup(row.state),
                  *(_num(row.objective if m == ranking.metric else row.metrics.get(m)) for m in metrics)]
         if position == 1 and row.objective is not None:

@@ -38,3 +38,16 @@ class FakeRegistry:
 
     def experiment_name(self, experiment_id: str) -> str:
         return f"exp-{experiment_id}"
+
+
+class OneSweepStore:
+    """A run store holding one sweep and the given trials: what `status`'s collect_rows asks of one."""
+
+    def __init__(self, trials: list[RunRecord]):
+        self.sweep, self._trials = run_record("RUNNING", {TAG_SWEEP: "s"}, run_id="p"), trials
+
+    def sweeps(self) -> list[RunRecord]:
+        return [self.sweep]
+
+    def trials(self, sweep: RunRecord) -> list[RunRecord]:
+        return self._trials

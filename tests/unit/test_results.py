@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from tests.unit.fake_registry import OneSweepStore
 from tests.unit.run_records import run_record
 from vitolaunch.errors import SpecError, VitolaunchError
 from vitolaunch.results.mlflow_ui import experiment_tags, runs_page, shared_view, view_key
@@ -170,17 +171,6 @@ def test_a_bad_objective_is_named_with_its_line(tmp_path, body, where):
         _spec(tmp_path, body)
 
 
-class _OneSweep:
-    """A run store holding one sweep and the given trials (what collect_rows asks of it)."""
-
-    def __init__(self, trials):
-        self.sweep, self._trials = RunRecord("p", "p", "RUNNING", 0.0, None, {"vitolaunch.sweep": "s"}), trials
-
-    def sweeps(self):
-        return [self.sweep]
-
-    def trials(self, sweep):
-        return self._trials
 
 
 def test_elapsed_is_the_running_time_and_queue_time_is_reported_apart(monkeypatch):
@@ -198,7 +188,7 @@ def test_elapsed_is_the_running_time_and_queue_time_is_reported_apart(monkeypatc
         RunRecord("requeued", "requeued", "FINISHED", submitted, submitted + 500,
                   {TAG_JOB_STARTED_AT: str(submitted + 400), TAG_LAST_REQUEUE: "timeout at step 10"}),
     ]
-    rows = {row.run_id: row for row in collect_rows(_OneSweep(trials)).rows}
+    rows = {row.run_id: row for row in collect_rows(OneSweepStore(trials)).rows}
     assert [rows[k].elapsed_s for k in ("ran", "never", "waiting")] == [21.0, None, None]
     assert (rows["ran"].state, rows["ran"].elapsed_s, rows["ran"].queued_s) == ("COMPLETED", 21.0, 190.0)
     assert (rows["never"].state, rows["never"].elapsed_s, rows["never"].queued_s) == ("CANCELLED", None, 57.0)

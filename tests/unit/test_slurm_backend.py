@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.fake_registry import OneSweepStore
 from tests.unit.run_records import run_record
 from vitolaunch.backends import SchedulerState as S, SchedulerView, slurm_retry
 from vitolaunch.backends.slurm import (
@@ -319,17 +320,6 @@ def test_a_silent_daemon_is_named_with_the_real_bound_and_what_to_check(monkeypa
     assert "slurmdbd" not in controller, controller
 
 
-class _Store:
-    """A run store with one sweep of the given trials (what status's collect_rows asks of it)."""
-
-    def __init__(self, trials):
-        self.sweep, self._trials = RunRecord("p", "p", "RUNNING", 0.0, None, {"vitolaunch.sweep": "s"}), trials
-
-    def sweeps(self):
-        return [self.sweep]
-
-    def trials(self, sweep):
-        return self._trials
 
 
 @pytest.mark.timeout(20)
@@ -356,7 +346,7 @@ def test_a_task_slurm_requeued_after_a_node_failure_says_so_under_the_table(monk
     trials = [RunRecord(f"run{k}", f"run{k}", "RUNNING" if k else "SCHEDULED", 0.0, None,
                         {TAG_BACKEND: "slurm", TAG_JOB_ID: f"12_{k}", "vitolaunch.trial_index": str(k),
                          TAG_JOB_STARTED_AT: "1.0"}) for k in range(2)]
-    rows = collect_rows(_Store(trials), stalled_after=1e12).rows
+    rows = collect_rows(OneSweepStore(trials), stalled_after=1e12).rows
     assert [(r.state, r.note) for r in rows] == [
         ("QUEUED", "requeued by SLURM after node n2 failed (restart 1); it resumes from its last committed checkpoint"),
         ("RUNNING", None)]

@@ -126,6 +126,8 @@ def test_3dcc_errors():
     del table["fog_3d"]
     partial = imagenet_3dcc_errors(table)
     assert partial.overall_error is None and partial.missing == ["fog_3d"]
+    from_json = {name: {str(s): top1 for s, top1 in by_severity.items()} for name, by_severity in table.items()}
+    assert imagenet_3dcc_errors(from_json).mean_error == partial.mean_error
     with pytest.raises(ValueError, match="unknown corruption"):
         imagenet_3dcc_errors({"fog": {s: 0.5 for s in range(1, 6)}})
 

@@ -57,6 +57,14 @@ ALEXNET_CLEAN_ERROR = 0.4348
 assert tuple(ALEXNET_ERRORS) == IMAGENET_C_BENCHMARK
 
 
+def _normalised(table: Table) -> dict[str, dict[int, float]]:
+    """Severity keys as ints (a table read back from JSON has "1".."5")."""
+    try:
+        return {name: {int(s): top1 for s, top1 in by_severity.items()} for name, by_severity in table.items()}
+    except (TypeError, ValueError) as problem:
+        raise ValueError(f"severities must be 1..5: {problem}") from None
+
+
 def _check_table(table: Table, known: tuple[str, ...]) -> None:
     unknown = [name for name in table if name not in known]
     if unknown:
@@ -126,6 +134,7 @@ def imagenet_c_errors(table: Table, clean_top1: float | None = None) -> Corrupti
 
     Extras (speckle_noise, gaussian_blur, spatter, saturate) may be in the table: their mean error is reported in
     `extra_errors`, never in a CE or mCE. With some benchmark corruption missing, mce/relative_mce are None."""
+    table = _normalised(table)
     _check_table(table, IMAGENET_C_BENCHMARK + IMAGENET_C_EXTRA)
     if clean_top1 is not None and not 0.0 <= clean_top1 <= 1.0:
         raise ValueError(f"clean_top1 {clean_top1!r} is not a fraction in [0, 1]")
@@ -177,6 +186,7 @@ class CorruptionTop1Result:
 
 def imagenet_3dcc_errors(table: Table) -> CorruptionTop1Result:
     """Top-1 and error per corruption x severity, the mean error per corruption and over all 12."""
+    table = _normalised(table)
     _check_table(table, IMAGENET_3DCC)
     top1 = {name: {s: float(table[name][s]) for s in SEVERITIES} for name in IMAGENET_3DCC if name in table}
     mean_error = {name: _mean_error(by_severity) for name, by_severity in top1.items()}

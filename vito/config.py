@@ -104,6 +104,9 @@ class DataConfig(_Section):
         return self
 
 
+_MODEL_KEYS_OMITTED_AT_DEFAULT = ("padding",)
+
+
 class ModelConfig(_Section):
     arch: Literal["resnet18", "resnet50"] = "resnet18"
     width: int = Field(64, ge=4, description="channels of the stem; 64 is the standard ResNet")
@@ -118,6 +121,19 @@ class ModelConfig(_Section):
     # Batch norm in the projector/predictor heads over the global batch: each rank's own statistics describe
     # only its shard, while the loss contrasts against every rank's keys. One small all-reduce per BN layer.
     sync_bn_heads: bool = False
+    # Conv padding: "torch" (symmetric, k // 2) or "same" (TensorFlow's SAME at run time, right/bottom heavy
+    # for odd totals), the max-pool PyTorch's either way; "same" is the layout of the released VITO weights.
+    padding: Literal["torch", "same"] = "torch"
+
+    @model_serializer(mode="wrap")
+    def _omit_new_keys_at_default(self, handler: Any) -> dict[str, Any]:
+        # As DataConfig's loader keys: configs, trial keys and feature-cache keys from before the key existed
+        # are unchanged while it is at its default.
+        dumped = handler(self)
+        for key in _MODEL_KEYS_OMITTED_AT_DEFAULT:
+            if key in dumped and dumped[key] == type(self).model_fields[key].default:
+                del dumped[key]
+        return dumped
 
     @model_validator(mode="after")
     def _scales_unique(self) -> "ModelConfig":

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from vito.config import EMAConfig, LossConfig, ModelConfig
 from vito.global_bn import globalise_batch_norms
@@ -17,19 +18,52 @@ from vito.loss import info_nce
 # ---------------------------------------------------------------------------------------------- backbone
 
 
+class SameConv2d(nn.Conv2d):
+    """A conv with TensorFlow's "SAME" padding, computed at run time from the input size and the current
+    stride and dilation (so a stride changed after construction is followed): per spatial dim,
+    total = max((ceil(in / stride) - 1) * stride + (k - 1) * dilation + 1 - in, 0), total // 2 before and the
+    rest (one more for an odd total) after. Same parameters and state-dict keys as nn.Conv2d."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, stride: int = 1, bias: bool = False) -> None:
+        super().__init__(in_ch, out_ch, kernel_size, stride, padding=0, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        pads = []
+        for size, k, s, d in zip(x.shape[-1:-3:-1], self.kernel_size[::-1], self.stride[::-1], self.dilation[::-1]):
+            total = same_pad_total(size, k, s, d)
+            pads += [total // 2, total - total // 2]  # F.pad order: last dim (width) first
+        if any(pads):
+            x = F.pad(x, pads)
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+def same_pad_total(size: int, kernel: int, stride: int, dilation: int = 1) -> int:
+    """TensorFlow's total "SAME" padding along one dimension."""
+    return max((math.ceil(size / stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+
+
+def _conv(in_ch: int, out_ch: int, kernel: int, stride: int = 1, padding: str = "torch") -> nn.Conv2d:
+    """A bias-free conv: PyTorch's symmetric padding of kernel // 2 ("torch"), or TF "SAME" ("same")."""
+    if padding == "same":
+        return SameConv2d(in_ch, out_ch, kernel, stride)
+    if padding != "torch":
+        raise ValueError(f"unknown padding {padding!r}: expected 'torch' or 'same'")
+    return nn.Conv2d(in_ch, out_ch, kernel, stride, kernel // 2, bias=False)
+
+
 class BasicBlock(nn.Module):
     expansion = 1
 
-    def __init__(self, in_ch: int, width: int, stride: int = 1) -> None:
+    def __init__(self, in_ch: int, width: int, stride: int = 1, padding: str = "torch") -> None:
         super().__init__()
         out_ch = width * self.expansion
-        self.conv1 = nn.Conv2d(in_ch, width, 3, stride, 1, bias=False)
+        self.conv1 = _conv(in_ch, width, 3, stride, padding)
         self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = nn.Conv2d(width, out_ch, 3, 1, 1, bias=False)
+        self.conv2 = _conv(width, out_ch, 3, 1, padding)
         self.bn2 = nn.BatchNorm2d(out_ch)
         self.last_bn = self.bn2
         self.relu = nn.ReLU(inplace=True)
-        self.shortcut = _shortcut(in_ch, out_ch, stride)
+        self.shortcut = _shortcut(in_ch, out_ch, stride, padding)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
@@ -40,19 +74,19 @@ class BasicBlock(nn.Module):
 class Bottleneck(nn.Module):
     expansion = 4
 
-    def __init__(self, in_ch: int, width: int, stride: int = 1) -> None:
+    def __init__(self, in_ch: int, width: int, stride: int = 1, padding: str = "torch") -> None:
         super().__init__()
         out_ch = width * self.expansion
-        self.conv1 = nn.Conv2d(in_ch, width, 1, bias=False)
+        self.conv1 = _conv(in_ch, width, 1, 1, padding)
         self.bn1 = nn.BatchNorm2d(width)
         # Stride on the 3x3 (torchvision v1.5), as in the released ResNet-50 weights.
-        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)
+        self.conv2 = _conv(width, width, 3, stride, padding)
         self.bn2 = nn.BatchNorm2d(width)
-        self.conv3 = nn.Conv2d(width, out_ch, 1, bias=False)
+        self.conv3 = _conv(width, out_ch, 1, 1, padding)
         self.bn3 = nn.BatchNorm2d(out_ch)
         self.last_bn = self.bn3
         self.relu = nn.ReLU(inplace=True)
-        self.shortcut = _shortcut(in_ch, out_ch, stride)
+        self.shortcut = _shortcut(in_ch, out_ch, stride, padding)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
@@ -61,10 +95,10 @@ class Bottleneck(nn.Module):
         return self.relu(out + self.shortcut(x))
 
 
-def _shortcut(in_ch: int, out_ch: int, stride: int) -> nn.Module:
+def _shortcut(in_ch: int, out_ch: int, stride: int, padding: str = "torch") -> nn.Module:
     if stride == 1 and in_ch == out_ch:
         return nn.Identity()
-    return nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch))
+    return nn.Sequential(_conv(in_ch, out_ch, 1, stride, padding), nn.BatchNorm2d(out_ch))
 
 
 ARCHS: dict[str, tuple[type[BasicBlock] | type[Bottleneck], list[int]]] = {
@@ -77,9 +111,12 @@ class ResNet(nn.Module):
     """ResNet trunk returning the stage-4 (layer3) and stage-5 (layer4) maps.
 
     `last_stage=4` drops layer4 so that a stage-4-only model has no parameters without gradients.
+    `padding="same"`: every conv pads as TensorFlow's "SAME" at run time (SameConv2d); the max-pool stays
+    PyTorch's (3, 2, 1), as in the public port of the released VITO weights.
     """
 
-    def __init__(self, arch: str = "resnet50", width: int = 64, last_stage: int = 5, stem: str = "imagenet") -> None:
+    def __init__(self, arch: str = "resnet50", width: int = 64, last_stage: int = 5, stem: str = "imagenet",
+                 padding: str = "torch") -> None:
         super().__init__()
         if last_stage not in (4, 5):
             raise ValueError(f"last_stage must be 4 or 5, got {last_stage}")
@@ -87,10 +124,10 @@ class ResNet(nn.Module):
         self.last_stage = last_stage
         if stem == "imagenet":  # 7x7/2 + max-pool: /4 before layer1, for 224 px inputs
             self.stem = nn.Sequential(
-                nn.Conv2d(3, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)
+                _conv(3, width, 7, 2, padding), nn.BatchNorm2d(width), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)
             )
         elif stem == "small":  # 3x3/1, no pooling (as for CIFAR): tiny frames keep a spatial map at stage 5
-            self.stem = nn.Sequential(nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+            self.stem = nn.Sequential(_conv(3, width, 3, 1, padding), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
         else:
             raise ValueError(f"unknown stem {stem!r}: expected 'imagenet' or 'small'")
         in_ch = width
@@ -100,7 +137,7 @@ class ResNet(nn.Module):
             blocks = []
             for block_index in range(depth):
                 stride = 2 if index > 0 and block_index == 0 else 1
-                blocks.append(block(in_ch, stage_width, stride))
+                blocks.append(block(in_ch, stage_width, stride, padding))
                 in_ch = stage_width * block.expansion
             layers.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3 = layers[:3]
@@ -202,7 +239,8 @@ class VitoModel(nn.Module):
         self.symmetric = loss_cfg.symmetric
         self.global_negatives = loss_cfg.global_negatives
 
-        self.backbone = ResNet(model_cfg.arch, model_cfg.width, last_stage=max(self.scales), stem=model_cfg.stem)
+        self.backbone = ResNet(model_cfg.arch, model_cfg.width, last_stage=max(self.scales), stem=model_cfg.stem,
+                               padding=model_cfg.padding)
         channels = self.backbone.channels
         self.pools = nn.ModuleDict(
             {_key(s): _make_pool(model_cfg.pooling, channels[s], model_cfg.pool_hidden) for s in self.scales}

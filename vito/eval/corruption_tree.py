@@ -23,11 +23,11 @@ from typing import Any, Literal
 
 from vito.eval.image_folder import (
     IMAGE_EXTENSIONS,
+    FolderStore,
     ImageFolderSet,
     ImageSample,
     ImageTransform,
     LayoutError,
-    _Store,
     is_image_name,
 )
 
@@ -98,7 +98,7 @@ class CorruptionTree:
         }
 
 
-def open_root(root: str, storage_options: dict | None) -> tuple[_Store, str, str]:
+def open_root(root: str, storage_options: dict | None) -> tuple[FolderStore, str, str]:
     """The store of the root's parent and the root's own name: every listing is then `<name>/...`."""
     stripped = root.rstrip("/") or "/"
     if "://" in stripped and not stripped.startswith("file://"):
@@ -106,9 +106,9 @@ def open_root(root: str, storage_options: dict | None) -> tuple[_Store, str, str
         parent, _, name = path.rpartition("/")
         if not parent or not name:
             raise LayoutError(f"{root}: the tree must be a folder inside a bucket, not the bucket itself")
-        return _Store(f"{scheme}://{parent}", storage_options), name, stripped
+        return FolderStore(f"{scheme}://{parent}", storage_options), name, stripped
     local = os.path.abspath(stripped.removeprefix("file://"))
-    return _Store(os.path.dirname(local), None), os.path.basename(local), stripped
+    return FolderStore(os.path.dirname(local), None), os.path.basename(local), stripped
 
 
 def check_class_list(classes: Sequence[str]) -> None:
@@ -188,7 +188,7 @@ def read_corruption_tree(root: str, classes: Sequence[str], benchmark: Benchmark
     return CorruptionTree(shown_root, benchmark, list(classes), sets, folders, unknown)
 
 
-def _read_severity(store: _Store, top: str, shown_root: str, split: str, index: dict[str, int],
+def _read_severity(store: FolderStore, top: str, shown_root: str, split: str, index: dict[str, int],
                    classes: list[str], storage_options: dict | None) -> ImageFolderSet:
     where = f"{shown_root}/{split}"
     folders, files = store.list_dir(f"{top}/{split}") or ([], [])

@@ -66,7 +66,7 @@ class _Listing:
     files: dict[str, list[str]]  # class -> paths relative to <root>/<split>/<class>, sorted
 
 
-class _Store:
+class FolderStore:
     """The root's filesystem, with the one difference that matters for speed: a local tree is walked with
     os.scandir (no stat per file), a remote one listed with fsspec (one recursive listing per split)."""
 
@@ -137,7 +137,7 @@ class _Store:
         return {name: sorted(files) for name, files in found.items()}
 
 
-def _list_split(store: _Store, split: str) -> _Listing:
+def _list_split(store: FolderStore, split: str) -> _Listing:
     expected = _EXPECTED.format(split=split)
     where = f"{store.root}/{split}"
     top = store.list_dir(split)
@@ -181,7 +181,7 @@ def check_layout(root: str, splits: Sequence[str] = ("train", "val"), storage_op
     The listing is complete (an empty class folder anywhere is found): on S3 that is one paginated listing
     per split, about 1,300 requests for ImageNet-1k train.
     """
-    store = _Store(root, storage_options)
+    store = FolderStore(root, storage_options)
     listings = [_list_split(store, split) for split in splits]
     for listing in listings[1:]:
         _check_subset(listing, listings[0].classes, listings[0].split)
@@ -230,7 +230,7 @@ def read_image_folder(root: str, split: str, storage_options: dict | None = None
     The class index comes from the class folders of `<root>/<classes_from>` (train by default, as for every
     ImageNet-derived set); `classes_from=None` uses the split's own folders (a labelled folder with one split).
     """
-    store = _Store(root, storage_options)
+    store = FolderStore(root, storage_options)
     listing = _list_split(store, split)
     if classes_from is None or classes_from == split:
         classes = listing.classes

@@ -11,9 +11,9 @@ import hashlib
 import json
 import os
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_serializer, model_validator
 
 
 class _Section(BaseModel):
@@ -233,6 +233,74 @@ class ImageFolderBenchmark(_Section):
         return values
 
 
+def _expand_home(root: str) -> str:
+    return os.path.expanduser(root) if root.startswith("~") else root
+
+
+class _ReadoutBenchmark(_Section):
+    """A benchmark scored through the linear readout that an image_folder benchmark of the same evaluation trained
+    (its `readout.pt`): `readout` names that benchmark (it must have `linear: true`)."""
+
+    root: str = Field(min_length=1, description="local path or s3:// URL of the set's root folder")
+    readout: str = Field(min_length=1, description="name of an image_folder benchmark (linear: true) of this eval")
+    interpolation: Literal["bilinear", "bicubic"] = "bilinear"
+    antialias: bool = True
+
+    @field_validator("root")
+    @classmethod
+    def _home_expanded(cls, root: str) -> str:
+        return _expand_home(root)
+
+
+class CorruptionsBenchmark(_ReadoutBenchmark):
+    """ImageNet-C (`<corruption>/<1-5>/<wnid>/*.JPEG`, optionally under `<family>/`) or ImageNet-3DCC: mCE and
+    relative mCE (Hendrycks & Dietterich) or 3DCC's unnormalised errors (vito/eval/corruption_protocol.py)."""
+
+    kind: Literal["corruptions"]
+    set: Literal["imagenet-c", "imagenet-3dcc"] = "imagenet-c"
+    # The images are 224 px already: centre crop only (resize 0), as hendrycks/robustness evaluates them.
+    resize: int = Field(0, ge=0, description="short side before the centre crop; 0: centre crop only")
+    crop: int = Field(224, ge=8)
+
+
+class ClassSubsetBenchmark(_ReadoutBenchmark):
+    """ImageNet-A / ImageNet-R (`<wnid>/*.JPEG`, a subset of the readout's classes): top-1 of the argmax restricted
+    to the subset's columns (vito/eval/subset_protocol.py)."""
+
+    kind: Literal["class_subset"]
+    resize: int = Field(256, ge=0, description="short side before the centre crop; 0: centre crop only")
+    crop: int = Field(224, ge=8)
+
+
+class CueConflictBenchmark(_ReadoutBenchmark):
+    """model-vs-human's cue-conflict images (`<category>/<shape><i>-<texture><j>.png`): shape bias of the
+    16-class decisions of the 1000-way readout (vito/eval/cue_conflict_protocol.py)."""
+
+    kind: Literal["cue_conflict"]
+    # Unverified which resize model-vs-human applies to PyTorch models: a field, recorded with the result.
+    resize: int = Field(256, ge=0, description="short side before the centre crop; 0: centre crop only")
+    crop: int = Field(224, ge=8)
+
+
+def _benchmark_kind(value: Any) -> str:
+    # `kind` absent: an image folder, as every spec before the other kinds existed.
+    if isinstance(value, dict):
+        return value.get("kind", "image_folder")
+    return getattr(value, "kind", "image_folder")
+
+
+Benchmark = Annotated[
+    Annotated[ImageFolderBenchmark, Tag("image_folder")]
+    | Annotated[CorruptionsBenchmark, Tag("corruptions")]
+    | Annotated[ClassSubsetBenchmark, Tag("class_subset")]
+    | Annotated[CueConflictBenchmark, Tag("cue_conflict")],
+    Discriminator(_benchmark_kind, custom_error_type="benchmark_kind",
+                  custom_error_message="eval.benchmarks.<name>.kind must be one of image_folder, corruptions, "
+                                       "class_subset, cue_conflict"),
+]
+READOUT_KINDS = ("corruptions", "class_subset", "cue_conflict")
+
+
 # New evaluation keys stay out of the dump at their defaults: trial keys (hashes of the dump) of configs from
 # before they existed are unchanged, so re-sweeping an old spec submits nothing new.
 _EVAL_KEYS_OMITTED_AT_DEFAULT = ("benchmarks", "synthetic_suite", "feature_cache", "extract_batch_size",
@@ -274,7 +342,7 @@ class EvalConfig(_Section):
     propagation_radius: float = Field(3.0, gt=0, description="neighbourhood in feature cells")
 
     # -- the user's benchmarks, in their standard layouts (vito/eval/) ----------------------------------------
-    benchmarks: dict[str, ImageFolderBenchmark] = Field(default_factory=dict)
+    benchmarks: dict[str, Benchmark] = Field(default_factory=dict)
     synthetic_suite: bool = True  # the suite above on synthetic clips; off to score only `benchmarks`
     feature_cache: str | None = Field(
         None, min_length=1, description="where extracted features are kept; None: <eval.checkpoint>/features, "
@@ -295,7 +363,7 @@ class EvalConfig(_Section):
 
     @field_validator("benchmarks")
     @classmethod
-    def _benchmark_names(cls, value: dict[str, ImageFolderBenchmark]) -> dict[str, ImageFolderBenchmark]:
+    def _benchmark_names(cls, value: dict[str, Any]) -> dict[str, Any]:
         for name in value:
             if not re.fullmatch(r"[a-z0-9_]+", name):
                 raise ValueError(f"benchmark name {name!r}: use [a-z0-9_]+ (it names metrics: eval/<name>/...)")
@@ -309,6 +377,16 @@ class EvalConfig(_Section):
             raise ValueError("eval.deformation_motion_scales must be > 0")
         if (self.train_manifest is None) != (self.test_manifest is None):
             raise ValueError("set both eval.train_manifest and eval.test_manifest, or neither")
+        for name, bench in self.benchmarks.items():
+            if bench.kind == "image_folder":
+                continue
+            target = self.benchmarks.get(bench.readout)
+            if target is None or target.kind != "image_folder" or not target.linear:
+                readouts = [n for n, b in self.benchmarks.items() if b.kind == "image_folder" and b.linear]
+                raise ValueError(
+                    f"eval.benchmarks.{name}.readout: {bench.readout!r} is not an image_folder benchmark with "
+                    f"linear: true of this evaluation (its linear readout scores {name}); "
+                    f"candidates: {', '.join(readouts) or 'none'}")
         return self
 
 

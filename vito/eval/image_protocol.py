@@ -40,6 +40,33 @@ class BenchmarkOutcome:
     record: dict[str, Any]  # protocol constants, counts and cache facts: the results.json of the benchmark
     skipped: list[dict[str, Any]] = field(default_factory=list)  # unreadable images: the skipped report
     readout: dict[str, Any] | None = None  # the linear probe's state (scores later benchmarks)
+    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # CSV artifacts: file name -> rows
+
+
+@dataclass(frozen=True)
+class Readout:
+    """The linear readout an image_folder benchmark trained, as the readout kinds score through it."""
+
+    benchmark: str  # the image_folder benchmark that trained it (eval.benchmarks.<benchmark>)
+    probe: Any  # LinearProbeResult: logits(x) over `classes`
+    classes: list[str]  # its columns: the sorted class folders of that benchmark's train split
+    clean_top1: float | None = None  # its linear top-1 on that benchmark's val (relative mCE's clean error)
+
+    @classmethod
+    def from_outcome(cls, benchmark: str, outcome: "BenchmarkOutcome", suffix: str = "") -> "Readout | None":
+        from vito.eval.linear import LinearProbeResult
+
+        if outcome.readout is None:
+            return None
+        state = {k: v for k, v in outcome.readout.items() if k != "classes"}
+        return cls(benchmark, LinearProbeResult.from_state_dict(state), list(outcome.readout["classes"]),
+                   outcome.metrics.get(f"eval/{benchmark}/linear_top1{suffix}"))
+
+    def describe(self) -> str:
+        return f"through the readout of eval.benchmarks.{self.benchmark}"
+
+    def logits(self, features) -> Any:
+        return self.probe.logits(features.float())
 
 
 @dataclass(frozen=True)
@@ -53,7 +80,8 @@ class ExtractionSettings:
     group: Any = None  # the job's gloo control group for the waits between ranks (None: one process)
 
 
-def transform_of(bench: ImageFolderBenchmark):
+def transform_of(bench):
+    """The evaluation transform of any image benchmark (every kind has resize, crop, interpolation, antialias)."""
     from vito.eval.image_folder import ImageTransform
 
     return ImageTransform(resize=bench.resize, crop=bench.crop, interpolation=bench.interpolation,
@@ -68,24 +96,34 @@ def cache_dir(settings: ExtractionSettings, encoder: Encoder, dataset_fingerprin
 
 def extract_split(bench: ImageFolderBenchmark, split: str, encoder: Encoder, settings: ExtractionSettings, name: str):
     """Features of one split, from the cache where its shards are committed, else computed by every rank."""
-    from vito.eval.extract import extract_features
-    from vito.eval.image_folder import ImageFolderDataset, read_image_folder
+    from vito.eval.image_folder import read_image_folder
 
     images = read_image_folder(bench.root, split, settings.storage_options)
-    transform = transform_of(bench)
+    extracted, folder = extract_image_set(images, transform_of(bench), encoder, settings, f"{name} {split}",
+                                          root=bench.root, split=split)
+    return images, extracted, folder
+
+
+def extract_image_set(images, transform, encoder: Encoder, settings: ExtractionSettings, what: str, *, root: str,
+                      split: str):
+    """Features of any ImageFolderSet (an image folder's split, a corruption x severity, a class subset, the
+    cue-conflict images) through `extract_features`: every rank a share, cached by shard. (extracted, folder)."""
+    from vito.eval.extract import extract_features
+    from vito.eval.image_folder import ImageFolderDataset
+
     folder = cache_dir(settings, encoder, images.fingerprint(), transform.key())
-    report = (lambda done, total: settings.progress(f"{name} {split}", done, total)) if settings.progress else None
+    report = (lambda done, total: settings.progress(what, done, total)) if settings.progress else None
     extracted = extract_features(
         encoder.encode, ImageFolderDataset(images, transform), folder,
         shard_size=settings.shard_size, batch_size=settings.batch_size, workers=settings.workers,
         device=encoder.device, bf16_autocast=encoder.bf16_autocast, channels_last=encoder.channels_last,
         storage_options=settings.storage_options, progress=report, group=settings.group,
         cache_key_fields={"encoder": encoder.key, "dataset": images.fingerprint(), "transform": transform.key(),
-                          "root": bench.root, "split": split},
+                          "root": root, "split": split},
     )
-    log.info("%s %s: %d images, %d skipped; shards computed here %s, reused %s", name, split,
+    log.info("%s: %d images, %d skipped; shards computed here %s, reused %s", what,
              extracted.num_samples, len(extracted.skipped), extracted.computed_shards, extracted.reused_shards)
-    return images, extracted, folder
+    return extracted, folder
 
 
 def run_image_folder(name: str, bench: ImageFolderBenchmark, encoder: Encoder, settings: ExtractionSettings, *,

@@ -1,10 +1,13 @@
 """The user's benchmarks of one checkpoint, run by every rank of an evaluation job.
 
-Each benchmark is one protocol file (image_protocol.py: ImageNet or any labelled image folder). Every rank
+Each benchmark kind is one protocol file: image_protocol.py (ImageNet or any labelled image folder),
+corruption_protocol.py (ImageNet-C / 3DCC), subset_protocol.py (ImageNet-A / R), cue_conflict_protocol.py (shape
+bias). The image folders run first: their linear readouts score the other kinds (each names its `readout`). Every rank
 extracts its share of the features; the main rank scores them and logs, per benchmark as it finishes, the
 metrics (`eval/<name>/...`), the protocol record (`eval/<name>/results.json`), the unreadable files
-(`eval/<name>/skipped.json`) and the linear readout (`eval/<name>/readout.pt`). The random-init baseline, when
-asked for, scores the same way and logs the same names with `_random_init`.
+(`eval/<name>/skipped.json`), the linear readout (`eval/<name>/readout.pt`) and the readout kinds' CSV tables
+(`eval/<name>/per_corruption.csv`, `per_class.csv`, `per_category.csv`). The random-init baseline, when asked for,
+scores the same way through its own readout and logs the same names with `_random_init`.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 import torch
 
 from vito.config import VitoConfig
-from vito.eval.image_protocol import BenchmarkOutcome, Encoder, ExtractionSettings, run_image_folder
+from vito.eval.image_protocol import BenchmarkOutcome, Encoder, ExtractionSettings, Readout, run_image_folder
 from vito.model import VitoModel
 
 log = logging.getLogger(__name__)
@@ -69,9 +72,22 @@ def run_benchmarks(cfg: VitoConfig, trained_cfg: VitoConfig, model: VitoModel, s
         key = f"random-init:{cfg.eval.seed}:{encoder_key('', 0, trained_cfg)}"
         networks.append((model_encoder(baseline, key, device), "_random_init"))
     results: dict[str, float] = {}
-    for name, bench in cfg.eval.benchmarks.items():
+    readouts: dict[tuple[str, str], Readout | None] = {}  # (image_folder benchmark, suffix) -> its readout
+    classes: dict[str, list[str]] = {}  # image_folder benchmark -> its readout's columns (every rank)
+    ordered = sorted(cfg.eval.benchmarks.items(), key=lambda item: item[1].kind != "image_folder")  # stable
+    for name, bench in ordered:
         for encoder, suffix in networks:
-            outcome = run_image_folder(name, bench, encoder, settings, seed=cfg.eval.seed, is_main=is_main, suffix=suffix)
+            if bench.kind == "image_folder":
+                outcome = run_image_folder(name, bench, encoder, settings, seed=cfg.eval.seed, is_main=is_main,
+                                           suffix=suffix)
+                if outcome is not None:
+                    readouts[name, suffix] = Readout.from_outcome(name, outcome, suffix)
+            else:
+                if bench.readout not in classes:
+                    classes[bench.readout] = _readout_classes(cfg.eval.benchmarks[bench.readout], settings)
+                outcome = _runners()[bench.kind](name, bench, readouts.get((bench.readout, suffix)),
+                                               classes[bench.readout], encoder, settings, is_main=is_main,
+                                               suffix=suffix)
             if outcome is None:
                 continue
             results.update(outcome.metrics)
@@ -84,10 +100,42 @@ def run_benchmarks(cfg: VitoConfig, trained_cfg: VitoConfig, model: VitoModel, s
     return results
 
 
+def _readout_classes(bench, settings: ExtractionSettings) -> list[str]:
+    """The readout's columns on every rank: the class folders of its benchmark's train split, sorted."""
+    from vito.eval.image_folder import read_image_folder
+
+    return read_image_folder(bench.root, bench.train_split, settings.storage_options).classes
+
+
+def _runners() -> dict[str, Callable[..., BenchmarkOutcome | None]]:
+    from vito.eval.corruption_protocol import run_corruptions
+    from vito.eval.cue_conflict_protocol import run_cue_conflict
+    from vito.eval.subset_protocol import run_class_subset
+
+    return {"corruptions": run_corruptions, "class_subset": run_class_subset, "cue_conflict": run_cue_conflict}
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
+    import csv
+    import io
+
+    out = io.StringIO()
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    writer = csv.DictWriter(out, columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
 def _log_artifacts(metrics, name: str, suffix: str, outcome: BenchmarkOutcome, artifact_dir: str) -> None:
     folder = f"eval/{name}"
     metrics.log_dict_artifact(outcome.record, f"{folder}/results{suffix}.json")
     metrics.log_dict_artifact({"count": len(outcome.skipped), "images": outcome.skipped}, f"{folder}/skipped{suffix}.json")
+    for file_name, rows in outcome.tables.items():
+        stem, dot, ext = file_name.rpartition(".")
+        path = Path(tempfile.mkdtemp(dir=artifact_dir)) / f"{stem}{suffix}{dot}{ext}"
+        path.write_text(_csv(rows))
+        metrics.log_artifact(str(path), folder)
     if outcome.readout is not None and not suffix:
         path = Path(tempfile.mkdtemp(dir=artifact_dir)) / "readout.pt"
         torch.save(outcome.readout, path)

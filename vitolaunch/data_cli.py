@@ -7,6 +7,7 @@ Registered on the main command in vitolaunch/cli.py. torch and PyAV load only in
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -52,6 +53,9 @@ def data() -> None:
     """Video datasets: manifests, VideoNet-style curation, re-encoding for training."""
 
 
+FIXTURE_CORRUPTION_SIZE = 64  # the corrupted images' side: the quickstart centre crops 40 px of it
+
+
 @data.command("fixtures")
 @click.argument("output", type=click.Path(file_okay=False))
 @click.option("--classes", default=4, show_default=True, type=click.IntRange(2, 8), help="Classes of every set.")
@@ -61,11 +65,28 @@ def fixtures(output: str, classes: int, train_per_class: int, val_per_class: int
     """Write small benchmark sets in their real layouts under OUTPUT, rendered from the synthetic videos, so
     the evaluation a cluster runs on ImageNet runs here on a CPU (sweeps/quickstart_eval.yaml)."""
     from vito.eval.fixtures import ImageFolderFixture, write_image_folder
+    from vito.eval.robust_fixtures import write_class_subset, write_corruption_tree, write_cue_conflict
 
     root = Path(output) / "imagenet"
     counts = write_image_folder(root, ImageFolderFixture(classes, train_per_class, val_per_class))
     click.echo(f"imagenet (ImageFolder: train/<wnid>/*.JPEG, val/<wnid>/*.JPEG): {root}  "
                f"{counts['train']} train, {counts['val']} val images, {classes} classes")
+    val = root / "val"
+    corrupted = Path(output) / "imagenet-c"
+    shutil.rmtree(corrupted, ignore_errors=True)  # a rerun with fewer classes leaves no stale wnid folders
+    written = write_corruption_tree(val, corrupted, image_size=FIXTURE_CORRUPTION_SIZE)
+    click.echo(f"imagenet-c (<corruption>/<1-5>/<wnid>/*.JPEG): {corrupted}  {', '.join(written)} x 5 severities, "
+               f"{next(iter(written.values()))} images each (3 of the 15 mCE corruptions: a partial table)")
+    subset = Path(output) / "imagenet-r"
+    shutil.rmtree(subset, ignore_errors=True)
+    wnids = sorted(p.name for p in val.iterdir() if p.is_dir())[: max(1, classes - 1)]
+    copied = write_class_subset(val, subset, wnids)
+    click.echo(f"imagenet-r (<wnid>/*.JPEG, a subset of the classes): {subset}  {copied} images, {len(wnids)} classes")
+    cue = Path(output) / "cue-conflict"
+    shutil.rmtree(cue, ignore_errors=True)
+    images = write_cue_conflict(cue)
+    click.echo(f"cue-conflict (<category>/<shape><i>-<texture><j>.png): {cue}  {images} images, 16 categories "
+               "(machinery only: the fixtures' readout is not ImageNet-1k's)")
 
 
 @data.command("manifest")

@@ -83,7 +83,8 @@ def run_corruptions(name: str, bench: CorruptionsBenchmark, readout: Readout | N
     metrics[f"eval/{name}/skipped_images{suffix}"] = float(len(skipped))
     record = {"benchmark": name, "kind": bench.kind, "set": bench.set, "root": bench.root,
               "scored": readout.describe(), "readout_classes": len(readout.classes),
-              "transform": transform.key(), "encoder": encoder.key, "tree": tree.as_record(),
+              "transform": transform.key(), "encoder": encoder.key,
+              "tree": {k: v for k, v in tree.as_record().items() if k != "transform"},  # ours is the field's
               "feature_cache": {f"{c}/{s}": folder for (c, s), (_, folder) in extracted.items()},
               **scores, "metrics": metrics}
     return BenchmarkOutcome(metrics, record, skipped, tables={"per_corruption.csv": rows})

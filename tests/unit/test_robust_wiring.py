@@ -101,9 +101,10 @@ def test_3dcc_logs_the_mean_error_only_when_complete() -> None:
     table = _table(IMAGENET_3DCC, 0.75)
     metrics, _, rows = score_corruptions("d", bench, table, _images(table), None)
     assert metrics["eval/d/mean_error"] == pytest.approx(0.25) and len(rows) == 60
+    assert metrics["eval/d/top1"] == pytest.approx(0.75)
     partial = _table(IMAGENET_3DCC[:2])
     metrics, record, _ = score_corruptions("d", bench, partial, _images(partial), None)
-    assert "eval/d/mean_error" not in metrics and record["partial"]
+    assert "eval/d/mean_error" not in metrics and "eval/d/top1" not in metrics and record["partial"]
     assert metrics["eval/d/near_focus_error"] == pytest.approx(0.5)
 
 

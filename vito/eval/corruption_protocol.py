@@ -50,6 +50,7 @@ def score_corruptions(name: str, bench: CorruptionsBenchmark, table: dict[str, d
             metrics[f"{prefix}{corruption}_error{suffix}"] = error
         if result.overall_error is not None:
             metrics[f"{prefix}mean_error{suffix}"] = result.overall_error
+            metrics[f"{prefix}top1{suffix}"] = result.overall_top1
         record = {**result.as_record(), "partial": bool(result.missing)}
     rows = [{**row, "images": images[row["corruption"]][row["severity"]]} for row in result.as_rows()]
     return metrics, record, rows

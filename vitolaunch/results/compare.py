@@ -64,7 +64,7 @@ def _metric_columns(metrics: Sequence[str], ranking: Ranking, limit: int = 6) ->
 
 def _is_count(metric: str) -> bool:
     """How many images a benchmark scored or skipped: beside the numbers in --json and results.json, not a column."""
-    return metric.split("/")[-1].split("_random_init")[0] in ("train_images", "val_images_scored", "skipped_images")
+    return metric.split("/")[-1].split("_random_init")[0] in ("train_images", "val_images_scored", "images_scored", "skipped_images")
 
 
 def _cell(value) -> str:

@@ -304,7 +304,7 @@ READOUT_KINDS = ("corruptions", "class_subset", "cue_conflict")
 # New evaluation keys stay out of the dump at their defaults: trial keys (hashes of the dump) of configs from
 # before they existed are unchanged, so re-sweeping an old spec submits nothing new.
 _EVAL_KEYS_OMITTED_AT_DEFAULT = ("benchmarks", "synthetic_suite", "feature_cache", "extract_batch_size",
-                                 "extract_shard_size", "loader_workers")
+                                 "extract_shard_size", "loader_workers", "weights", "weights_kind")
 
 
 class EvalConfig(_Section):
@@ -325,6 +325,10 @@ class EvalConfig(_Section):
     checkpoint: str | None = Field(None, min_length=1, description="a trial's checkpoint root (path or URL)")
     checkpoint_step: int | None = Field(None, ge=1, description="None: its newest committed step")
     pretrain_run_id: str | None = Field(None, description="the MLflow run that trained it (set by the caller)")
+    # Published weights evaluated instead of a checkpoint (vito/eval/foreign_weights.py): a file of ResNet-50
+    # weights in torchvision/timm layout or the VITO port's; kind None: detected from its keys.
+    weights: str | None = Field(None, min_length=1, description="a file of published ResNet-50 weights")
+    weights_kind: Literal["torchvision", "timm", "vito_port"] | None = None
     random_init_baseline: bool = True  # every metric also for a randomly initialised network
     # Robustness: the probe trained on clean features, tested on corrupted test images (severity 1-5).
     corruptions: list[Corruption] = Field(default_factory=lambda: ["gaussian_noise", "gaussian_blur", "contrast", "jpeg"])
@@ -387,6 +391,10 @@ class EvalConfig(_Section):
                     f"eval.benchmarks.{name}.readout: {bench.readout!r} is not an image_folder benchmark with "
                     f"linear: true of this evaluation (its linear readout scores {name}); "
                     f"candidates: {', '.join(readouts) or 'none'}")
+        if self.weights is not None and self.checkpoint is not None:
+            raise ValueError("eval.weights (published weights) and eval.checkpoint (a trial's) exclude each other")
+        if self.weights_kind is not None and self.weights is None:
+            raise ValueError("eval.weights_kind needs eval.weights")
         return self
 
 

@@ -92,8 +92,11 @@ def run(cfg: VitoConfig, ctx) -> Any:
     from vito.metrics import MetricsLogger
     from vito.train import TrainResult
 
-    if cfg.eval.checkpoint is None:
-        raise ValueError("an evaluation trial needs eval.checkpoint (a pretraining trial's checkpoint root)")
+    if cfg.eval.checkpoint is None and cfg.eval.weights is None:
+        raise ValueError("an evaluation trial needs eval.checkpoint (a pretraining trial's checkpoint root) "
+                         "or eval.weights (published weights)")
+    if cfg.eval.weights is not None:
+        return run_foreign(cfg, ctx)
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     if rank != 0 and not cfg.eval.benchmarks:
         return TrainResult(True, 0, None, {})  # only the benchmarks are spread over ranks
@@ -113,7 +116,8 @@ def run(cfg: VitoConfig, ctx) -> Any:
 
                 benchmarks = run_benchmarks(cfg, trained_cfg, model, step, device=device, is_main=rank == 0,
                                             storage_options=ctx.storage_options, metrics=metrics,
-                                            artifact_dir=ctx.scratch_dir, group=group)
+                                            artifact_dir=ctx.scratch_dir, group=group,
+                                            record={"head": "trained_readout", "logits_available": False})
         if rank != 0:
             return TrainResult(True, 0, None, {})
         suite: dict[str, float] = {}
@@ -134,6 +138,88 @@ def run(cfg: VitoConfig, ctx) -> Any:
             metrics.close()
         else:
             metrics.flush()
+
+
+def run_foreign(cfg: VitoConfig, ctx) -> Any:
+    """Evaluate published weights (cfg.eval.weights, vito.eval.foreign_weights) on the user's benchmarks, at step 0.
+
+    The weights are loaded strictly as the job's first act (with the layouts); a file that is missing or does
+    not fit fails the trial with the reason tagged (`vito.eval_error`). Features: ForeignNetwork.features, cached
+    under eval.feature_cache or `<file>.features/` by the weights' digest. The synthetic suite and the
+    random-init baseline are the project network's and are skipped here. Every results.json says which head
+    scores the benchmark's classes: `own_fc` where the file holds a classifier, else `trained_readout`.
+    """
+    from vito.eval.suite import run_benchmarks
+    from vito.metrics import MetricsLogger
+    from vito.train import TrainResult
+
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if rank != 0 and not cfg.eval.benchmarks:
+        return TrainResult(True, 0, None, {})
+    owns_metrics = ctx.metrics is None
+    metrics = ctx.metrics or MetricsLogger(ctx.tracking_uri, ctx.run_id, enabled=rank == 0)
+    try:
+        check_benchmark_layouts(cfg, ctx.storage_options, metrics)
+        network = load_weights_checked(cfg, ctx.storage_options, metrics)
+        if cfg.eval.synthetic_suite or cfg.eval.random_init_baseline:
+            log.info("published weights %s: the synthetic suite and the random-init baseline are the project "
+                     "network's, skipped", cfg.eval.weights)
+        device, group = _device(world)
+        network.to(device)
+        log.info("evaluating published weights %s (%s, %s)", cfg.eval.weights, network.kind, network.key())
+        record = {"head": "own_fc" if network.has_fc else "trained_readout", "logits_available": network.has_fc,
+                  "weights": cfg.eval.weights, "weights_kind": network.kind, "weights_key": network.key()}
+        benchmarks: dict[str, float] = {}
+        if cfg.eval.benchmarks:
+            Path(ctx.scratch_dir).mkdir(parents=True, exist_ok=True)
+            benchmarks = run_benchmarks(cfg, cfg, None, 0, device=device, is_main=rank == 0,
+                                        storage_options=ctx.storage_options, metrics=metrics,
+                                        artifact_dir=ctx.scratch_dir, group=group,
+                                        encoders=[(foreign_encoder(network, device), "")], record=record)
+        if rank != 0:
+            return TrainResult(True, 0, None, {})
+        metrics.log(0, {"train/step": 0})
+        metrics.log_dict_artifact({**benchmarks, **record, "step": 0}, "eval/final.json")
+        return TrainResult(True, 0, None, benchmarks)
+    finally:
+        if owns_metrics:
+            metrics.close()
+        else:
+            metrics.flush()
+
+
+def foreign_encoder(network, device: torch.device):
+    """The Encoder of a ForeignNetwork: its pooled layer4 feature, identified by kind and the weights' digest."""
+    from vito.eval.image_protocol import Encoder
+
+    cuda = device.type == "cuda"
+    if cuda:
+        network.module.to(memory_format=torch.channels_last)
+
+    def encode(images: torch.Tensor) -> torch.Tensor:
+        return network.features(images).float()
+
+    return Encoder(encode, network.key(), device, bf16_autocast=cuda, channels_last=cuda)
+
+
+def load_weights_checked(cfg: VitoConfig, storage_options: dict[str, Any], metrics):
+    """load_foreign(cfg.eval.weights) (a URL fetched first), or the trial fails with the reason tagged."""
+    from vito.eval.foreign_weights import load_foreign
+
+    try:
+        source: Any = cfg.eval.weights
+        if "://" in source:
+            import io
+
+            import fsspec
+
+            with fsspec.open(source, "rb", **(storage_options or {})) as handle:
+                source = torch.load(io.BytesIO(handle.read()), map_location="cpu", weights_only=True)
+        return load_foreign(source, cfg.eval.weights_kind)
+    except (ValueError, OSError) as problem:  # ForeignWeightsError is a ValueError; a missing file an OSError
+        message = f"eval.weights {cfg.eval.weights}: {problem}"
+        metrics.set_tags({EVAL_ERROR_TAG: message[:500]})
+        raise (FileNotFoundError if isinstance(problem, OSError) else ValueError)(message) from None
 
 
 EVAL_ERROR_TAG = "vito.eval_error"  # why an evaluation could not start; read by vitolaunch (records.TAG_EVAL_ERROR)

@@ -54,19 +54,24 @@ def encoder_key(checkpoint: str, step: int, cfg: VitoConfig) -> str:
 
 def feature_cache_root(cfg: VitoConfig) -> str:
     """By default beside the evaluated checkpoint: every later evaluation of it finds the features there."""
+    if cfg.eval.weights is not None and not cfg.eval.feature_cache:  # published weights: beside their file
+        return f"{cfg.eval.weights}.features"
     return cfg.eval.feature_cache or f"{cfg.eval.checkpoint.rstrip('/')}/features"
 
 
 def run_benchmarks(cfg: VitoConfig, trained_cfg: VitoConfig, model: VitoModel, step: int, *, device: torch.device,
-                   is_main: bool, storage_options: dict[str, Any], metrics, artifact_dir: str, group: Any = None
+                   is_main: bool, storage_options: dict[str, Any], metrics, artifact_dir: str, group: Any = None,
+                   encoders: list[tuple[Encoder, str]] | None = None, record: dict[str, Any] | None = None
                    ) -> dict[str, float]:
     """Every benchmark of cfg.eval.benchmarks on `model` (and on a random-init network when asked); the main
     rank returns the metrics, the others an empty dict. Files to upload are written under `artifact_dir`, which
-    must outlive the metrics logger's queue (uploads happen in its background thread)."""
+    must outlive the metrics logger's queue (uploads happen in its background thread). `encoders` (with their
+    metric suffixes) replace `model` and its random-init baseline (published weights); `record` is added to
+    every results.json."""
     settings = ExtractionSettings(feature_cache_root(cfg), cfg.eval.extract_shard_size, cfg.eval.extract_batch_size,
                                   cfg.eval.loader_workers, storage_options, _progress_reporter(metrics), group)
-    networks = [(model_encoder(model, encoder_key(cfg.eval.checkpoint, step, trained_cfg), device), "")]
-    if cfg.eval.random_init_baseline:
+    networks = encoders or [(model_encoder(model, encoder_key(cfg.eval.checkpoint, step, trained_cfg), device), "")]
+    if encoders is None and cfg.eval.random_init_baseline:
         torch.manual_seed(cfg.eval.seed)
         baseline = VitoModel(trained_cfg.model, trained_cfg.loss)
         key = f"random-init:{cfg.eval.seed}:{encoder_key('', 0, trained_cfg)}"
@@ -90,6 +95,7 @@ def run_benchmarks(cfg: VitoConfig, trained_cfg: VitoConfig, model: VitoModel, s
                                                suffix=suffix)
             if outcome is None:
                 continue
+            outcome.record.update(record or {})
             results.update(outcome.metrics)
             metrics.log(step, outcome.metrics)  # each benchmark's metrics appear as soon as it finishes
             _log_artifacts(metrics, name, suffix, outcome, artifact_dir)

@@ -1,7 +1,9 @@
-"""The user's benchmark copies checked before anything is queued, where the submitting machine can see them.
+"""The user's benchmark copies, and the published weights an evaluate sweep names, checked before anything is
+queued, where the submitting machine can see them.
 
-A root that is not visible from here (a path mounted only on the compute nodes) is left to the job, which
-checks every layout as its first act and fails the trial with the reason tagged (vito.evaluate_task).
+A root or file that is not visible from here (a path mounted only on the compute nodes) is left to the job,
+which checks every layout and loads the weights as its first act, and fails the trial with the reason tagged
+(vito.evaluate_task).
 """
 
 from __future__ import annotations
@@ -31,6 +33,37 @@ def check_benchmark_roots(spec: SweepSpec, trials: Sequence[Trial]) -> None:
                 key = f"eval.benchmarks.{name}.root"
                 raise spec.error_at(("base", "eval", "benchmarks", name, "root"), str(problem), key=key,
                                     hint="Point it at the folder that holds the splits, in the layout above.") from None
+    check_foreign_weights(spec)
+
+
+def check_foreign_weights(spec: SweepSpec) -> None:
+    """Each `evaluate.checkpoints` entry of published weights visible from here exists and loads strictly (as
+    the job will load it); one located error naming the entry and what does not fit otherwise."""
+    if spec.evaluate is None:
+        return
+    from vitolaunch.launch.evaluate_targets import resolve_weights_path
+    from vitolaunch.spec.schema import PublishedWeights
+
+    for index, entry in enumerate(spec.evaluate.checkpoints):
+        if not isinstance(entry, PublishedWeights):
+            continue
+        path = resolve_weights_path(spec, entry.weights)
+        if "://" in path:
+            continue  # a URL: loaded by the job, with its credentials
+        where = ("evaluate", "checkpoints", index, "weights")
+        key = f"evaluate.checkpoints.{index}.weights"
+        if not Path(path).is_file():
+            if Path(path).parent.exists():  # its folder is here: the file is missing, not merely not mounted
+                raise spec.error_at(where, f"{path}: no such file", key=key,
+                                    hint="Name a file of ResNet-50 weights (torchvision, timm or the VITO port's).")
+            continue  # not visible from this machine: the job checks it first thing
+        from vito.eval.foreign_weights import load_foreign
+
+        try:
+            load_foreign(path, entry.kind)
+        except (ValueError, OSError) as problem:  # ForeignWeightsError is a ValueError
+            raise spec.error_at(where, f"{path}: {problem}", key=key,
+                                hint="Give kind: torchvision | timm | vito_port, or a file in one of these layouts.") from None
 
 
 def _visible(root: str) -> bool:

@@ -12,6 +12,10 @@ evaluation trial's config is that pretraining config with
 - the swept parameters applied (any key: `eval.severities`, or `data.crop_size` to probe at another size),
 - `eval.checkpoint`, `eval.checkpoint_step` and `eval.pretrain_run_id` set,
 
+or, for published weights (`evaluate.checkpoints: [{weights: <file>, kind: ..., name: ...}]`), the default
+config with `eval.weights` and `eval.weights_kind` set instead (no checkpoint, step 0) and `pretrain.weights:
+<name>` as what the trial shows of its target,
+
 and the job evaluates because the sweep's task is `evaluate` (vitolaunch.job.trial.TrialJob.task). Keys outside
 `eval` under `base:` are refused: the network and its data come from the pretraining run. Unless the spec names
 `tracking.experiment`, the evaluate sweep belongs in the experiment of the runs it evaluates, next to them: the
@@ -23,6 +27,7 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -31,6 +36,7 @@ from pydantic import ValidationError
 from vito.config import VitoConfig, set_dotted
 from vitolaunch.errors import SpecError, VitolaunchError
 from vitolaunch.spec import SweepSpec, Trial
+from vitolaunch.spec.schema import PublishedWeights
 from vitolaunch.tracking.records import KIND_SWEEP, KIND_TRIAL, TAG_CHECKPOINT, TAG_STORAGE_OPTIONS
 from vitolaunch.tracking.store import RunRecord, RunStore
 
@@ -47,9 +53,12 @@ class Target:
     run: RunRecord | None = None  # the pretraining trial, when MLflow knows it
     storage_options: dict[str, Any] = field(default_factory=dict)
     waits_for: RunRecord | None = None  # a pretraining trial still queued or running: evaluated once it finishes
+    weights: PublishedWeights | None = None  # published weights (checkpoint is then their resolved file)
 
     def params(self) -> dict[str, Any]:
         """What an evaluation trial shows of its target (MLflow params, status table)."""
+        if self.weights is not None:
+            return {"pretrain.weights": self.weights.label}
         if self.run is None:
             return {"pretrain.checkpoint": self.checkpoint, "pretrain.step": self.step}
         swept = {f"pretrain.{key}": value for key, value in self.run.swept.items()}
@@ -178,6 +187,20 @@ class TargetResolver:
             )
         return Target(uri, chosen, config, None, options)
 
+    def published(self, entry: PublishedWeights) -> Target:
+        """Published weights: the default config (the network is the file's), step 0; nothing is loaded here
+        (check_foreign_weights loads the visible files before anything is queued, the job the others)."""
+        return Target(resolve_weights_path(self.spec, entry.weights), 0, VitoConfig().to_dict(), None,
+                      self.spec.storage.storage_options(), weights=entry)
+
+
+def resolve_weights_path(spec: SweepSpec, path: str) -> str:
+    """A URL as given; `~` expanded; a relative path from the spec's folder."""
+    if "://" in path:
+        return path
+    expanded = Path(path).expanduser()
+    return str(expanded if expanded.is_absolute() else (spec.folder / expanded).resolve())
+
 
 @dataclass(frozen=True)
 class EvaluatePlan:
@@ -202,8 +225,8 @@ def expand_evaluate(spec: SweepSpec, grid: list[Trial], registry: RunStore) -> E
     if spec.evaluate is not None:
         for reference in spec.evaluate.runs:
             shared.extend(resolver.runs(reference))
-        for uri in spec.evaluate.checkpoints:
-            shared.append(resolver.checkpoint(uri))
+        for entry in spec.evaluate.checkpoints:
+            shared.append(resolver.published(entry) if isinstance(entry, PublishedWeights) else resolver.checkpoint(entry))
 
     # (target, grid point) pairs, target-major: a pretraining run's evaluations are neighbours.
     pairs: list[tuple[int, int, Target, Trial]] = []
@@ -224,9 +247,13 @@ def expand_evaluate(spec: SweepSpec, grid: list[Trial], registry: RunStore) -> E
         tree["eval"] = copy.deepcopy(eval_section)
         for name, value in point.params.items():
             set_dotted(tree, name, copy.deepcopy(value))
-        set_dotted(tree, "eval.checkpoint", target.checkpoint)
-        set_dotted(tree, "eval.checkpoint_step", target.step)
-        set_dotted(tree, "eval.pretrain_run_id", target.run.run_id if target.run else None)
+        if target.weights is not None:
+            set_dotted(tree, "eval.weights", target.checkpoint)
+            set_dotted(tree, "eval.weights_kind", target.weights.kind)
+        else:
+            set_dotted(tree, "eval.checkpoint", target.checkpoint)
+            set_dotted(tree, "eval.checkpoint_step", target.step)
+            set_dotted(tree, "eval.pretrain_run_id", target.run.run_id if target.run else None)
         try:
             config = VitoConfig.model_validate(tree)
         except ValidationError as problem:

@@ -93,6 +93,7 @@ def located_validation_error(
         loc = tuple(detail["loc"])
         if loc and loc[-1] == "[key]":  # a bad mapping key: point at the key itself
             loc = loc[:-1]
+        loc = tuple(part for part in loc if not str(part).startswith("<"))  # a union's tag (<...>) is no key
         key = (dotted(prefix + loc) if key_prefix is None else dotted((key_prefix, *loc))) or None
         kind = detail["type"]
         hint = None

@@ -9,13 +9,15 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     PrivateAttr,
+    Tag,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -53,13 +55,39 @@ class Storage(_Strict):
         return {"endpoint_url": self.endpoint_url} if self.endpoint_url else {}
 
 
+class PublishedWeights(_Strict):
+    """An `evaluate.checkpoints` entry that is a file of published weights (vito/eval/foreign_weights.py), scored
+    beside the project's checkpoints: the released VITO weights (their PyTorch port's layout) or a torchvision /
+    timm ResNet-50."""
+
+    weights: str = Field(min_length=1, description="path or URL of the weights file")
+    kind: Literal["torchvision", "timm", "vito_port"] | None = Field(None, description="None: detected from the keys")
+    name: str | None = Field(None, min_length=1, description="the row's label; None: the file name")
+
+    @property
+    def label(self) -> str:
+        return self.name or self.weights.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _checkpoint_entry(value: Any) -> str:
+    return "<published weights>" if isinstance(value, (dict, PublishedWeights)) else "<checkpoint root>"
+
+
+# A checkpoint root (a string), or a mapping of published weights: errors name the mapping's own keys.
+CheckpointEntry = Annotated[
+    Union[Annotated[str, Tag("<checkpoint root>")], Annotated[PublishedWeights, Tag("<published weights>")]],
+    Discriminator(_checkpoint_entry),
+]
+
+
 class EvaluateTargets(_Strict):
     """What a `task: evaluate` sweep evaluates; each target is crossed with the parameter grid."""
 
     # Pretraining trials by MLflow run id (or unique prefix), or every trial of a sweep by its name.
     runs: list[str] = Field(default_factory=list)
-    # Trials' checkpoint roots (path or URL), e.g. s3://bucket/sweeps/<sweep>/<trial key>.
-    checkpoints: list[str] = Field(default_factory=list)
+    # Trials' checkpoint roots (path or URL), e.g. s3://bucket/sweeps/<sweep>/<trial key>, or published weights:
+    # {weights: <file>, kind: torchvision | timm | vito_port, name: <row label>}.
+    checkpoints: list[CheckpointEntry] = Field(default_factory=list)
     step: int | None = Field(None, ge=1, description="the committed step to evaluate; None: the newest")
     include_unfinished: bool = Field(False, description="also evaluate trials still running or stopped early")
 

@@ -21,6 +21,7 @@ is the caller's business: the result says which step was evaluated.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -103,41 +104,48 @@ def run(cfg: VitoConfig, ctx) -> Any:
     owns_metrics = ctx.metrics is None
     metrics = ctx.metrics or MetricsLogger(ctx.tracking_uri, ctx.run_id, enabled=rank == 0)
     try:
-        check_benchmark_layouts(cfg, ctx.storage_options, metrics)  # a wrong layout fails the trial first thing
-        device, group = _device(world)
-        Path(ctx.scratch_dir).mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=ctx.scratch_dir) as scratch:
-            model, step, trained_cfg = load_pretrained_model(cfg, scratch, ctx.storage_options)
-            model.to(device)
-            log.info("evaluating %s step %d", cfg.eval.checkpoint, step)
-            benchmarks: dict[str, float] = {}  # logged by the suite as each benchmark finishes
-            if cfg.eval.benchmarks:
-                from vito.eval.suite import run_benchmarks
-
-                benchmarks = run_benchmarks(cfg, trained_cfg, model, step, device=device, is_main=rank == 0,
-                                            storage_options=ctx.storage_options, metrics=metrics,
-                                            artifact_dir=ctx.scratch_dir, group=group,
-                                            record={"head": "trained_readout", "logits_available": False})
-        if rank != 0:
-            return TrainResult(True, 0, None, {})
-        suite: dict[str, float] = {}
-        if cfg.eval.synthetic_suite:
-            # The evaluation data are this trial's (probes of data.synthetic); the network is the checkpoint's.
-            eval_cfg = cfg.model_copy(update={"model": trained_cfg.model, "loss": trained_cfg.loss})
-            suite = evaluate_with_baselines(model, eval_cfg, ctx.data_root, device, probes_only=False,
-                                            random_init=cfg.eval.random_init_baseline)
-        metrics.log(step, {**suite, "train/step": step})
-        results = {**benchmarks, **suite}
-        metrics.log_dict_artifact({**results, "checkpoint": cfg.eval.checkpoint, "step": step}, "eval/final.json")
-        for key in ("eval/linear_probe_acc", "eval/robust/mean_corruption_acc", "eval/propagation/JF"):
-            if key in results:
-                log.info("%s = %.4f", key, results[key])
-        return TrainResult(True, step, None, results)
+        with failure_tagged(metrics):
+            return _evaluate_checkpoint(cfg, ctx, metrics, rank, world)
     finally:
         if owns_metrics:
             metrics.close()
         else:
             metrics.flush()
+
+
+def _evaluate_checkpoint(cfg: VitoConfig, ctx, metrics, rank: int, world: int) -> Any:
+    from vito.train import TrainResult
+
+    check_benchmark_layouts(cfg, ctx.storage_options, metrics)  # a wrong layout fails the trial first thing
+    device, group = _device(world)
+    Path(ctx.scratch_dir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=ctx.scratch_dir) as scratch:
+        model, step, trained_cfg = load_pretrained_model(cfg, scratch, ctx.storage_options)
+        model.to(device)
+        log.info("evaluating %s step %d", cfg.eval.checkpoint, step)
+        benchmarks: dict[str, float] = {}  # logged by the suite as each benchmark finishes
+        if cfg.eval.benchmarks:
+            from vito.eval.suite import run_benchmarks
+
+            benchmarks = run_benchmarks(cfg, trained_cfg, model, step, device=device, is_main=rank == 0,
+                                        storage_options=ctx.storage_options, metrics=metrics,
+                                        artifact_dir=ctx.scratch_dir, group=group,
+                                        record={"head": "trained_readout"})
+    if rank != 0:
+        return TrainResult(True, 0, None, {})
+    suite: dict[str, float] = {}
+    if cfg.eval.synthetic_suite:
+        # The evaluation data are this trial's (probes of data.synthetic); the network is the checkpoint's.
+        eval_cfg = cfg.model_copy(update={"model": trained_cfg.model, "loss": trained_cfg.loss})
+        suite = evaluate_with_baselines(model, eval_cfg, ctx.data_root, device, probes_only=False,
+                                        random_init=cfg.eval.random_init_baseline)
+    metrics.log(step, {**suite, "train/step": step})
+    results = {**benchmarks, **suite}
+    metrics.log_dict_artifact({**results, "checkpoint": cfg.eval.checkpoint, "step": step}, "eval/final.json")
+    for key in ("eval/linear_probe_acc", "eval/robust/mean_corruption_acc", "eval/propagation/JF"):
+        if key in results:
+            log.info("%s = %.4f", key, results[key])
+    return TrainResult(True, step, None, results)
 
 
 def run_foreign(cfg: VitoConfig, ctx) -> Any:
@@ -147,9 +155,9 @@ def run_foreign(cfg: VitoConfig, ctx) -> Any:
     not fit fails the trial with the reason tagged (`vito.eval_error`). Features: ForeignNetwork.features, cached
     under eval.feature_cache or `<file>.features/` by the weights' digest. The synthetic suite and the
     random-init baseline are the project network's and are skipped here. Every results.json says which head
-    scores the benchmark's classes: `own_fc` where the file holds a classifier, else `trained_readout`.
+    scores the benchmark's classes (`trained_readout`: the readout this evaluation trains) and whether the file
+    holds a classifier of its own (`own_fc_in_file`).
     """
-    from vito.eval.suite import run_benchmarks
     from vito.metrics import MetricsLogger
     from vito.train import TrainResult
 
@@ -159,33 +167,43 @@ def run_foreign(cfg: VitoConfig, ctx) -> Any:
     owns_metrics = ctx.metrics is None
     metrics = ctx.metrics or MetricsLogger(ctx.tracking_uri, ctx.run_id, enabled=rank == 0)
     try:
-        check_benchmark_layouts(cfg, ctx.storage_options, metrics)
-        network = load_weights_checked(cfg, ctx.storage_options, metrics)
-        if cfg.eval.synthetic_suite or cfg.eval.random_init_baseline:
-            log.info("published weights %s: the synthetic suite and the random-init baseline are the project "
-                     "network's, skipped", cfg.eval.weights)
-        device, group = _device(world)
-        network.to(device)
-        log.info("evaluating published weights %s (%s, %s)", cfg.eval.weights, network.kind, network.key())
-        record = {"head": "own_fc" if network.has_fc else "trained_readout", "logits_available": network.has_fc,
-                  "weights": cfg.eval.weights, "weights_kind": network.kind, "weights_key": network.key()}
-        benchmarks: dict[str, float] = {}
-        if cfg.eval.benchmarks:
-            Path(ctx.scratch_dir).mkdir(parents=True, exist_ok=True)
-            benchmarks = run_benchmarks(cfg, cfg, None, 0, device=device, is_main=rank == 0,
-                                        storage_options=ctx.storage_options, metrics=metrics,
-                                        artifact_dir=ctx.scratch_dir, group=group,
-                                        encoders=[(foreign_encoder(network, device), "")], record=record)
-        if rank != 0:
-            return TrainResult(True, 0, None, {})
-        metrics.log(0, {"train/step": 0})
-        metrics.log_dict_artifact({**benchmarks, **record, "step": 0}, "eval/final.json")
-        return TrainResult(True, 0, None, benchmarks)
+        with failure_tagged(metrics):
+            return _evaluate_weights(cfg, ctx, metrics, rank, world)
     finally:
         if owns_metrics:
             metrics.close()
         else:
             metrics.flush()
+
+
+def _evaluate_weights(cfg: VitoConfig, ctx, metrics, rank: int, world: int) -> Any:
+    from vito.eval.suite import run_benchmarks
+    from vito.train import TrainResult
+
+    check_benchmark_layouts(cfg, ctx.storage_options, metrics)
+    network = load_weights_checked(cfg, ctx.storage_options, metrics)
+    if cfg.eval.synthetic_suite or cfg.eval.random_init_baseline:
+        log.info("published weights %s: the synthetic suite and the random-init baseline are the project "
+                 "network's, skipped", cfg.eval.weights)
+    device, group = _device(world)
+    network.to(device)
+    log.info("evaluating published weights %s (%s, %s)", cfg.eval.weights, network.kind, network.key())
+    # Every benchmark scores through the readout this evaluation trains; a classifier the file holds is noted
+    # (scoring through it instead is not built yet).
+    record = {"head": "trained_readout", "own_fc_in_file": network.has_fc,
+              "weights": cfg.eval.weights, "weights_kind": network.kind, "weights_key": network.key()}
+    benchmarks: dict[str, float] = {}
+    if cfg.eval.benchmarks:
+        Path(ctx.scratch_dir).mkdir(parents=True, exist_ok=True)
+        benchmarks = run_benchmarks(cfg, cfg, None, 0, device=device, is_main=rank == 0,
+                                    storage_options=ctx.storage_options, metrics=metrics,
+                                    artifact_dir=ctx.scratch_dir, group=group,
+                                    encoders=[(foreign_encoder(network, device), "")], record=record)
+    if rank != 0:
+        return TrainResult(True, 0, None, {})
+    metrics.log(0, {"train/step": 0})
+    metrics.log_dict_artifact({**benchmarks, **record, "step": 0}, "eval/final.json")
+    return TrainResult(True, 0, None, benchmarks)
 
 
 def foreign_encoder(network, device: torch.device):
@@ -220,6 +238,16 @@ def load_weights_checked(cfg: VitoConfig, storage_options: dict[str, Any], metri
         message = f"eval.weights {cfg.eval.weights}: {problem}"
         metrics.set_tags({EVAL_ERROR_TAG: message[:500]})
         raise (FileNotFoundError if isinstance(problem, OSError) else ValueError)(message) from None
+
+
+@contextlib.contextmanager
+def failure_tagged(metrics):
+    """Whatever stops an evaluation is tagged on its run, so `vitolaunch status` can say why it FAILED."""
+    try:
+        yield
+    except Exception as problem:
+        metrics.set_tags({EVAL_ERROR_TAG: f"{type(problem).__name__}: {problem}"[:500]})
+        raise
 
 
 EVAL_ERROR_TAG = "vito.eval_error"  # why an evaluation could not start; read by vitolaunch (records.TAG_EVAL_ERROR)

@@ -79,7 +79,8 @@ def test_published_weights_are_scored_beside_a_trial_and_labelled_by_name(tmp_pa
     with tempfile.TemporaryDirectory() as out:
         record = json.loads(Path(client.download_artifacts(foreign[0].info.run_id, "eval/imagenet/results.json",
                                                            out)).read_text())
-    assert record["head"] == "own_fc" and record["logits_available"] is True and record["weights_kind"] == "torchvision"
+    assert record["head"] == "trained_readout" and record["own_fc_in_file"] is True
+    assert record["weights_kind"] == "torchvision"
 
     compared = vitolaunch(home, "compare", "side-by-side").stdout
     assert "supervised" in compared, compared

@@ -37,3 +37,21 @@ def test_an_artifact_whose_file_is_gone_is_dropped_and_the_queue_goes_on(tmp_pat
     logger._closed = True
     assert logger._client.calls == [("artifact", str(kept)), ("tag", "after")]
     assert logger.outage_started is None  # a missing file is not an MLflow outage
+
+
+def test_whatever_stops_an_evaluation_is_tagged_on_its_run() -> None:
+    import pytest
+
+    from vito.evaluate_task import EVAL_ERROR_TAG, failure_tagged
+
+    class Tags:
+        def __init__(self) -> None:
+            self.tags: dict[str, str] = {}
+
+        def set_tags(self, tags: dict[str, str]) -> None:
+            self.tags.update(tags)
+
+    metrics = Tags()
+    with pytest.raises(ValueError), failure_tagged(metrics):
+        raise ValueError("a cache written for a different extraction")
+    assert metrics.tags[EVAL_ERROR_TAG] == "ValueError: a cache written for a different extraction"

@@ -118,8 +118,10 @@ def extract_image_set(images, transform, encoder: Encoder, settings: ExtractionS
         shard_size=settings.shard_size, batch_size=settings.batch_size, workers=settings.workers,
         device=encoder.device, bf16_autocast=encoder.bf16_autocast, channels_last=encoder.channels_last,
         storage_options=settings.storage_options, progress=report, group=settings.group,
+        # Not the root: the fingerprint is the set's, wherever it is mounted (a copy on node-local scratch
+        # reuses the features of the shared one).
         cache_key_fields={"encoder": encoder.key, "dataset": images.fingerprint(), "transform": transform.key(),
-                          "root": root, "split": split},
+                          "split": split},
     )
     log.info("%s: %d images, %d skipped; shards computed here %s, reused %s", what,
              extracted.num_samples, len(extracted.skipped), extracted.computed_shards, extracted.reused_shards)

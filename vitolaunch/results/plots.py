@@ -101,7 +101,7 @@ def loss_curves_plot(curves: Mapping[str, Sequence[tuple[int, float]]], path: st
     axes.set_ylabel(metric)
     axes.set_title(title or f"{metric} of every trial", fontsize=10)
     axes.grid(alpha=0.3)
-    if curves:
+    if any(curves.values()):  # an evaluate sweep's trials log no loss: no line, no legend (and no warning)
         axes.legend(fontsize=7)
     return _save(plt, figure, path)
 

@@ -239,3 +239,26 @@ def test_extract_features_runs_unchanged_on_clips(ucf_copy, tmp_path):
     assert out.labels.tolist() == [s.label for s in test.samples]
     clip = dataset[0][1]
     assert torch.allclose(out.features[0].float(), clip.mean(dim=(2, 3)).mean(dim=0), atol=1e-2)  # fp16 storage
+
+
+def test_reads_and_decodes_from_an_fsspec_store(ucf_root):
+    import uuid
+
+    import fsspec
+
+    memory = fsspec.filesystem("memory")
+    base = f"/ucf-{uuid.uuid4().hex}"
+    try:
+        for path in ucf_root.rglob("*"):
+            if path.is_file():
+                memory.pipe(f"{base}/{path.relative_to(ucf_root).as_posix()}", path.read_bytes())
+        remote = read_ucf101(f"memory://{base}", 2, "test")
+        local = read_ucf101(str(ucf_root), 2, "test")
+        assert remote.samples[0].path.startswith(f"memory://{base}/") and remote.fingerprint() == local.fingerprint()
+        transform = ImageTransform(resize=0, crop=32)
+        assert torch.equal(UcfClipDataset(remote, 4, transform)[0][1], UcfClipDataset(local, 4, transform)[0][1])
+        memory.rm(f"{base}/Square/v_Square_g01_c01.avi")
+        with pytest.raises(LayoutError, match=r"testlist01\.txt:3: memory://.*/Square/v_Square_g01_c01\.avi does not"):
+            read_ucf101(f"memory://{base}", 1, "test")
+    finally:
+        memory.rm(base, recursive=True)

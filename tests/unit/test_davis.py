@@ -273,3 +273,28 @@ def test_results_writer_round_trip_keeps_palette_and_ids(fixture_root, tmp_path)
         np.testing.assert_array_equal(load_mask(path), mask)
     assert PALETTE[3:9] == [128, 0, 0, 0, 128, 0] and PALETTE[-3:] == [224, 224, 192]  # VOC: 1 red, 2 green, void
     assert math.isclose(len(PALETTE), 768)
+
+
+def _reference_f(predicted, truth, radius):
+    """F from squared distances between boundary pixels on the whole frame (no dilation, no crop)."""
+    pred_b, true_b = np.argwhere(seg2bmap(predicted)), np.argwhere(seg2bmap(truth))
+    if len(pred_b) == 0 or len(true_b) == 0:
+        return float(len(pred_b) == len(true_b))
+    d2 = ((pred_b[:, None, :] - true_b[None, :, :]) ** 2).sum(-1)
+    precision, recall = (d2.min(1) <= radius**2).mean(), (d2.min(0) <= radius**2).mean()
+    return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_f_equals_a_brute_force_reference_on_random_blobs(seed):
+    # 60 x 80: tolerance 1 (diagonal 100); blobs touching the image border exercise seg2bmap's last row/column
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:60, :80]
+
+    def blob():
+        cy, cx, ry, rx = rng.uniform(0, 60), rng.uniform(0, 80), rng.uniform(5, 30), rng.uniform(5, 40)
+        return (yy - cy) ** 2 / ry**2 + (xx - cx) ** 2 / rx**2 < 1
+
+    predicted, truth = blob(), blob()
+    assert contour_accuracy(predicted, truth) == pytest.approx(_reference_f(predicted, truth, 1))
+    assert contour_accuracy(predicted, truth, bound_th=3) == pytest.approx(_reference_f(predicted, truth, 3))

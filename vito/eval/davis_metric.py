@@ -1,6 +1,6 @@
 """The DAVIS 2017 semi-supervised metric (J, F and their statistics), as the official davis2017-evaluation computes it.
 
-Pure numpy/scipy on id maps (uint8 H x W: 0 background, 1..N objects, 255 void). What follows the official code:
+Pure numpy (torch only for the disk dilation) on id maps (uint8 H x W: 0 background, 1..N objects, 255 void). Following the official code:
 J is the IoU with void pixels left out and an empty union counting 1; F is the boundary F-measure of seg2bmap
 boundaries (a pixel that differs from its right, bottom or bottom-right neighbour, with the official handling of
 the last row and column), matched within ceil(0.008 x image diagonal) pixels by dilation with an exact disk
@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
+import torch
+import torch.nn.functional as F
 
 VOID = 255
 BOUND_TH = 0.008
@@ -64,10 +65,24 @@ def disk(radius: int) -> np.ndarray:
 
 
 def dilate(mask: np.ndarray, radius: int) -> np.ndarray:
-    """Binary dilation by an exact disk; pixels outside the image never contribute (cv2.dilate's default border)."""
+    """Binary dilation by an exact disk; pixels outside the image never contribute (cv2.dilate's default border).
+
+    A convolution of the 0/1 map with the disk's 0/1 kernel, > 0 where any disk pixel hits the mask (the sums
+    are small integers, exact in float32); torch (a dependency already) rather than scipy, which is undeclared.
+    """
     if radius <= 0 or not mask.any():
         return mask.astype(bool)
-    return ndimage.binary_dilation(mask.astype(bool), structure=disk(radius), border_value=0)
+    source = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
+    kernel = torch.from_numpy(disk(radius).astype(np.float32))[None, None]
+    return (F.conv2d(source, kernel, padding=radius)[0, 0] > 0.5).numpy()
+
+
+def _crop_around(boundaries: np.ndarray, radius: int) -> tuple[slice, slice]:
+    """The bounding box of the boundary pixels grown by the radius: nothing outside it can match (a speed-up)."""
+    rows, cols = np.nonzero(boundaries)
+    height, width = boundaries.shape
+    return (slice(max(rows.min() - radius, 0), min(rows.max() + radius + 1, height)),
+            slice(max(cols.min() - radius, 0), min(cols.max() + radius + 1, width)))
 
 
 def contour_accuracy(
@@ -82,6 +97,8 @@ def contour_accuracy(
     if n_pred == 0 or n_true == 0:
         return 0.0
     radius = boundary_tolerance(truth.shape, bound_th)
+    window = _crop_around(pred_b | true_b, radius)
+    pred_b, true_b = pred_b[window], true_b[window]
     precision = int((pred_b & dilate(true_b, radius)).sum()) / n_pred
     recall = int((true_b & dilate(pred_b, radius)).sum()) / n_true
     return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)

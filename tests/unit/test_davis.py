@@ -298,3 +298,15 @@ def test_f_equals_a_brute_force_reference_on_random_blobs(seed):
     predicted, truth = blob(), blob()
     assert contour_accuracy(predicted, truth) == pytest.approx(_reference_f(predicted, truth, 1))
     assert contour_accuracy(predicted, truth, bound_th=3) == pytest.approx(_reference_f(predicted, truth, 3))
+
+
+def test_sequence_scoring_treats_truth_void_as_background_and_refuses_unknown_ids():
+    # the official semi-supervised evaluation passes no void mask: a prediction covering void pixels is penalised
+    truth = _sequence(1)
+    for mask in truth:
+        mask[5:15, 15:20] = 255  # 10 x 5 void beside the 10 x 10 object
+    predicted = [np.where(m == 255, 1, m).astype(np.uint8) for m in truth]
+    assert score_sequence("v", predicted, truth, [1])[0].j_frames == pytest.approx((100 / 150,) * 3)
+    predicted[2][0, 0] = 2
+    with pytest.raises(ValueError, match="v: frame 2 predicts id 2; the sequence's objects are \\[1\\]"):
+        score_sequence("v", predicted, truth, [1])

@@ -1,12 +1,15 @@
 """The DAVIS 2017 semi-supervised metric (J, F and their statistics), as the official davis2017-evaluation computes it.
 
-Pure numpy (torch only for the disk dilation) on id maps (uint8 H x W: 0 background, 1..N objects, 255 void). Following the official code:
-J is the IoU with void pixels left out and an empty union counting 1; F is the boundary F-measure of seg2bmap
+Pure numpy (torch only for the disk dilation) on id maps (uint8 H x W: 0 background, 1..N objects, 255 void).
+Following the official code: J is the IoU, an empty union counting 1; F is the boundary F-measure of seg2bmap
 boundaries (a pixel that differs from its right, bottom or bottom-right neighbour, with the official handling of
 the last row and column), matched within ceil(0.008 x image diagonal) pixels by dilation with an exact disk
 (skimage's disk: dx^2 + dy^2 <= r^2); scored frames are all but the first and the last; per object the mean, the
 recall (share of frames > 0.5) and the decay (first minus last of four bins from the official rounded linspace
 split, whose neighbouring bins share their edge frame); J-Mean and F-Mean average over objects of all sequences.
+Void (255) in the truth is background in semi-supervised scoring: the official evaluator reads void masks but
+passes None to the semi-supervised metric, so void pixels are not left out (the `void` arguments exist for other
+protocols and are not used by score_sequence).
 """
 
 from __future__ import annotations
@@ -144,10 +147,11 @@ class ObjectScore:
 def score_sequence(
     name: str, predicted: list[np.ndarray], truth: list[np.ndarray], objects: list[int], bound_th: float = BOUND_TH
 ) -> list[ObjectScore]:
-    """Score one sequence: id maps per frame (predicted and truth, same length and shape); void = truth 255.
+    """Score one sequence: id maps per frame (predicted and truth, same length and shape).
 
-    Predicted ids outside `objects` are ignored as the official evaluator's zero-padding does for missing ones
-    (a predicted 255 is just not any object). The first and last frames are not scored.
+    As the official semi-supervised evaluation: truth 255 (void) counts as background, and a predicted id above
+    the sequence's last object is refused (the official evaluator stops there too). The first and last frames
+    are not scored.
     """
     if len(predicted) != len(truth):
         raise ValueError(f"{name}: {len(predicted)} predicted masks for {len(truth)} annotated frames")
@@ -155,14 +159,16 @@ def score_sequence(
         raise ValueError(f"{name}: {len(truth)} frame(s); DAVIS scores all but the first and last, so at least 3")
     js: dict[int, list[float]] = {obj: [] for obj in objects}
     fs: dict[int, list[float]] = {obj: [] for obj in objects}
+    last = max(objects)
     for t in range(1, len(truth) - 1):
         pred, true = np.asarray(predicted[t]), np.asarray(truth[t])
         if pred.shape != true.shape:
             raise ValueError(f"{name}: frame {t} predicted {pred.shape} for an annotation of {true.shape}")
-        void = true == VOID
+        if pred.max(initial=0) > last:
+            raise ValueError(f"{name}: frame {t} predicts id {int(pred.max())}; the sequence's objects are {objects}")
         for obj in objects:
-            js[obj].append(region_similarity(pred == obj, true == obj, void))
-            fs[obj].append(contour_accuracy(pred == obj, true == obj, void, bound_th))
+            js[obj].append(region_similarity(pred == obj, true == obj))
+            fs[obj].append(contour_accuracy(pred == obj, true == obj, bound_th=bound_th))
     return [ObjectScore(name, obj, tuple(js[obj]), tuple(fs[obj])) for obj in objects]
 
 

@@ -67,8 +67,10 @@ def load_mask(path: str | Path) -> np.ndarray:
         return np.array(image, dtype=np.uint8)
 
 
-def _names(folder: Path, suffix: str) -> list[str]:
-    return sorted(p.stem for p in folder.iterdir() if p.is_file() and p.suffix.lower() == suffix)
+def _files(folder: Path, suffix: str) -> dict[str, Path]:
+    """The folder's files with this suffix (any case), by stem, in name order."""
+    found = {p.stem: p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == suffix}
+    return dict(sorted(found.items()))
 
 
 def _read_sequence(root: Path, resolution: str, name: str) -> DavisSequence:
@@ -79,7 +81,8 @@ def _read_sequence(root: Path, resolution: str, name: str) -> DavisSequence:
     if not mask_dir.is_dir():
         raise LayoutError(f"{mask_dir}: missing; expected the annotations of sequence {name} "
                           f"(Annotations/{resolution}/{name}/*.png)")
-    frames, masks = _names(frame_dir, ".jpg"), _names(mask_dir, ".png")
+    frame_files, mask_files = _files(frame_dir, ".jpg"), _files(mask_dir, ".png")
+    frames, masks = list(frame_files), list(mask_files)
     if not frames:
         raise LayoutError(f"{frame_dir}: no .jpg frames; expected JPEGImages/{resolution}/{name}/*.jpg")
     if not masks:
@@ -94,8 +97,7 @@ def _read_sequence(root: Path, resolution: str, name: str) -> DavisSequence:
     if len(frames) < 3:
         raise LayoutError(f"{frame_dir}: {len(frames)} frame(s); expected at least 3 (DAVIS scores all but the "
                           f"first and last)")
-    frame_paths = [frame_dir / f"{n}.jpg" for n in frames]
-    mask_paths = [mask_dir / f"{n}.png" for n in masks]
+    frame_paths, mask_paths = list(frame_files.values()), list(mask_files.values())
     with Image.open(frame_paths[0]) as image:
         width, height = image.size
     first = load_mask(mask_paths[0])

@@ -76,3 +76,14 @@ def test_compare_shows_benchmark_numbers_compactly_and_counts_only_in_json() -> 
     assert _short("eval/imagenet/knn20_top1_random_init") == "imagenet\nknn20 (rand)"
     assert _short("eval/linear_probe_acc") == "linear_probe_acc"
     assert _cell("7fffce1c928448299468aa368d09a799") == "7fffce1c9284" and _cell(0.05) == "0.05"
+
+
+def test_the_robustness_benchmarks_are_columns_of_the_same_table() -> None:
+    rows = [_row(0, {"eval/imagenet/linear_top1": 0.6, "eval/imagenet_c/mce": 0.8, "eval/imagenet_c/ce_gaussian_noise": 0.9,
+                     "eval/imagenet_r/top1": 0.2, "eval/cue_conflict/shape_bias": 0.4,
+                     "eval/cue_conflict/shape_fraction": 0.1, "eval/imagenet_c/mce_random_init": 1.0})]
+    assert benchmark_columns(rows) == ["eval/cue_conflict/shape_bias", "eval/imagenet/linear_top1",
+                                       "eval/imagenet_c/mce", "eval/imagenet_c/mce_random_init", "eval/imagenet_r/top1"]
+    (record,) = benchmark_table(rows)
+    assert record["imagenet_c mCE"] == 0.8 and record["imagenet_c mCE (random init)"] == 1.0
+    assert record["imagenet_r top-1"] == 0.2 and record["cue_conflict shape bias"] == 0.4

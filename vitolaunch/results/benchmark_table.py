@@ -1,7 +1,7 @@
 """The paper's table of an evaluate sweep: one row per evaluated checkpoint, one column per benchmark metric.
 
-Built from the trials' final metrics (`eval/<benchmark>/<protocol>_top1`), so a benchmark added later is one
-more column, and the random-init baseline sits beside each number.
+Built from the trials' final metrics (`eval/<benchmark>/...`: the probes' top-1, mCE, A/R top-1, shape bias), so
+a benchmark added later is one more column, and the random-init baseline sits beside each number.
 """
 
 from __future__ import annotations
@@ -12,8 +12,13 @@ from typing import Any
 
 from vitolaunch.results.ranking import ResultRow
 
-# eval/<benchmark>/<protocol>_top1[_random_init]: the headline numbers (counts and the like stay in results.json)
-_HEADLINE = re.compile(r"eval/(?P<bench>[a-z0-9_]+)/(?P<protocol>linear|knn\d+)_top1(?P<baseline>_random_init)?$")
+# The headline numbers of each benchmark kind (counts and per-corruption values stay in results.json and the CSVs):
+# image folders' probes, ImageNet-C's mCE, A/R's and 3DCC's top-1, cue-conflict's shape bias; `_random_init` after.
+_HEADLINE = re.compile(r"eval/(?P<bench>[a-z0-9_]+)/(?P<protocol>linear_top1|knn\d+_top1|mce|relative_mce|top1|shape_bias)"
+                       r"(?P<baseline>_random_init)?$")
+_ORDER = ("linear_top1", "knn", "top1", "mce", "relative_mce", "shape_bias")
+_TITLES = {"linear_top1": "linear", "top1": "top-1", "mce": "mCE", "relative_mce": "relative mCE",
+           "shape_bias": "shape bias"}
 
 
 def benchmark_columns(rows: Sequence[ResultRow]) -> list[str]:
@@ -23,16 +28,18 @@ def benchmark_columns(rows: Sequence[ResultRow]) -> list[str]:
     def order(key: str) -> tuple:
         match = _HEADLINE.match(key)
         protocol = match["protocol"]
-        k = int(protocol[3:]) if protocol.startswith("knn") else 0
-        return match["bench"], protocol != "linear", k, bool(match["baseline"])
+        knn = protocol.startswith("knn")
+        return (match["bench"], _ORDER.index("knn" if knn else protocol), int(protocol[3:-5]) if knn else 0,
+                bool(match["baseline"]))
 
     return sorted(found, key=order)
 
 
 def column_title(key: str) -> str:
     match = _HEADLINE.match(key)
-    protocol = "linear" if match["protocol"] == "linear" else f"kNN k={match['protocol'][3:]}"
-    return f"{match['bench']} {protocol}" + (" (random init)" if match["baseline"] else "")
+    protocol = match["protocol"]
+    title = f"kNN k={protocol[3:-5]}" if protocol.startswith("knn") else _TITLES[protocol]
+    return f"{match['bench']} {title}" + (" (random init)" if match["baseline"] else "")
 
 
 def checkpoint_label(params: dict[str, Any]) -> str:

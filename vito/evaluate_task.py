@@ -84,7 +84,8 @@ def load_pretrained_model(
 
 
 def run(cfg: VitoConfig, ctx) -> Any:
-    """Evaluate cfg.eval.checkpoint and log to the trial's MLflow run (ctx: vito.train.RunContext).
+    """Evaluate cfg.eval.checkpoint (or published weights, cfg.eval.weights) and log to the trial's MLflow run
+    (ctx: vito.train.RunContext).
 
     The user's benchmarks (cfg.eval.benchmarks) run on every rank of the job, each extracting a share of the
     features; the synthetic suite runs on rank 0. The result's `step` is the evaluated checkpoint step (0 on
@@ -96,8 +97,6 @@ def run(cfg: VitoConfig, ctx) -> Any:
     if cfg.eval.checkpoint is None and cfg.eval.weights is None:
         raise ValueError("an evaluation trial needs eval.checkpoint (a pretraining trial's checkpoint root) "
                          "or eval.weights (published weights)")
-    if cfg.eval.weights is not None:
-        return run_foreign(cfg, ctx)
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     if rank != 0 and not cfg.eval.benchmarks:
         return TrainResult(True, 0, None, {})  # only the benchmarks are spread over ranks
@@ -105,7 +104,8 @@ def run(cfg: VitoConfig, ctx) -> Any:
     metrics = ctx.metrics or MetricsLogger(ctx.tracking_uri, ctx.run_id, enabled=rank == 0)
     try:
         with failure_tagged(metrics):
-            return _evaluate_checkpoint(cfg, ctx, metrics, rank, world)
+            evaluate = _evaluate_weights if cfg.eval.weights is not None else _evaluate_checkpoint
+            return evaluate(cfg, ctx, metrics, rank, world)
     finally:
         if owns_metrics:
             metrics.close()
@@ -148,7 +148,7 @@ def _evaluate_checkpoint(cfg: VitoConfig, ctx, metrics, rank: int, world: int) -
     return TrainResult(True, step, None, results)
 
 
-def run_foreign(cfg: VitoConfig, ctx) -> Any:
+def _evaluate_weights(cfg: VitoConfig, ctx, metrics, rank: int, world: int) -> Any:
     """Evaluate published weights (cfg.eval.weights, vito.eval.foreign_weights) on the user's benchmarks, at step 0.
 
     The weights are loaded strictly as the job's first act (with the layouts); a file that is missing or does
@@ -158,25 +158,6 @@ def run_foreign(cfg: VitoConfig, ctx) -> Any:
     scores the benchmark's classes (`trained_readout`: the readout this evaluation trains) and whether the file
     holds a classifier of its own (`own_fc_in_file`).
     """
-    from vito.metrics import MetricsLogger
-    from vito.train import TrainResult
-
-    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    if rank != 0 and not cfg.eval.benchmarks:
-        return TrainResult(True, 0, None, {})
-    owns_metrics = ctx.metrics is None
-    metrics = ctx.metrics or MetricsLogger(ctx.tracking_uri, ctx.run_id, enabled=rank == 0)
-    try:
-        with failure_tagged(metrics):
-            return _evaluate_weights(cfg, ctx, metrics, rank, world)
-    finally:
-        if owns_metrics:
-            metrics.close()
-        else:
-            metrics.flush()
-
-
-def _evaluate_weights(cfg: VitoConfig, ctx, metrics, rank: int, world: int) -> Any:
     from vito.eval.suite import run_benchmarks
     from vito.train import TrainResult
 

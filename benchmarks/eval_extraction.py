@@ -108,7 +108,7 @@ def _compare(label: str, datasets: dict[str, tuple], workers: int, rounds: int) 
 def loader_section(args) -> None:
     import torch
 
-    from vito.eval.image_folder import ImageFolderDataset, ImageTransform, collate, read_image_folder
+    from vito.eval.datasets.image_folder import ImageFolderDataset, ImageTransform, collate, read_image_folder
 
     torch.set_num_threads(1)  # one worker = one thread: idle intra-op threads would count as CPU time
     with tempfile.TemporaryDirectory(prefix="eval-bench-") as folder:
@@ -144,8 +144,8 @@ def _rss_child(count: int) -> None:
     """In a fresh process: list, extract, report the peak RSS before and after (KiB)."""
     import torch
 
+    from vito.eval.datasets.image_folder import ImageFolderDataset, ImageTransform, read_image_folder
     from vito.eval.extract import extract_features
-    from vito.eval.image_folder import ImageFolderDataset, ImageTransform, read_image_folder
 
     torch.set_num_threads(1)
     before = _peak_rss_kib()  # after imports

@@ -58,7 +58,7 @@ def _reset_peak() -> bool:
 def worker(args: argparse.Namespace) -> dict:
     import torch
 
-    from vito.eval.knn import knn_evaluate
+    from vito.eval.scoring.knn import knn_evaluate
 
     torch.set_num_threads(args.threads)
     generator = torch.Generator().manual_seed(0)

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vito.eval.image_folder import ImageFolderDataset, ImageTransform, read_image_folder
+from vito.eval.datasets.image_folder import ImageFolderDataset, ImageTransform, read_image_folder
 
 TRANSFORM = ImageTransform(resize=32, crop=28)
 

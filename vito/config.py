@@ -254,7 +254,7 @@ class _ReadoutBenchmark(_Section):
 
 class CorruptionsBenchmark(_ReadoutBenchmark):
     """ImageNet-C (`<corruption>/<1-5>/<wnid>/*.JPEG`, optionally under `<family>/`) or ImageNet-3DCC: mCE and
-    relative mCE (Hendrycks & Dietterich) or 3DCC's unnormalised errors (vito/eval/corruption_protocol.py)."""
+    relative mCE (Hendrycks & Dietterich) or 3DCC's unnormalised errors (vito/eval/protocols/corruptions.py)."""
 
     kind: Literal["corruptions"]
     set: Literal["imagenet-c", "imagenet-3dcc"] = "imagenet-c"
@@ -265,7 +265,7 @@ class CorruptionsBenchmark(_ReadoutBenchmark):
 
 class ClassSubsetBenchmark(_ReadoutBenchmark):
     """ImageNet-A / ImageNet-R (`<wnid>/*.JPEG`, a subset of the readout's classes): top-1 of the argmax restricted
-    to the subset's columns (vito/eval/subset_protocol.py)."""
+    to the subset's columns (vito/eval/protocols/class_subset.py)."""
 
     kind: Literal["class_subset"]
     resize: int = Field(256, ge=0, description="short side before the centre crop; 0: centre crop only")
@@ -274,7 +274,7 @@ class ClassSubsetBenchmark(_ReadoutBenchmark):
 
 class CueConflictBenchmark(_ReadoutBenchmark):
     """model-vs-human's cue-conflict images (`<category>/<shape><i>-<texture><j>.png`): shape bias of the
-    16-class decisions of the 1000-way readout (vito/eval/cue_conflict_protocol.py)."""
+    16-class decisions of the 1000-way readout (vito/eval/protocols/cue_conflict.py)."""
 
     kind: Literal["cue_conflict"]
     # Unverified which resize model-vs-human applies to PyTorch models: a field, recorded with the result.

@@ -189,7 +189,7 @@ def _evaluate_weights(cfg: VitoConfig, ctx, metrics, rank: int, world: int) -> A
 
 def foreign_encoder(network, device: torch.device):
     """The Encoder of a ForeignNetwork: its pooled layer4 feature, identified by kind and the weights' digest."""
-    from vito.eval.image_protocol import Encoder
+    from vito.eval.protocols.image_folder import Encoder
 
     cuda = device.type == "cuda"
     if cuda:
@@ -238,7 +238,7 @@ def check_benchmark_layouts(cfg: VitoConfig, storage_options: dict[str, Any], me
     """Every benchmark root in its expected layout, before any work; the refusal is tagged on the run."""
     if not cfg.eval.benchmarks:
         return
-    from vito.eval.image_folder import LayoutError, check_layout
+    from vito.eval.datasets.image_folder import LayoutError, check_layout
 
     for name, bench in cfg.eval.benchmarks.items():
         if bench.kind != "image_folder":

@@ -64,8 +64,8 @@ FIXTURE_CORRUPTION_SIZE = 64  # the corrupted images' side: the quickstart centr
 def fixtures(output: str, classes: int, train_per_class: int, val_per_class: int) -> None:
     """Write small benchmark sets in their real layouts under OUTPUT, rendered from the synthetic videos, so
     the evaluation a cluster runs on ImageNet runs here on a CPU (sweeps/quickstart_eval.yaml)."""
-    from vito.eval.fixtures import ImageFolderFixture, write_image_folder
-    from vito.eval.robust_fixtures import write_class_subset, write_corruption_tree, write_cue_conflict
+    from vito.eval.fixtures.images import ImageFolderFixture, write_image_folder
+    from vito.eval.fixtures.robustness import write_class_subset, write_corruption_tree, write_cue_conflict
 
     root = Path(output) / "imagenet"
     counts = write_image_folder(root, ImageFolderFixture(classes, train_per_class, val_per_class))

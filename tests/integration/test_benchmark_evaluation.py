@@ -54,7 +54,7 @@ def _shards_by_rank(home: Path, sweep: str) -> dict[int, list[list[int]]]:
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory: pytest.TempPathFactory):
-    from vito.eval.fixtures import ImageFolderFixture, write_image_folder
+    from vito.eval.fixtures.images import ImageFolderFixture, write_image_folder
 
     folder = tmp_path_factory.mktemp("bench")
     home = folder / "home"

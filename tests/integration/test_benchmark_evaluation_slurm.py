@@ -60,7 +60,7 @@ def _train_shards_logged(home: Path, sweep: str) -> tuple[set[int], set[int]]:
 
 @pytest.mark.timeout(900)
 def test_a_sigkilled_evaluation_is_retried_and_recomputes_only_the_missing_shards(tmp_path, cancel_on_exit):
-    from vito.eval.fixtures import ImageFolderFixture, write_image_folder
+    from vito.eval.fixtures.images import ImageFolderFixture, write_image_folder
 
     home = tmp_path / "home"
     root = tmp_path / "fixtures" / "imagenet"

@@ -91,7 +91,7 @@ def test_two_ranks_compute_disjoint_shards_and_return_the_single_process_result(
 @pytest.mark.timeout(300)
 def test_images_and_cache_in_s3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from tests.integration.services import remove_tree, s3_filesystem, services_env
-    from vito.eval.image_folder import ImageFolderDataset, check_layout, read_image_folder
+    from vito.eval.datasets.image_folder import ImageFolderDataset, check_layout, read_image_folder
 
     env = services_env(s3=True, mlflow=False)
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL_S3"):
@@ -121,7 +121,7 @@ def test_images_and_cache_in_s3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
                                    cache_key_fields=KEYS)
         assert resumed.computed_shards == [1] and torch.equal(resumed.features, from_s3.features)
 
-        from vito.eval.image_folder import LayoutError
+        from vito.eval.datasets.image_folder import LayoutError
 
         with pytest.raises(LayoutError, match=rf"{re.escape(prefix)}/images: no train/ folder \(expected train/<class>/\*\.JPEG\)"):
             check_layout(f"{prefix}/images")

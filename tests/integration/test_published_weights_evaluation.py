@@ -51,7 +51,7 @@ def _eval_spec(folder: Path, root: Path, weights: Path) -> Path:
 
 @pytest.mark.timeout(900)
 def test_published_weights_are_scored_beside_a_trial_and_labelled_by_name(tmp_path: Path) -> None:
-    from vito.eval.fixtures import ImageFolderFixture, write_image_folder
+    from vito.eval.fixtures.images import ImageFolderFixture, write_image_folder
 
     home = tmp_path / "home"
     root = tmp_path / "fixtures" / "imagenet"

@@ -46,8 +46,8 @@ def _eval_spec(folder: Path, name: str, fixtures: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory: pytest.TempPathFactory):
-    from vito.eval.fixtures import ImageFolderFixture, write_image_folder
-    from vito.eval.robust_fixtures import write_class_subset, write_corruption_tree, write_cue_conflict
+    from vito.eval.fixtures.images import ImageFolderFixture, write_image_folder
+    from vito.eval.fixtures.robustness import write_class_subset, write_corruption_tree, write_cue_conflict
 
     folder = tmp_path_factory.mktemp("robust")
     home = folder / "home"

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vito.eval.davis import PALETTE, LayoutError, load_frame, load_mask, read_davis, write_mask, write_results
-from vito.eval.davis_fixtures import write_davis_fixture
-from vito.eval.davis_metric import (
+from vito.eval.datasets.davis import PALETTE, LayoutError, load_frame, load_mask, read_davis, write_mask, write_results
+from vito.eval.fixtures.davis import write_davis_fixture
+from vito.eval.scoring.davis_metric import (
     GLOBAL_COLUMNS,
     ObjectScore,
     boundary_tolerance,

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from tests.eval_images import KEYS, TRANSFORM, dataset_of, toy_encoder, write_image_folder, write_jpeg
+from vito.eval.datasets.image_folder import ImageFolderDataset, ImageTransform
 from vito.eval.extract import CacheMismatch, extract_features, shard_name
-from vito.eval.image_folder import ImageFolderDataset, ImageTransform
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from PIL import Image, ImageFile
 
 from tests.eval_images import truncate, write_jpeg
 from vito.data.augment import MEAN, STD
-from vito.eval.image_folder import (
+from vito.eval.datasets.image_folder import (
     ImageFolderDataset,
     ImageSample,
     ImageTransform,

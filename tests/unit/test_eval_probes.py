@@ -10,8 +10,8 @@ import math
 import pytest
 import torch
 
-from vito.eval.knn import DEFAULT_BLOCK_BYTES, KnnResult, default_sizes, knn_evaluate, knn_predict
-from vito.eval.linear import (
+from vito.eval.scoring.knn import DEFAULT_BLOCK_BYTES, KnnResult, default_sizes, knn_evaluate, knn_predict
+from vito.eval.scoring.linear import (
     LinearProbeResult,
     feature_stats,
     fit_linear_probe,

@@ -9,23 +9,16 @@ import pytest
 import torch
 
 from tests.eval_images import write_jpeg
-from vito.eval.class_subsets import read_class_subset, restricted_predictions, restricted_top1, subset_columns
-from vito.eval.corruption_tree import (
+from vito.eval.datasets.class_subsets import read_class_subset, restricted_predictions, restricted_top1, subset_columns
+from vito.eval.datasets.corruption_tree import (
     CORRUPTION_TRANSFORM,
     IMAGENET_3DCC,
     IMAGENET_C_BENCHMARK,
     IMAGENET_C_EXTRA,
     read_corruption_tree,
 )
-from vito.eval.image_folder import ImageFolderDataset, LayoutError
-from vito.eval.robust_fixtures import write_class_subset, write_corruption_tree, write_cue_conflict
-from vito.eval.robustness_metrics import (
-    ALEXNET_CLEAN_ERROR,
-    ALEXNET_ERRORS,
-    imagenet_3dcc_errors,
-    imagenet_c_errors,
-)
-from vito.eval.shape_bias import (
+from vito.eval.datasets.image_folder import ImageFolderDataset, LayoutError
+from vito.eval.datasets.shape_bias import (
     CATEGORIES,
     CATEGORY_INDICES,
     category_probabilities,
@@ -34,6 +27,13 @@ from vito.eval.shape_bias import (
     read_cue_conflict,
     score_cue_conflict,
     shape_bias,
+)
+from vito.eval.fixtures.robustness import write_class_subset, write_corruption_tree, write_cue_conflict
+from vito.eval.scoring.robustness_metrics import (
+    ALEXNET_CLEAN_ERROR,
+    ALEXNET_ERRORS,
+    imagenet_3dcc_errors,
+    imagenet_c_errors,
 )
 
 CLASSES = [f"n{i:08d}" for i in range(12)]  # a sorted wnid list standing in for the 1k readout's

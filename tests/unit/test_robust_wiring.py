@@ -14,11 +14,11 @@ from vito.config import (
     ImageFolderBenchmark,
     VitoConfig,
 )
-from vito.eval.corruption_protocol import corruption_top1, score_corruptions
-from vito.eval.corruption_tree import IMAGENET_3DCC, IMAGENET_C_BENCHMARK
-from vito.eval.cue_conflict_protocol import as_imagenet_logits, score_shape_bias
-from vito.eval.shape_bias import CATEGORY_INDICES, CueConflictSample, CueConflictSet
-from vito.eval.subset_protocol import score_subset
+from vito.eval.datasets.corruption_tree import IMAGENET_3DCC, IMAGENET_C_BENCHMARK
+from vito.eval.datasets.shape_bias import CATEGORY_INDICES, CueConflictSample, CueConflictSet
+from vito.eval.protocols.class_subset import score_subset
+from vito.eval.protocols.corruptions import corruption_top1, score_corruptions
+from vito.eval.protocols.cue_conflict import as_imagenet_logits, score_shape_bias
 
 IMAGENET = {"root": "/data/imagenet"}
 

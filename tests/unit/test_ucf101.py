@@ -1,4 +1,4 @@
-"""UCF-101 reader, clip dataset, clip encoder and fixture (vito/eval/ucf101.py, vito/eval/ucf_fixtures.py)."""
+"""UCF-101 reader, clip dataset, clip encoder and fixture (vito/eval/datasets/ucf101.py, vito/eval/fixtures/ucf101.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from vito.data.video import decode_all_frames, probe_video
-from vito.eval.image_folder import ImageTransform, collate
-from vito.eval.ucf101 import (
+from vito.eval.datasets.image_folder import ImageTransform, collate
+from vito.eval.datasets.ucf101 import (
     SPLITS_FOLDER,
     LayoutError,
     UcfClipDataset,
@@ -20,7 +20,7 @@ from vito.eval.ucf101 import (
     read_ucf101,
     segment_centre_indices,
 )
-from vito.eval.ucf_fixtures import groups_tested_in, ucf_class_names, write_ucf_fixture
+from vito.eval.fixtures.ucf101 import groups_tested_in, ucf_class_names, write_ucf_fixture
 
 GROUP = re.compile(r"_g(\d\d)_c\d\d\.avi$")
 

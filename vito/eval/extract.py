@@ -34,7 +34,7 @@ import torch
 from fsspec.implementations.local import LocalFileSystem
 
 from vito.checkpoint import with_retries
-from vito.eval.image_folder import collate
+from vito.eval.datasets.image_folder import collate
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The user's benchmarks of one checkpoint, run by every rank of an evaluation job.
 
-Each benchmark kind is one protocol file: image_protocol.py (ImageNet or any labelled image folder),
-corruption_protocol.py (ImageNet-C / 3DCC), subset_protocol.py (ImageNet-A / R), cue_conflict_protocol.py (shape
+Each benchmark kind is one protocol file of protocols/: image_folder.py (ImageNet or any labelled image folder),
+corruptions.py (ImageNet-C / 3DCC), class_subset.py (ImageNet-A / R), cue_conflict.py (shape
 bias). The image folders run first: their linear readouts score the other kinds (each names its `readout`). Every rank
 extracts its share of the features; the main rank scores them and logs, per benchmark as it finishes, the
 metrics (`eval/<name>/...`), the protocol record (`eval/<name>/results.json`), the unreadable files
@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from vito.config import VitoConfig
-from vito.eval.image_protocol import BenchmarkOutcome, Encoder, ExtractionSettings, Readout, run_image_folder
+from vito.eval.protocols.image_folder import BenchmarkOutcome, Encoder, ExtractionSettings, Readout, run_image_folder
 from vito.model import VitoModel
 
 log = logging.getLogger(__name__)
@@ -108,15 +108,15 @@ def run_benchmarks(cfg: VitoConfig, trained_cfg: VitoConfig, model: VitoModel, s
 
 def _readout_classes(bench, settings: ExtractionSettings) -> list[str]:
     """The readout's columns on every rank: the class folders of its benchmark's train split, sorted."""
-    from vito.eval.image_folder import read_image_folder
+    from vito.eval.datasets.image_folder import read_image_folder
 
     return read_image_folder(bench.root, bench.train_split, settings.storage_options).classes
 
 
 def _runners() -> dict[str, Callable[..., BenchmarkOutcome | None]]:
-    from vito.eval.corruption_protocol import run_corruptions
-    from vito.eval.cue_conflict_protocol import run_cue_conflict
-    from vito.eval.subset_protocol import run_class_subset
+    from vito.eval.protocols.class_subset import run_class_subset
+    from vito.eval.protocols.corruptions import run_corruptions
+    from vito.eval.protocols.cue_conflict import run_cue_conflict
 
     return {"corruptions": run_corruptions, "class_subset": run_class_subset, "cue_conflict": run_cue_conflict}
 

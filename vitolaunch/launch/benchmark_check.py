@@ -25,7 +25,7 @@ def check_benchmark_roots(spec: SweepSpec, trials: Sequence[Trial]) -> None:
             if identity in checked or not _visible(bench.root):
                 continue
             checked.add(identity)
-            from vito.eval.image_folder import LayoutError, check_layout
+            from vito.eval.datasets.image_folder import LayoutError, check_layout
 
             try:
                 check_layout(bench.root, (bench.train_split, bench.val_split), spec.storage.storage_options())

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from vito.eval.image_folder import (
+from vito.eval.datasets.image_folder import (
     IMAGE_EXTENSIONS,
     FolderStore,
     ImageFolderSet,

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from vito.eval.corruption_tree import IMAGENET_3DCC, IMAGENET_C_BENCHMARK, IMAGENET_C_EXTRA, SEVERITIES
+from vito.eval.datasets.corruption_tree import IMAGENET_3DCC, IMAGENET_C_BENCHMARK, IMAGENET_C_EXTRA, SEVERITIES
 
 Table = Mapping[str, Mapping[int, float]]  # corruption -> severity -> top-1 (a fraction in [0, 1])
 

@@ -33,7 +33,7 @@ from PIL import Image
 
 from vito.checkpoint import with_retries
 from vito.data.video import decode_frames_at, probe_video
-from vito.eval.image_folder import FolderStore, ImageTransform, LayoutError
+from vito.eval.datasets.image_folder import FolderStore, ImageTransform, LayoutError
 
 SPLITS_FOLDER = "ucfTrainTestlist"
 SPLITS = (1, 2, 3)

@@ -1,8 +1,8 @@
 """ImageNet-C and ImageNet-3DCC (`kind: corruptions`), scored through an image_folder benchmark's linear readout.
 
-Every (corruption, severity) set of the tree (vito/eval/corruption_tree.py, labelled by the readout's classes) is
+Every (corruption, severity) set of the tree (vito/eval/datasets/corruption_tree.py, labelled by the readout's classes) is
 extracted like any image set (every rank a share, cached by shard); the main rank takes the top-1 of the readout's
-argmax on each and computes, with vito/eval/robustness_metrics.py: ImageNet-C's CE per benchmark corruption, mCE
+argmax on each and computes, with vito/eval/scoring/robustness_metrics.py: ImageNet-C's CE per benchmark corruption, mCE
 and relative mCE (only when all 15 benchmark corruptions are present; the clean top-1 is the readout's own linear
 top-1 on its val split), extras apart; ImageNet-3DCC's mean error per corruption and over all 12.
 """
@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from vito.config import CorruptionsBenchmark
-from vito.eval.image_protocol import BenchmarkOutcome, Encoder, ExtractionSettings, Readout, extract_image_set, transform_of
+from vito.eval.protocols.image_folder import BenchmarkOutcome, Encoder, ExtractionSettings, Readout, extract_image_set, transform_of
 
 
 def corruption_top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -28,7 +28,7 @@ def score_corruptions(name: str, bench: CorruptionsBenchmark, table: dict[str, d
                       images: dict[str, dict[int, int]], readout_clean_top1: float | None, suffix: str = ""
                       ) -> tuple[dict[str, float], dict[str, Any], list[dict[str, Any]]]:
     """(metrics, record part, CSV rows) of a top-1 table {corruption: {severity: top1}}: pure."""
-    from vito.eval.robustness_metrics import imagenet_3dcc_errors, imagenet_c_errors
+    from vito.eval.scoring.robustness_metrics import imagenet_3dcc_errors, imagenet_c_errors
 
     prefix = f"eval/{name}/"
     metrics: dict[str, float] = {f"{prefix}images_scored{suffix}": float(sum(sum(v.values()) for v in images.values()))}
@@ -60,7 +60,7 @@ def run_corruptions(name: str, bench: CorruptionsBenchmark, readout: Readout | N
                     encoder: Encoder, settings: ExtractionSettings, *, is_main: bool, suffix: str = ""
                     ) -> BenchmarkOutcome | None:
     """Extract every corruption x severity on every rank; score on the main one (None elsewhere)."""
-    from vito.eval.corruption_tree import read_corruption_tree
+    from vito.eval.datasets.corruption_tree import read_corruption_tree
 
     tree = read_corruption_tree(bench.root, classes, bench.set, settings.storage_options)
     transform = transform_of(bench)

@@ -54,7 +54,7 @@ class Readout:
 
     @classmethod
     def from_outcome(cls, benchmark: str, outcome: "BenchmarkOutcome", suffix: str = "") -> "Readout | None":
-        from vito.eval.linear import LinearProbeResult
+        from vito.eval.scoring.linear import LinearProbeResult
 
         if outcome.readout is None:
             return None
@@ -82,7 +82,7 @@ class ExtractionSettings:
 
 def transform_of(bench):
     """The evaluation transform of any image benchmark (every kind has resize, crop, interpolation, antialias)."""
-    from vito.eval.image_folder import ImageTransform
+    from vito.eval.datasets.image_folder import ImageTransform
 
     return ImageTransform(resize=bench.resize, crop=bench.crop, interpolation=bench.interpolation,
                           antialias=bench.antialias)
@@ -96,7 +96,7 @@ def cache_dir(settings: ExtractionSettings, encoder: Encoder, dataset_fingerprin
 
 def extract_split(bench: ImageFolderBenchmark, split: str, encoder: Encoder, settings: ExtractionSettings, name: str):
     """Features of one split, from the cache where its shards are committed, else computed by every rank."""
-    from vito.eval.image_folder import read_image_folder
+    from vito.eval.datasets.image_folder import read_image_folder
 
     images = read_image_folder(bench.root, split, settings.storage_options)
     extracted, folder = extract_image_set(images, transform_of(bench), encoder, settings, f"{name} {split}",
@@ -108,8 +108,8 @@ def extract_image_set(images, transform, encoder: Encoder, settings: ExtractionS
                       split: str):
     """Features of any ImageFolderSet (an image folder's split, a corruption x severity, a class subset, the
     cue-conflict images) through `extract_features`: every rank a share, cached by shard. (extracted, folder)."""
+    from vito.eval.datasets.image_folder import ImageFolderDataset
     from vito.eval.extract import extract_features
-    from vito.eval.image_folder import ImageFolderDataset
 
     folder = cache_dir(settings, encoder, images.fingerprint(), transform.key())
     report = (lambda done, total: settings.progress(what, done, total)) if settings.progress else None
@@ -131,8 +131,8 @@ def extract_image_set(images, transform, encoder: Encoder, settings: ExtractionS
 def run_image_folder(name: str, bench: ImageFolderBenchmark, encoder: Encoder, settings: ExtractionSettings, *,
                      seed: int, is_main: bool, suffix: str = "") -> BenchmarkOutcome | None:
     """Extract on every rank, score on the main one (None elsewhere). `suffix` names a baseline's metrics."""
-    from vito.eval.knn import knn_evaluate
-    from vito.eval.linear import fit_linear_probe
+    from vito.eval.scoring.knn import knn_evaluate
+    from vito.eval.scoring.linear import fit_linear_probe
 
     train_set, train, train_cache = extract_split(bench, bench.train_split, encoder, settings, name)
     val_set, val, val_cache = extract_split(bench, bench.val_split, encoder, settings, name)

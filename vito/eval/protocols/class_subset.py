@@ -1,6 +1,6 @@
 """ImageNet-A / ImageNet-R (`kind: class_subset`), scored through an image_folder benchmark's linear readout.
 
-The subset's wnid folders are mapped to the readout's columns (vito/eval/class_subsets.py); top-1 is the argmax
+The subset's wnid folders are mapped to the readout's columns (vito/eval/datasets/class_subsets.py); top-1 is the argmax
 of the readout's logits restricted to those columns (natural-adv-examples / imagenet-r's
 `output[:, indices_in_1k]`). A per-class CSV gives each wnid's images and top-1.
 """
@@ -12,13 +12,13 @@ from typing import Any
 import torch
 
 from vito.config import ClassSubsetBenchmark
-from vito.eval.image_protocol import BenchmarkOutcome, Encoder, ExtractionSettings, Readout, extract_image_set, transform_of
+from vito.eval.protocols.image_folder import BenchmarkOutcome, Encoder, ExtractionSettings, Readout, extract_image_set, transform_of
 
 
 def score_subset(name: str, logits: torch.Tensor, labels: torch.Tensor, columns: list[int], wnids: list[str],
                  suffix: str = "") -> tuple[dict[str, float], list[dict[str, Any]]]:
     """(metrics, per-class CSV rows) of readout logits on a class subset: pure."""
-    from vito.eval.class_subsets import restricted_predictions, restricted_top1
+    from vito.eval.datasets.class_subsets import restricted_predictions, restricted_top1
 
     prefix = f"eval/{name}/"
     metrics = {f"{prefix}top1{suffix}": restricted_top1(logits, labels, columns),
@@ -36,7 +36,7 @@ def score_subset(name: str, logits: torch.Tensor, labels: torch.Tensor, columns:
 def run_class_subset(name: str, bench: ClassSubsetBenchmark, readout: Readout | None, classes: list[str],
                      encoder: Encoder, settings: ExtractionSettings, *, is_main: bool, suffix: str = ""
                      ) -> BenchmarkOutcome | None:
-    from vito.eval.class_subsets import read_class_subset
+    from vito.eval.datasets.class_subsets import read_class_subset
 
     subset = read_class_subset(bench.root, classes, settings.storage_options)
     transform = transform_of(bench)

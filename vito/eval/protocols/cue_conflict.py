@@ -1,7 +1,7 @@
 """Shape bias on the cue-conflict images (`kind: cue_conflict`), through an image_folder benchmark's readout.
 
 The readout's softmax is averaged over each of the 16 categories' ImageNet indices and the decision is the argmax
-over the 16 (vito/eval/shape_bias.py, model-vs-human's mapping). That mapping indexes the 1000-way ImageNet-1k
+over the 16 (vito/eval/datasets/shape_bias.py, model-vs-human's mapping). That mapping indexes the 1000-way ImageNet-1k
 readout: a readout with fewer classes (the fixtures' 4) is placed in columns 0..C-1 of 1000 with the others at
 -inf, which exercises the machinery but measures nothing (recorded as `readout_is_imagenet_1k: false`).
 """
@@ -13,12 +13,12 @@ from typing import Any
 import torch
 
 from vito.config import CueConflictBenchmark
-from vito.eval.image_protocol import BenchmarkOutcome, Encoder, ExtractionSettings, Readout, extract_image_set, transform_of
+from vito.eval.protocols.image_folder import BenchmarkOutcome, Encoder, ExtractionSettings, Readout, extract_image_set, transform_of
 
 
 def as_imagenet_logits(logits: torch.Tensor) -> torch.Tensor:
     """(M, 1000) logits: a 1000-way readout as is; fewer columns in 0..C-1 and -inf elsewhere."""
-    from vito.eval.shape_bias import READOUT_CLASSES
+    from vito.eval.datasets.shape_bias import READOUT_CLASSES
 
     if logits.shape[1] == READOUT_CLASSES:
         return logits
@@ -32,7 +32,7 @@ def as_imagenet_logits(logits: torch.Tensor) -> torch.Tensor:
 def score_shape_bias(name: str, cue_set, logits: torch.Tensor, indices, suffix: str = ""
                      ) -> tuple[dict[str, float], dict[str, Any], list[dict[str, Any]]]:
     """(metrics, record part, per-category CSV rows) of readout logits on the cue-conflict images: pure."""
-    from vito.eval.shape_bias import score_cue_conflict
+    from vito.eval.datasets.shape_bias import score_cue_conflict
 
     result = score_cue_conflict(cue_set, as_imagenet_logits(logits), indices)
     prefix = f"eval/{name}/"
@@ -48,7 +48,7 @@ def score_shape_bias(name: str, cue_set, logits: torch.Tensor, indices, suffix: 
 def run_cue_conflict(name: str, bench: CueConflictBenchmark, readout: Readout | None, classes: list[str],
                      encoder: Encoder, settings: ExtractionSettings, *, is_main: bool, suffix: str = ""
                      ) -> BenchmarkOutcome | None:
-    from vito.eval.shape_bias import read_cue_conflict
+    from vito.eval.datasets.shape_bias import read_cue_conflict
 
     cue_set = read_cue_conflict(bench.root, settings.storage_options)
     transform = transform_of(bench)

@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from vito.eval.corruption_tree import check_class_list, open_root
-from vito.eval.image_folder import IMAGE_EXTENSIONS, ImageFolderSet, ImageSample, ImageTransform, LayoutError, is_image_name
+from vito.eval.datasets.corruption_tree import check_class_list, open_root
+from vito.eval.datasets.image_folder import IMAGE_EXTENSIONS, ImageFolderSet, ImageSample, ImageTransform, LayoutError, is_image_name
 
 SUBSET_TRANSFORM = ImageTransform(resize=256, crop=224)  # every image benchmark's resize 256 / centre crop 224
 _EXPECTED = "<wnid>/*.JPEG (wnid folders directly under the root)"

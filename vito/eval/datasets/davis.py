@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from vito.eval.davis_metric import VOID
-from vito.eval.image_folder import LayoutError
+from vito.eval.datasets.image_folder import LayoutError
+from vito.eval.scoring.davis_metric import VOID
 
 
 def voc_palette() -> list[int]:

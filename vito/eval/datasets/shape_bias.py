@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 
-from vito.eval.corruption_tree import open_root
-from vito.eval.image_folder import ImageFolderSet, ImageSample, ImageTransform, LayoutError, is_image_name
+from vito.eval.datasets.corruption_tree import open_root
+from vito.eval.datasets.image_folder import ImageFolderSet, ImageSample, ImageTransform, LayoutError, is_image_name
 
 CATEGORIES: tuple[str, ...] = (
     "airplane", "bear", "bicycle", "bird", "boat", "bottle", "car", "cat", "chair", "clock", "dog", "elephant",

@@ -282,6 +282,58 @@ class CueConflictBenchmark(_ReadoutBenchmark):
     crop: int = Field(224, ge=8)
 
 
+class Ucf101Benchmark(_Section):
+    """UCF-101 in its distributed layout (`<Class>/*.avi`, `ucfTrainTestlist/`): frozen per-frame features
+    averaged over evenly spaced frames of each clip, a linear probe on the split's train clips, top-1 on its
+    test clips (vito/eval/protocols/ucf101.py). Its own classifier: no readout."""
+
+    kind: Literal["ucf101"]
+    root: str = Field(min_length=1, description="local path or s3:// URL of the folder of class folders")
+    split: int = Field(1, ge=1, le=3, description="the official train/test split, 1-3")
+    splits_dir: str | None = Field(None, min_length=1, description="None: <root>/ucfTrainTestlist")
+    # 8 segment centres: UCF-101's clips average ~7 s, so 8 frames are under a second apart (neighbours beyond
+    # that add little to an average of pooled features) at 8x an image's cost: ~107k frames for split 1.
+    frames_per_clip: int = Field(8, ge=1, le=64)
+    resize: int = Field(256, ge=0, description="short side before the centre crop; 0: centre crop only")
+    crop: int = Field(224, ge=8)
+    interpolation: Literal["bilinear", "bicubic"] = "bilinear"
+    antialias: bool = True
+    linear: bool = True
+    linear_lr_grid: list[float] = Field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3, 1.0], min_length=1)
+    linear_epochs: int = Field(100, ge=1)
+    # ~9.5k train clips: 256 gives 38 steps an epoch where ImageNet's 1024 would give 10.
+    linear_batch_size: int = Field(256, ge=1)
+    linear_holdout: float = Field(0.1, gt=0, lt=1, description="share of train's groups that picks the lr (never test)")
+    knn: bool = False
+    knn_k: list[int] = Field(default_factory=lambda: [10, 20], min_length=1)
+    knn_temperature: float = Field(0.07, gt=0)
+
+    @field_validator("root", "splits_dir")
+    @classmethod
+    def _home_expanded(cls, path: str | None) -> str | None:
+        return None if path is None else _expand_home(path)
+
+    @field_validator("split", mode="before")
+    @classmethod
+    def _split_is_a_number(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"split is 1, 2 or 3 (the official split's number), not {value!r}")
+        return value
+
+    @field_validator("knn_k")
+    @classmethod
+    def _positive_k(cls, values: list[int]) -> list[int]:
+        if any(k < 1 for k in values):
+            raise ValueError("every k is at least 1")
+        return values
+
+    @model_validator(mode="after")
+    def _some_classifier(self) -> "Ucf101Benchmark":
+        if not (self.linear or self.knn):
+            raise ValueError("linear and knn are both false: nothing would score the clips (set linear: true)")
+        return self
+
+
 def _benchmark_kind(value: Any) -> str:
     # `kind` absent: an image folder, as every spec before the other kinds existed.
     if isinstance(value, dict):
@@ -293,10 +345,11 @@ Benchmark = Annotated[
     Annotated[ImageFolderBenchmark, Tag("image_folder")]
     | Annotated[CorruptionsBenchmark, Tag("corruptions")]
     | Annotated[ClassSubsetBenchmark, Tag("class_subset")]
-    | Annotated[CueConflictBenchmark, Tag("cue_conflict")],
+    | Annotated[CueConflictBenchmark, Tag("cue_conflict")]
+    | Annotated[Ucf101Benchmark, Tag("ucf101")],
     Discriminator(_benchmark_kind, custom_error_type="benchmark_kind",
                   custom_error_message="eval.benchmarks.<name>.kind must be one of image_folder, corruptions, "
-                                       "class_subset, cue_conflict"),
+                                       "class_subset, cue_conflict, ucf101"),
 ]
 READOUT_KINDS = ("corruptions", "class_subset", "cue_conflict")
 
@@ -382,8 +435,8 @@ class EvalConfig(_Section):
         if (self.train_manifest is None) != (self.test_manifest is None):
             raise ValueError("set both eval.train_manifest and eval.test_manifest, or neither")
         for name, bench in self.benchmarks.items():
-            if bench.kind == "image_folder":
-                continue
+            if bench.kind not in READOUT_KINDS:
+                continue  # its own classifier
             target = self.benchmarks.get(bench.readout)
             if target is None or target.kind != "image_folder" or not target.linear:
                 readouts = [n for n, b in self.benchmarks.items() if b.kind == "image_folder" and b.linear]

@@ -239,12 +239,15 @@ def check_benchmark_layouts(cfg: VitoConfig, storage_options: dict[str, Any], me
     if not cfg.eval.benchmarks:
         return
     from vito.eval.datasets.image_folder import LayoutError, check_layout
+    from vito.eval.datasets.ucf101 import check_ucf_layout
 
     for name, bench in cfg.eval.benchmarks.items():
-        if bench.kind != "image_folder":
-            continue  # the readout kinds' readers check their layouts when the benchmark runs (needs the readout)
         try:
-            check_layout(bench.root, (bench.train_split, bench.val_split), storage_options)
+            if bench.kind == "image_folder":
+                check_layout(bench.root, (bench.train_split, bench.val_split), storage_options)
+            elif bench.kind == "ucf101":
+                check_ucf_layout(bench.root, bench.split, bench.splits_dir, storage_options)
+            # the readout kinds' readers check their layouts when the benchmark runs (needs the readout)
         except LayoutError as problem:
             message = f"eval.benchmarks.{name}.root {problem}"
             metrics.set_tags({EVAL_ERROR_TAG: message[:500]})

@@ -2,7 +2,7 @@
 
 Each benchmark kind is one protocol file of protocols/: image_folder.py (ImageNet or any labelled image folder),
 corruptions.py (ImageNet-C / 3DCC), class_subset.py (ImageNet-A / R), cue_conflict.py (shape
-bias). The image folders run first: their linear readouts score the other kinds (each names its `readout`). Every rank
+bias), ucf101.py (its own probe). The image folders run first: their linear readouts score the kinds that name a `readout`. Every rank
 extracts its share of the features; the main rank scores them and logs, per benchmark as it finishes, the
 metrics (`eval/<name>/...`), the protocol record (`eval/<name>/results.json`), the unreadable files
 (`eval/<name>/skipped.json`), the linear readout (`eval/<name>/readout.pt`) and the readout kinds' CSV tables
@@ -87,6 +87,9 @@ def run_benchmarks(cfg: VitoConfig, trained_cfg: VitoConfig, model: VitoModel, s
                                            suffix=suffix)
                 if outcome is not None:
                     readouts[name, suffix] = Readout.from_outcome(name, outcome, suffix)
+            elif getattr(bench, "readout", None) is None:  # a kind with its own classifier (ucf101)
+                outcome = _runners()[bench.kind](name, bench, encoder, settings, seed=cfg.eval.seed, is_main=is_main,
+                                               suffix=suffix)
             else:
                 if bench.readout not in classes:
                     classes[bench.readout] = _readout_classes(cfg.eval.benchmarks[bench.readout], settings)
@@ -117,8 +120,10 @@ def _runners() -> dict[str, Callable[..., BenchmarkOutcome | None]]:
     from vito.eval.protocols.class_subset import run_class_subset
     from vito.eval.protocols.corruptions import run_corruptions
     from vito.eval.protocols.cue_conflict import run_cue_conflict
+    from vito.eval.protocols.ucf101 import run_ucf101
 
-    return {"corruptions": run_corruptions, "class_subset": run_class_subset, "cue_conflict": run_cue_conflict}
+    return {"corruptions": run_corruptions, "class_subset": run_class_subset, "cue_conflict": run_cue_conflict,
+            "ucf101": run_ucf101}
 
 
 def _csv(rows: list[dict[str, Any]]) -> str:

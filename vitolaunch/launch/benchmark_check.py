@@ -19,6 +19,9 @@ def check_benchmark_roots(spec: SweepSpec, trials: Sequence[Trial]) -> None:
     checked: set[tuple[str, str, str, str]] = set()
     for trial in trials:
         for name, bench in trial.config.eval.benchmarks.items():
+            if bench.kind == "ucf101":
+                _check_ucf101(spec, name, bench, checked)
+                continue
             if bench.kind != "image_folder":
                 continue  # the readout kinds' readers check their layouts in the job (they need the readout)
             identity = (name, bench.root, bench.train_split, bench.val_split)
@@ -34,6 +37,23 @@ def check_benchmark_roots(spec: SweepSpec, trials: Sequence[Trial]) -> None:
                 raise spec.error_at(("base", "eval", "benchmarks", name, "root"), str(problem), key=key,
                                     hint="Point it at the folder that holds the splits, in the layout above.") from None
     check_foreign_weights(spec)
+
+
+def _check_ucf101(spec: SweepSpec, name: str, bench, checked: set) -> None:
+    """classInd, the split's train and test lists and every listed clip of a visible UCF-101 root."""
+    identity = (name, bench.root, str(bench.split), str(bench.splits_dir))
+    splits_visible = bench.splits_dir is None or _visible(bench.splits_dir)
+    if identity in checked or not _visible(bench.root) or not splits_visible:
+        return
+    checked.add(identity)
+    from vito.eval.datasets.ucf101 import LayoutError, check_ucf_layout
+
+    try:
+        check_ucf_layout(bench.root, bench.split, bench.splits_dir, spec.storage.storage_options())
+    except LayoutError as problem:
+        raise spec.error_at(("base", "eval", "benchmarks", name, "root"), str(problem), key=f"eval.benchmarks.{name}.root",
+                            hint="Point it at the folder of class folders (<Class>/*.avi), with ucfTrainTestlist/ in it "
+                                 "or named by splits_dir.") from None
 
 
 def check_foreign_weights(spec: SweepSpec) -> None:

@@ -40,7 +40,7 @@ SPLITS = (1, 2, 3)
 SAMPLING = "segment-centres"  # the frame-sampling rule, for cache keys
 _ADDRESS = re.compile(r" (object )?at 0x[0-9a-fA-F]+")
 
-__all__ = ["ClipSample", "UcfSet", "read_ucf101", "segment_centre_indices", "UcfClipDataset", "clip_encoder",
+__all__ = ["ClipSample", "UcfSet", "read_ucf101", "check_ucf_layout", "segment_centre_indices", "UcfClipDataset", "clip_encoder",
            "LayoutError", "SPLITS_FOLDER"]
 
 
@@ -177,6 +177,13 @@ def read_ucf101(root: str, split: int = 1, subset: Literal["train", "test"] = "t
     if not samples:
         raise LayoutError(f"{list_path}: no clips (expected one '<Class>/<clip>.avi' line per clip)")
     return UcfSet(store.root, split, subset, classes, samples, dict(storage_options or {}))
+
+
+def check_ucf_layout(root: str, split: int = 1, splits_dir: str | None = None,
+                     storage_options: dict | None = None) -> dict[str, int]:
+    """Both lists of the split read and checked as `read_ucf101` does (classInd, the list files, every listed
+    clip present); their clip counts, or the first `LayoutError`."""
+    return {subset: len(read_ucf101(root, split, subset, splits_dir, storage_options)) for subset in ("train", "test")}
 
 
 # -- frames --------------------------------------------------------------------------------------------------

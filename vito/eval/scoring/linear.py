@@ -243,11 +243,13 @@ def fit_linear_probe(
     momentum: float = 0.9,
     weight_decay: float = 0.0,
     init_std: float = 0.01,
+    holdout: tuple[Tensor, Tensor] | None = None,
 ) -> LinearProbeResult:
     """Choose the base lr on a held-out part of the train split, retrain on all of it, return the last epoch.
 
     Only the train split is given: the selection cannot see val. With a single lr in the grid nothing is held out
-    (its held-out top-1 is recorded as NaN).
+    (its held-out top-1 is recorded as NaN). `holdout`: the (fit, held-out) row indices to choose on instead of
+    `stratified_holdout`'s (e.g. whole groups of correlated clips held out, as UCF-101's splits do).
     """
     if train_x.ndim != 2 or train_y.shape != (train_x.shape[0],):
         raise ValueError(f"train_x must be N x D and train_y N labels, got {tuple(train_x.shape)} and {tuple(train_y.shape)}")
@@ -265,7 +267,7 @@ def fit_linear_probe(
         chosen = grid[0]
         scores[chosen] = float("nan")
     else:
-        fit_idx, held_idx = stratified_holdout(train_y, holdout_fraction, seed)
+        fit_idx, held_idx = holdout if holdout is not None else stratified_holdout(train_y, holdout_fraction, seed)
         if held_idx.numel() == 0:
             raise ValueError("the held-out part is empty (every class has fewer than 2 samples): cannot choose an lr")
         # The held-out part's statistics stay unseen too: standardise by the fit part's.

@@ -87,6 +87,14 @@ def fixtures(output: str, classes: int, train_per_class: int, val_per_class: int
     images = write_cue_conflict(cue)
     click.echo(f"cue-conflict (<category>/<shape><i>-<texture><j>.png): {cue}  {images} images, 16 categories "
                "(machinery only: the fixtures' readout is not ImageNet-1k's)")
+    from vito.eval.fixtures.ucf101 import write_ucf_fixture
+
+    ucf = Path(output) / "ucf101"
+    shutil.rmtree(ucf, ignore_errors=True)
+    write_ucf_fixture(ucf, num_classes=classes, clips_per_group=3, size=64, num_frames=16)
+    clips = sum(1 for _ in ucf.glob("*/*.avi"))
+    click.echo(f"ucf101 (<Class>/v_<Class>_gXX_cYY.avi, ucfTrainTestlist/): {ucf}  {clips} clips of 16 frames, "
+               f"{classes} classes, splits 1-3 (each tests on one of 4 groups)")
 
 
 @data.command("manifest")

@@ -76,6 +76,25 @@ def short_repr(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _without_tags(loc: DocPath, prefix: DocPath, locator: Locator, detail: dict) -> DocPath:
+    """loc without a tagged union's tag (`benchmarks.ucf.ucf101.split` -> `benchmarks.ucf.split`): a part the
+    document does not have under a mapping it has, followed by a key the document has there (or by the missing
+    key itself), or last in an error about that whole mapping."""
+    known = set(locator.lines) | set(locator.overrides)
+    missing = detail["type"] == "missing"
+    for i, _ in enumerate(loc):
+        here, parent = (*prefix, *loc[:i + 1]), (*prefix, *loc[:i])
+        if here in known or parent not in locator.lines:
+            continue
+        if i == len(loc) - 1:
+            tag = isinstance(detail["input"], dict) and not missing
+        else:
+            tag = (*parent, loc[i + 1]) in known or (missing and i == len(loc) - 2)
+        if tag:
+            return (*loc[:i], *loc[i + 1:])
+    return loc
+
+
 def located_validation_error(
     exc: ValidationError,
     locator: Locator,
@@ -94,6 +113,7 @@ def located_validation_error(
         if loc and loc[-1] == "[key]":  # a bad mapping key: point at the key itself
             loc = loc[:-1]
         loc = tuple(part for part in loc if not str(part).startswith("<"))  # a union's tag (<...>) is no key
+        loc = _without_tags(loc, prefix, locator, detail)
         key = (dotted(prefix + loc) if key_prefix is None else dotted((key_prefix, *loc))) or None
         kind = detail["type"]
         hint = None

@@ -182,3 +182,25 @@ def test_the_paper_table_has_a_ucf101_top1_column_beside_its_baseline() -> None:
     (row,) = benchmark_table([ResultRow("ev", "r", "ev-0", 0, {}, "COMPLETED", None, metrics)])
     assert row["ucf101 linear"] == 0.5 and row["ucf101 linear (random init)"] == 0.1
     assert not any("clips" in column for column in row)  # counts stay in results.json
+
+
+def test_the_job_checks_the_layout_first_and_tags_the_reason(tmp_path: Path, ucf_root) -> None:
+    from vito.eval.datasets.image_folder import LayoutError
+    from vito.evaluate_task import EVAL_ERROR_TAG, check_benchmark_layouts
+
+    class Tags:  # the metrics logger's one method this uses
+        def __init__(self) -> None:
+            self.tags: dict[str, str] = {}
+
+        def set_tags(self, tags: dict[str, str]) -> None:
+            self.tags.update(tags)
+
+    root = shutil.copytree(ucf_root, tmp_path / "UCF-101")
+    cfg = _cfg(ucf={**UCF, "root": str(root), "split": 3})
+    tags = Tags()
+    check_benchmark_layouts(cfg, {}, tags)
+    assert tags.tags == {}
+    (root / "ucfTrainTestlist" / "trainlist03.txt").unlink()
+    with pytest.raises(LayoutError, match=r"^eval\.benchmarks\.ucf\.root .*trainlist03\.txt: missing"):
+        check_benchmark_layouts(cfg, {}, tags)
+    assert "trainlist03.txt: missing" in tags.tags[EVAL_ERROR_TAG]

@@ -107,7 +107,8 @@ class ProbeCheckpoints:
                 if found is not None:
                     step, marker = found
                     saved_by = (marker.get("metadata") or {}).get("world_size")
-                    box[0] = torch.load(f"{scratch}/step_{step:08d}/{PROBE_FILE}", weights_only=True)
+                    box[0] = torch.load(f"{scratch}/step_{step:08d}/{PROBE_FILE}", map_location="cpu",
+                                        weights_only=True)
                     box[0]["saved_by_world_size"] = saved_by
         if group is not None:
             dist.broadcast_object_list(box, src=0, group=group)
@@ -120,6 +121,17 @@ class ProbeCheckpoints:
             files = self.store.upload(step, scratch)
         self.store.commit(step, files, {**self.metadata, "world_size": world})
         self.store.prune(_KEEP_LAST)
+
+
+def _on_cpu(value: Any) -> Any:
+    """The optimizer's state with CPU tensors: the file (and the broadcast of a restore) never names a GPU."""
+    if isinstance(value, Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {key: _on_cpu(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_on_cpu(item) for item in value)
+    return value
 
 
 def _world() -> tuple[int, int]:
@@ -233,7 +245,7 @@ def train_augmented_linear(
             if epoch_end or (checkpoint_steps and step % checkpoint_steps == 0):
                 if rank == 0:
                     checkpoints.save(step, {"weight": weight.detach().cpu(), "bias": bias.detach().cpu(),
-                                            "optimizer": optimizer.state_dict(), "step": step}, world)
+                                            "optimizer": _on_cpu(optimizer.state_dict()), "step": step}, world)
                 if kill_after is not None and step == int(kill_after):
                     log.warning("augmented linear: %s=%s: killing this process after step %d's checkpoint",
                                 KILL_AFTER_STEP, kill_after, step)

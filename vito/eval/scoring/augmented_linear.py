@@ -123,6 +123,21 @@ class ProbeCheckpoints:
         self.store.prune(_KEEP_LAST)
 
 
+class _EpochBatches:
+    """The batch sampler of one rank's epoch: its slices as [(dataset index, epoch), ...], built as the loader asks
+    (ImageNet's 1.28 M tuples are never all in memory)."""
+
+    def __init__(self, slices: list[Tensor], positions: Tensor, epoch: int):
+        self.slices, self.positions, self.epoch = slices, positions, epoch
+
+    def __len__(self) -> int:
+        return len(self.slices)
+
+    def __iter__(self):
+        for batch in self.slices:
+            yield [(index, self.epoch) for index in self.positions[batch].tolist()]
+
+
 def _on_cpu(value: Any) -> Any:
     """The optimizer's state with CPU tensors: the file (and the broadcast of a restore) never names a GPU."""
     if isinstance(value, Tensor):
@@ -209,9 +224,8 @@ def train_augmented_linear(
         order = epoch_order(n, seed, epoch)
         mine = rank_batches(order, batch_size, rank, world, first)
         global_sizes = [len(b) for b in rank_batches(order, batch_size, 0, 1, first)]
-        loader = torch.utils.data.DataLoader(
-            dataset, batch_sampler=[[(int(positions[p]), epoch) for p in batch] for batch in mine],
-            num_workers=workers, collate_fn=collate, pin_memory=cuda)
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=_EpochBatches(mine, positions, epoch),
+                                             num_workers=workers, collate_fn=collate, pin_memory=cuda)
         epoch_loss, last_log = 0.0, time.monotonic()
         for global_size, (indices, batch_images, errors) in zip(global_sizes, loader):
             for group_ in optimizer.param_groups:
@@ -252,7 +266,7 @@ def train_augmented_linear(
                     os.kill(os.getpid(), signal.SIGKILL)
             if time.monotonic() - last_log >= _LOG_EVERY_S or epoch_end:
                 last_log = time.monotonic()
-                log.info("augmented linear: rank %d: epoch %d/%d, %d/%d images, step %d/%d, lr %.4g, loss %.4f, "
+                log.info("augmented linear: rank %d: epoch %d/%d, %d/%d images, step %d/%d, lr %.4g, loss share %.4f, "
                          "%.1f images/s here", rank, epoch + 1, epochs, done_in_epoch, n, step, total,
                          optimizer.param_groups[0]["lr"], epoch_loss / max(1, step - epoch * per_epoch - first),
                          images / max(time.monotonic() - started, 1e-9))

@@ -196,6 +196,20 @@ class CheckpointConfig(_Section):
 Corruption = Literal["gaussian_noise", "gaussian_blur", "contrast", "jpeg"]
 
 
+_BENCHMARK_KEYS_OMITTED_AT_DEFAULT = ("linear_augmented", "augmented_epochs", "augmented_lr", "augmented_batch_size",
+                                     "augmented_crop_scale", "augmented_standardize", "augmented_checkpoint_steps")
+
+
+def _dumped_default(model: type[BaseModel], key: str) -> Any:
+    field = model.model_fields[key]
+    return field.default_factory() if field.default_factory is not None else field.default
+
+
+def _as_list(value: Any) -> Any:
+    # a tuple dumps as a tuple in python mode and as a list in json mode: the same value either way
+    return list(value) if isinstance(value, tuple) else value
+
+
 class ImageFolderBenchmark(_Section):
     """A labelled image folder in ImageNet's layout, `<root>/train/<class>/*.JPEG` and `<root>/val/<class>/*.JPEG`:
     frozen features scored by weighted kNN and a linear probe (DINO's and MoCo's protocols; docs/evaluation.md)."""
@@ -218,12 +232,38 @@ class ImageFolderBenchmark(_Section):
     linear_epochs: int = Field(100, ge=1)
     linear_batch_size: int = Field(1024, ge=1)
     linear_holdout: float = Field(0.1, gt=0, lt=1, description="share of train that picks the lr (never val)")
+    # The augmented linear protocol (vito/eval/protocols/augmented_linear.py): RandomResizedCrop + flip through
+    # the frozen backbone every epoch, a checkpointed job of its own. Off by default: it costs `augmented_epochs`
+    # forward passes over train where the cached probe costs one.
+    linear_augmented: bool = False
+    augmented_epochs: int = Field(100, ge=1)  # DINO, MoCo v2 (MoCo v3: 90)
+    augmented_lr: float = Field(0.1, gt=0, description="base lr per 256 images (MoCo v3), x batch / 256")
+    augmented_batch_size: int = Field(1024, ge=1, description="global batch over the job's ranks (MoCo v3, DINO)")
+    augmented_crop_scale: tuple[float, float] = (0.08, 1.0)  # torchvision's RandomResizedCrop default
+    augmented_standardize: bool = True  # features standardised by the cached train features' mean and std (ours)
+    augmented_checkpoint_steps: int = Field(0, ge=0, description="also commit every N steps; 0: each epoch's end")
 
     @field_validator("root")
     @classmethod
     def _home_expanded(cls, root: str) -> str:
         # `~` means the submitting user's home: the job may run as the same user elsewhere, with another $HOME
         return os.path.expanduser(root) if root.startswith("~") else root
+
+    @field_validator("augmented_crop_scale")
+    @classmethod
+    def _crop_scale(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < value[0] <= value[1] <= 1:
+            raise ValueError(f"augmented_crop_scale must be [min, max] with 0 < min <= max <= 1, got {list(value)}")
+        return value
+
+    @model_serializer(mode="wrap")
+    def _omit_new_keys_at_default(self, handler: Any) -> dict[str, Any]:
+        # As EvalConfig's: trial keys and configs of specs from before the augmented protocol are unchanged.
+        dumped = handler(self)
+        for key in _BENCHMARK_KEYS_OMITTED_AT_DEFAULT:
+            if key in dumped and _as_list(dumped[key]) == _as_list(_dumped_default(type(self), key)):
+                del dumped[key]
+        return dumped
 
     @field_validator("knn_k")
     @classmethod

@@ -20,6 +20,16 @@ def test_columns_by_benchmark_then_protocol_with_the_baseline_after() -> None:
                                        "eval/imagenet/knn20_top1"]
 
 
+def test_the_augmented_linear_protocol_is_a_column_after_the_cached_probe() -> None:
+    rows = [_row(0, {"eval/imagenet/knn20_top1": 0.5, "eval/imagenet/linear_augmented_top1": 0.62,
+                     "eval/imagenet/linear_augmented_top1_random_init": 0.05, "eval/imagenet/linear_top1": 0.6,
+                     "eval/imagenet/linear_augmented_top5": 0.9})]
+    assert benchmark_columns(rows) == ["eval/imagenet/linear_top1", "eval/imagenet/linear_augmented_top1",
+                                       "eval/imagenet/linear_augmented_top1_random_init", "eval/imagenet/knn20_top1"]
+    (record,) = benchmark_table(rows)
+    assert record["imagenet linear (augmented)"] == 0.62 and record["imagenet linear (augmented) (random init)"] == 0.05
+
+
 def test_one_row_per_checkpoint_in_trial_order() -> None:
     rows = [_row(1, {"eval/imagenet/linear_top1": 0.7}), _row(0, {"eval/imagenet/linear_top1": 0.6})]
     table = benchmark_table(rows)

@@ -5,7 +5,8 @@ corruptions.py (ImageNet-C / 3DCC), class_subset.py (ImageNet-A / R), cue_confli
 bias), ucf101.py (its own probe). The image folders run first: their linear readouts score the kinds that name a `readout`. Every rank
 extracts its share of the features; the main rank scores them and logs, per benchmark as it finishes, the
 metrics (`eval/<name>/...`), the protocol record (`eval/<name>/results.json`), the unreadable files
-(`eval/<name>/skipped.json`), the linear readout (`eval/<name>/readout.pt`) and the readout kinds' CSV tables
+(`eval/<name>/skipped.json`), the linear readout (`eval/<name>/readout.pt`; the augmented protocol's
+`readout_augmented.pt`) and the readout kinds' CSV tables
 (`eval/<name>/per_corruption.csv`, `per_class.csv`, `per_category.csv`). The random-init baseline, when asked for,
 scores the same way through its own readout and logs the same names with `_random_init`.
 """
@@ -96,17 +97,33 @@ def run_benchmarks(cfg: VitoConfig, trained_cfg: VitoConfig, model: VitoModel, s
                 outcome = _runners()[bench.kind](name, bench, readouts.get((bench.readout, suffix)),
                                                classes[bench.readout], encoder, settings, is_main=is_main,
                                                suffix=suffix)
-            if outcome is None:
-                continue
-            outcome.record.update(record or {})
-            results.update(outcome.metrics)
-            metrics.log(step, outcome.metrics)  # each benchmark's metrics appear as soon as it finishes
-            _log_artifacts(metrics, name, suffix, outcome, artifact_dir)
-            for key, value in outcome.metrics.items():
-                log.info("%s = %.4f", key, value)
+            _publish(outcome, metrics, step, name, suffix, artifact_dir, record, results)
+    # The augmented linear protocol takes hours where the others take minutes: it runs last, once every other
+    # metric of every network is logged.
+    for name, bench in ordered:
+        if bench.kind != "image_folder" or not bench.linear_augmented:
+            continue
+        from vito.eval.protocols.augmented_linear import run_image_folder_augmented
+
+        for encoder, suffix in networks:
+            outcome = run_image_folder_augmented(name, bench, encoder, settings, seed=cfg.eval.seed, is_main=is_main,
+                                                 suffix=suffix)
+            _publish(outcome, metrics, step, name, suffix, artifact_dir, record, results, "results_augmented")
     if is_main:
         metrics.set_tags({PROGRESS_TAG: "done"})
     return results
+
+
+def _publish(outcome: BenchmarkOutcome | None, metrics, step: int, name: str, suffix: str, artifact_dir: str,
+             record: dict[str, Any] | None, results: dict[str, float], record_stem: str = "results") -> None:
+    if outcome is None:
+        return
+    outcome.record.update(record or {})
+    results.update(outcome.metrics)
+    metrics.log(step, outcome.metrics)  # each benchmark's metrics appear as soon as it finishes
+    _log_artifacts(metrics, name, suffix, outcome, artifact_dir, record_stem)
+    for key, value in outcome.metrics.items():
+        log.info("%s = %.4f", key, value)
 
 
 def _readout_classes(bench, settings: ExtractionSettings) -> list[str]:
@@ -138,19 +155,24 @@ def _csv(rows: list[dict[str, Any]]) -> str:
     return out.getvalue()
 
 
-def _log_artifacts(metrics, name: str, suffix: str, outcome: BenchmarkOutcome, artifact_dir: str) -> None:
+def _log_artifacts(metrics, name: str, suffix: str, outcome: BenchmarkOutcome, artifact_dir: str,
+                   record_stem: str = "results") -> None:
     folder = f"eval/{name}"
-    metrics.log_dict_artifact(outcome.record, f"{folder}/results{suffix}.json")
-    metrics.log_dict_artifact({"count": len(outcome.skipped), "images": outcome.skipped}, f"{folder}/skipped{suffix}.json")
+    metrics.log_dict_artifact(outcome.record, f"{folder}/{record_stem}{suffix}.json")
+    if record_stem == "results":  # a later protocol of the same benchmark read the same images
+        metrics.log_dict_artifact({"count": len(outcome.skipped), "images": outcome.skipped},
+                                  f"{folder}/skipped{suffix}.json")
     for file_name, rows in outcome.tables.items():
         stem, dot, ext = file_name.rpartition(".")
         path = Path(tempfile.mkdtemp(dir=artifact_dir)) / f"{stem}{suffix}{dot}{ext}"
         path.write_text(_csv(rows))
         metrics.log_artifact(str(path), folder)
-    if outcome.readout is not None and not suffix:
-        path = Path(tempfile.mkdtemp(dir=artifact_dir)) / "readout.pt"
-        torch.save(outcome.readout, path)
-        metrics.log_artifact(str(path), folder)
+    readouts = {"readout": outcome.readout, **outcome.extra_readouts} if not suffix else {}
+    for stem, state in readouts.items():
+        if state is not None:
+            path = Path(tempfile.mkdtemp(dir=artifact_dir)) / f"{stem}.pt"
+            torch.save(state, path)
+            metrics.log_artifact(str(path), folder)
 
 
 def _progress_reporter(metrics) -> Callable[[str, int, int], None]:

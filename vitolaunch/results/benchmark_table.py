@@ -13,12 +13,14 @@ from typing import Any
 from vitolaunch.results.ranking import ResultRow
 
 # The headline numbers of each benchmark kind (counts and per-corruption values stay in results.json and the CSVs):
-# image folders' probes, ImageNet-C's mCE, A/R's and 3DCC's top-1, cue-conflict's shape bias; `_random_init` after.
-_HEADLINE = re.compile(r"eval/(?P<bench>[a-z0-9_]+)/(?P<protocol>linear_top1|knn\d+_top1|mce|relative_mce|top1|shape_bias)"
+# image folders' probes (cached and augmented linear, kNN), ImageNet-C's mCE, A/R's and 3DCC's top-1, cue-conflict's
+# shape bias; `_random_init` after.
+_HEADLINE = re.compile(r"eval/(?P<bench>[a-z0-9_]+)/"
+                       r"(?P<protocol>linear_top1|linear_augmented_top1|knn\d+_top1|mce|relative_mce|top1|shape_bias)"
                        r"(?P<baseline>_random_init)?$")
-_ORDER = ("linear_top1", "knn", "top1", "mce", "relative_mce", "shape_bias")
-_TITLES = {"linear_top1": "linear", "top1": "top-1", "mce": "mCE", "relative_mce": "relative mCE",
-           "shape_bias": "shape bias"}
+_ORDER = ("linear_top1", "linear_augmented_top1", "knn", "top1", "mce", "relative_mce", "shape_bias")
+_TITLES = {"linear_top1": "linear", "linear_augmented_top1": "linear (augmented)", "top1": "top-1", "mce": "mCE",
+           "relative_mce": "relative mCE", "shape_bias": "shape bias"}
 
 
 def benchmark_columns(rows: Sequence[ResultRow]) -> list[str]:

@@ -40,6 +40,7 @@ class BenchmarkOutcome:
     record: dict[str, Any]  # protocol constants, counts and cache facts: the results.json of the benchmark
     skipped: list[dict[str, Any]] = field(default_factory=list)  # unreadable images: the skipped report
     readout: dict[str, Any] | None = None  # the linear probe's state (scores later benchmarks)
+    extra_readouts: dict[str, dict[str, Any]] = field(default_factory=dict)  # artifact stem -> another readout
     tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # CSV artifacts: file name -> rows
 
 

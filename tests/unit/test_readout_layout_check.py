@@ -119,7 +119,6 @@ def test_a_cue_conflict_folder_without_its_categories_and_an_own_head_without_fc
     import torch
 
     from vito.eval.foreign_weights import ForeignResNet, foreign_state_dict
-
     from vitolaunch.errors import SpecError
     from vitolaunch.launch.benchmark_check import check_own_heads
     from vitolaunch.spec import expand, load_spec

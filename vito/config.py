@@ -278,11 +278,15 @@ def _expand_home(root: str) -> str:
 
 
 class _ReadoutBenchmark(_Section):
-    """A benchmark scored through the linear readout that an image_folder benchmark of the same evaluation trained
-    (its `readout.pt`): `readout` names that benchmark (it must have `linear: true`)."""
+    """A benchmark scored through a 1000-way ImageNet head: `head: trained` (the default) through the linear
+    readout that an image_folder benchmark of the same evaluation trained (`readout` names it; it must have
+    `linear: true`), `head: own` through the 1000-way `fc` of the published weights evaluated (eval.weights),
+    whose columns are ImageNet-1k's sorted wnids (vito/eval/datasets/imagenet_classes.py)."""
 
     root: str = Field(min_length=1, description="local path or s3:// URL of the set's root folder")
-    readout: str = Field(min_length=1, description="name of an image_folder benchmark (linear: true) of this eval")
+    readout: str | None = Field(None, min_length=1,
+                                description="name of an image_folder benchmark (linear: true) of this eval")
+    head: Literal["trained", "own"] = "trained"
     interpolation: Literal["bilinear", "bicubic"] = "bilinear"
     antialias: bool = True
 
@@ -290,6 +294,27 @@ class _ReadoutBenchmark(_Section):
     @classmethod
     def _home_expanded(cls, root: str) -> str:
         return _expand_home(root)
+
+    @model_validator(mode="after")
+    def _one_head(self) -> "_ReadoutBenchmark":
+        if self.head == "trained" and self.readout is None:
+            raise ValueError("readout: name the image_folder benchmark whose linear readout scores this one, "
+                             "or set head: own (the 1000-way fc of eval.weights)")
+        if self.head == "own" and self.readout is not None:
+            raise ValueError(f"readout: {self.readout!r} with head: own; the own head scores without a trained "
+                             "readout: drop one of the two")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _omit_new_keys_at_default(self, handler: Any) -> dict[str, Any]:
+        # `head` came after these kinds: at its default it stays out of the dump (trial keys unchanged);
+        # `readout` is absent only with head: own.
+        dumped = handler(self)
+        if dumped.get("head") == "trained":
+            del dumped["head"]
+        if dumped.get("readout", "") is None:
+            del dumped["readout"]
+        return dumped
 
 
 class CorruptionsBenchmark(_ReadoutBenchmark):
@@ -477,6 +502,13 @@ class EvalConfig(_Section):
         for name, bench in self.benchmarks.items():
             if bench.kind not in READOUT_KINDS:
                 continue  # its own classifier
+            if bench.head == "own":
+                if self.checkpoint is not None:
+                    raise ValueError(
+                        f"eval.benchmarks.{name}.head: own scores through the 1000-way fc of published weights "
+                        f"(eval.weights); a trial's checkpoint (eval.checkpoint {self.checkpoint}) has no such head: "
+                        "use head: trained with a readout")
+                continue
             target = self.benchmarks.get(bench.readout)
             if target is None or target.kind != "image_folder" or not target.linear:
                 readouts = [n for n, b in self.benchmarks.items() if b.kind == "image_folder" and b.linear]

@@ -155,36 +155,55 @@ def _evaluate_weights(cfg: VitoConfig, ctx, metrics, rank: int, world: int) -> A
     not fit fails the trial with the reason tagged (`vito.eval_error`). Features: ForeignNetwork.features, cached
     under eval.feature_cache or `<file>.features/` by the weights' digest. The synthetic suite and the
     random-init baseline are the project network's and are skipped here. Every results.json says which head
-    scores the benchmark's classes (`trained_readout`: the readout this evaluation trains) and whether the file
-    holds a classifier of its own (`own_fc_in_file`).
+    scores the benchmark's classes (`head`: `trained_readout`, the readout this evaluation trains, or `own_fc`,
+    the file's 1000-way fc for `head: own`) and whether the file holds a classifier of its own (`own_fc_in_file`).
     """
     from vito.eval.suite import run_benchmarks
     from vito.train import TrainResult
 
     check_benchmark_layouts(cfg, ctx.storage_options, metrics)
     network = load_weights_checked(cfg, ctx.storage_options, metrics)
+    own = own_head_benchmarks(cfg)
+    if own and (problem := network.own_head_problem()):
+        message = (f"eval.benchmarks.{own[0]}.head: own needs eval.weights with a 1000-way fc; "
+                   f"{cfg.eval.weights}: {problem}")
+        metrics.set_tags({EVAL_ERROR_TAG: message[:500]})
+        raise ValueError(message)
     if cfg.eval.synthetic_suite or cfg.eval.random_init_baseline:
         log.info("published weights %s: the synthetic suite and the random-init baseline are the project "
                  "network's, skipped", cfg.eval.weights)
     device, group = _device(world)
     network.to(device)
     log.info("evaluating published weights %s (%s, %s)", cfg.eval.weights, network.kind, network.key())
-    # Every benchmark scores through the readout this evaluation trains; a classifier the file holds is noted
-    # (scoring through it instead is not built yet).
+    # A benchmark scores through the readout this evaluation trains unless it asks for the file's own fc
+    # (`head: own`, its record then says head: own_fc); whether the file holds one is noted on every record.
     record = {"head": "trained_readout", "own_fc_in_file": network.has_fc,
               "weights": cfg.eval.weights, "weights_kind": network.kind, "weights_key": network.key()}
+    own_head = None
+    if own:
+        from vito.eval.protocols.image_folder import OwnHead
+
+        fc = network.module.fc
+        own_head = OwnHead(fc.weight.detach().cpu(), fc.bias.detach().cpu(), cfg.eval.weights, device)
     benchmarks: dict[str, float] = {}
     if cfg.eval.benchmarks:
         Path(ctx.scratch_dir).mkdir(parents=True, exist_ok=True)
         benchmarks = run_benchmarks(cfg, cfg, None, 0, device=device, is_main=rank == 0,
                                     storage_options=ctx.storage_options, metrics=metrics,
                                     artifact_dir=ctx.scratch_dir, group=group,
-                                    encoders=[(foreign_encoder(network, device), "")], record=record)
+                                    encoders=[(foreign_encoder(network, device), "")], record=record,
+                                    own_head=own_head)
     if rank != 0:
         return TrainResult(True, 0, None, {})
     metrics.log(0, {"train/step": 0})
     metrics.log_dict_artifact({**benchmarks, **record, "step": 0}, "eval/final.json")
     return TrainResult(True, 0, None, benchmarks)
+
+
+def own_head_benchmarks(cfg: VitoConfig) -> list[str]:
+    """The readout kinds of cfg.eval.benchmarks that score through the weights' own fc (`head: own`)."""
+    return [name for name, bench in cfg.eval.benchmarks.items()
+            if bench.kind != "image_folder" and bench.head == "own"]
 
 
 def foreign_encoder(network, device: torch.device):
@@ -238,16 +257,14 @@ def check_benchmark_layouts(cfg: VitoConfig, storage_options: dict[str, Any], me
     """Every benchmark root in its expected layout, before any work; the refusal is tagged on the run."""
     if not cfg.eval.benchmarks:
         return
-    from vito.eval.datasets.image_folder import LayoutError, check_layout
-    from vito.eval.datasets.ucf101 import check_ucf_layout
+    from vito.eval.datasets.image_folder import LayoutError
+    from vito.eval.layouts import check_benchmark_layout
 
-    for name, bench in cfg.eval.benchmarks.items():
+    # The image folders first (a readout kind's classes come from its readout's train split).
+    ordered = sorted(cfg.eval.benchmarks.items(), key=lambda item: item[1].kind != "image_folder")
+    for name, bench in ordered:
         try:
-            if bench.kind == "image_folder":
-                check_layout(bench.root, (bench.train_split, bench.val_split), storage_options)
-            elif bench.kind == "ucf101":
-                check_ucf_layout(bench.root, bench.split, bench.splits_dir, storage_options)
-            # the readout kinds' readers check their layouts when the benchmark runs (needs the readout)
+            check_benchmark_layout(bench, cfg.eval.benchmarks, storage_options)
         except LayoutError as problem:
             message = f"eval.benchmarks.{name}.root {problem}"
             metrics.set_tags({EVAL_ERROR_TAG: message[:500]})

@@ -65,9 +65,15 @@ def fixtures(output: str, classes: int, train_per_class: int, val_per_class: int
     """Write small benchmark sets in their real layouts under OUTPUT, rendered from the synthetic videos, so
     the evaluation a cluster runs on ImageNet runs here on a CPU (sweeps/quickstart_eval.yaml)."""
     from vito.eval.fixtures.images import ImageFolderFixture, write_image_folder
-    from vito.eval.fixtures.robustness import write_class_subset, write_corruption_tree, write_cue_conflict
+    from vito.eval.fixtures.robustness import (
+        cue_conflict_shapes,
+        write_class_subset,
+        write_corruption_tree,
+        write_cue_conflict,
+    )
 
     root = Path(output) / "imagenet"
+    shutil.rmtree(root, ignore_errors=True)  # fixtures of an older version (other wnids) leave no stale folders
     counts = write_image_folder(root, ImageFolderFixture(classes, train_per_class, val_per_class))
     click.echo(f"imagenet (ImageFolder: train/<wnid>/*.JPEG, val/<wnid>/*.JPEG): {root}  "
                f"{counts['train']} train, {counts['val']} val images, {classes} classes")
@@ -84,9 +90,9 @@ def fixtures(output: str, classes: int, train_per_class: int, val_per_class: int
     click.echo(f"imagenet-r (<wnid>/*.JPEG, a subset of the classes): {subset}  {copied} images, {len(wnids)} classes")
     cue = Path(output) / "cue-conflict"
     shutil.rmtree(cue, ignore_errors=True)
-    images = write_cue_conflict(cue)
-    click.echo(f"cue-conflict (<category>/<shape><i>-<texture><j>.png): {cue}  {images} images, 16 categories "
-               "(machinery only: the fixtures' readout is not ImageNet-1k's)")
+    images = write_cue_conflict(cue, classes=classes)
+    click.echo(f"cue-conflict (<category>/<shape><i>-<texture><j>.png): {cue}  {images} images, 16 categories; "
+               f"shape vs texture among {', '.join(cue_conflict_shapes(classes))} (the fixture classes' categories)")
     from vito.eval.fixtures.ucf101 import write_ucf_fixture
 
     ucf = Path(output) / "ucf101"

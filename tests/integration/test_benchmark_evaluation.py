@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from tests.integration.local_sweeps import all_ended, mlflow_client, vitolaunch, wait_until, write_spec
+from vito.eval.fixtures.images import FIXTURE_WNIDS
 
 TRAIN_PER_CLASS, VAL_PER_CLASS, CLASSES = 13, 7, 4  # uneven against the shard size: the last shards are short
 
@@ -60,7 +61,7 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory):
     home = folder / "home"
     root = folder / "fixtures" / "imagenet"
     write_image_folder(root, ImageFolderFixture(CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS, size=48, image_size=48))
-    truncated = sorted((root / "val" / "n00000002").glob("*.JPEG"))[3]
+    truncated = sorted((root / "val" / FIXTURE_WNIDS[2]).glob("*.JPEG"))[3]
     truncated.write_bytes(truncated.read_bytes()[:300])  # a download cut short
     vitolaunch(home, "sweep", str(write_spec(folder, "pre", {"loss.temperature": [0.2]}, tasks_per_node=1)))
     (row,) = wait_until(home, "pre", all_ended, timeout=420, what="the pretraining trial to end")
@@ -89,7 +90,7 @@ def test_every_image_is_counted_once_and_the_truncated_one_is_reported(evaluated
         state = torch.load(readout, weights_only=False)
     assert skipped["count"] == 1 and skipped["images"][0]["path"].endswith(truncated.name), skipped
     assert record["knn"]["knn_temperature"] == 0.07 and record["transform"] and record["linear"]["linear_epochs"] == 5
-    assert state["weight"].shape[0] == CLASSES and state["classes"] == [f"n{i:08d}" for i in range(CLASSES)]
+    assert state["weight"].shape[0] == CLASSES and state["classes"] == list(FIXTURE_WNIDS[:CLASSES])
 
 
 @pytest.mark.timeout(900)

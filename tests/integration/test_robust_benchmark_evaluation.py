@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from tests.integration.local_sweeps import all_ended, mlflow_client, vitolaunch, wait_until, write_spec
+from vito.eval.fixtures.images import FIXTURE_WNIDS
 
 TRAIN_PER_CLASS, VAL_PER_CLASS, CLASSES = 6, 3, 4
 SMALL = {"resize": 36, "crop": 32}
@@ -56,7 +57,7 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory):
                                                                  image_size=40))
     val = fixtures / "imagenet" / "val"
     write_corruption_tree(val, fixtures / "imagenet-c", image_size=40)
-    write_class_subset(val, fixtures / "imagenet-r", [f"n{i:08d}" for i in range(CLASSES - 1)])
+    write_class_subset(val, fixtures / "imagenet-r", list(FIXTURE_WNIDS[: CLASSES - 1]))
     write_cue_conflict(fixtures / "cue-conflict", size=40)
     vitolaunch(home, "sweep", str(write_spec(folder, "pre", {"loss.temperature": [0.2]}, tasks_per_node=1)))
     (row,) = wait_until(home, "pre", all_ended, timeout=420, what="the pretraining trial to end")
@@ -99,11 +100,13 @@ def test_imagenet_r_top1_and_the_shape_bias_are_logged_with_their_csvs(evaluated
     assert metrics["eval/imagenet_r/images_scored"] == (CLASSES - 1) * VAL_PER_CLASS
     assert {"eval/cue_conflict/shape_bias", "eval/cue_conflict/shape_fraction", "eval/cue_conflict/texture_fraction",
             "eval/cue_conflict/images_scored"} <= set(metrics)
-    assert metrics["eval/cue_conflict/images_scored"] == 16 * 15  # shape == texture excluded
+    assert metrics["eval/cue_conflict/images_scored"] == 4 * 3 * 3  # 4 categories x 3 other textures x 3 repeats
     with tempfile.TemporaryDirectory() as out:
         per_class = list(csv.DictReader(_artifact(client, run, "eval/imagenet_r/per_class.csv", out).open()))
         per_category = list(csv.DictReader(_artifact(client, run, "eval/cue_conflict/per_category.csv", out).open()))
         cue = json.loads(_artifact(client, run, "eval/cue_conflict/results.json", out).read_text())
-    assert [r["wnid"] for r in per_class] == [f"n{i:08d}" for i in range(CLASSES - 1)]
-    assert len(per_category) == 16 and cue["readout_is_imagenet_1k"] is False
+    assert [r["wnid"] for r in per_class] == list(FIXTURE_WNIDS[: CLASSES - 1])
+    assert [r["category"] for r in per_category] == ["airplane", "elephant", "knife", "oven"]
+    assert cue["readout_is_imagenet_1k"] is False and cue["readout_placement"] == "by_wnid"
+    assert cue["categories_decidable"] == ["airplane", "elephant", "knife", "oven"] and cue["head"] == "trained_readout"
     assert cue["scored"] == "through the readout of eval.benchmarks.imagenet"

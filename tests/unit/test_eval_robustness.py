@@ -278,16 +278,16 @@ def test_shape_bias_by_hand():
 
 def test_cue_conflict_fixture_and_refusals(tmp_path):
     root = tmp_path / "cue-conflict"
-    assert write_cue_conflict(root, size=16) == 256
+    assert write_cue_conflict(root, size=16, repeats=2) == 4 * 4 * 2 + 12  # 4 covered categories, 12 placeholders
     cue = read_cue_conflict(str(root))
-    assert len(cue) == 256 and sum(not s.conflict for s in cue.samples) == 16
+    assert len(cue) == 44 and sum(not s.conflict for s in cue.samples) == 4 * 2 + 12
     assert parse_cue_conflict_name("airplane1-bicycle2.png") == ("airplane", "bicycle")
     # A readout that always answers the texture: shape bias 0.
     logits = torch.full((len(cue), 1000), -10.0)
     for row, sample in enumerate(cue.samples):
         logits[row, list(CATEGORY_INDICES[sample.texture])] = 10.0
     result = score_cue_conflict(cue, logits)
-    assert (result.shape_bias, result.texture_fraction, result.images, result.excluded) == (0.0, 1.0, 240, 16)
+    assert (result.shape_bias, result.texture_fraction, result.images, result.excluded) == (0.0, 1.0, 24, 20)
     index, tensor, error = ImageFolderDataset(cue.image_set())[0]
     assert error is None and tensor.shape == (3, 224, 224)
 

@@ -15,6 +15,7 @@ from vito.config import (
     VitoConfig,
 )
 from vito.eval.datasets.corruption_tree import IMAGENET_3DCC, IMAGENET_C_BENCHMARK
+from vito.eval.datasets.imagenet_classes import IMAGENET_WNIDS
 from vito.eval.datasets.shape_bias import CATEGORY_INDICES, CueConflictSample, CueConflictSet
 from vito.eval.protocols.class_subset import score_subset
 from vito.eval.protocols.corruptions import corruption_top1, score_corruptions
@@ -125,7 +126,7 @@ def test_shape_bias_through_made_up_1000_way_logits() -> None:
     logits = torch.zeros(4, 1000)
     for row, category in enumerate(["cat", "cat", "car", "oven"]):  # shape hit, texture hit, excluded, neither
         logits[row, list(CATEGORY_INDICES[category])] = 20.0
-    metrics, record, rows = score_shape_bias("cue", cue_set, logits, [0, 1, 2, 3])
+    metrics, record, rows = score_shape_bias("cue", cue_set, logits, [0, 1, 2, 3], list(IMAGENET_WNIDS))
     assert metrics["eval/cue/shape_bias"] == 0.5
     assert metrics["eval/cue/shape_fraction"] == pytest.approx(1 / 3)
     assert metrics["eval/cue/texture_fraction"] == pytest.approx(1 / 3)
@@ -133,9 +134,41 @@ def test_shape_bias_through_made_up_1000_way_logits() -> None:
     assert [r["category"] for r in rows] == ["bear", "cat", "dog"]
 
 
-def test_a_smaller_readout_is_padded_and_recorded_as_not_imagenet() -> None:
-    padded = as_imagenet_logits(torch.ones(2, 4))
-    assert padded.shape == (2, 1000) and torch.isinf(padded[:, 4:]).all()
+def test_a_readout_of_imagenet_wnids_is_placed_into_their_columns() -> None:
+    classes = ["n02504013", "n02690373", "n03041632", "n04111531"]  # elephant, airplane, knife, oven
+    placed, placement = as_imagenet_logits(torch.tensor([[1.0, 2.0, 3.0, 4.0]]), classes)
+    assert placement == "by_wnid" and placed.shape == (1, 1000)
+    assert placed[0, [385, 404, 499, 766]].tolist() == [1.0, 2.0, 3.0, 4.0]
+    assert torch.isinf(placed).sum() == 996
+    # shape airplane, texture knife: a readout following the shape (airplane column) or the texture (knife)
+    cue_set = CueConflictSet("/cue", [CueConflictSample("a", "airplane", "knife")] * 2)
+    logits = torch.tensor([[0.0, 5.0, 0.0, 0.0], [0.0, 0.0, 5.0, 0.0]])
+    metrics, record, _ = score_shape_bias("cue", cue_set, logits, [0, 1], classes)
+    assert metrics["eval/cue/shape_bias"] == 0.5 and metrics["eval/cue/shape_fraction"] == 0.5
+    assert record["readout_is_imagenet_1k"] is False and record["readout_placement"] == "by_wnid"
+    assert record["categories_decidable"] == ["airplane", "elephant", "knife", "oven"]
+
+
+def test_a_readout_whose_classes_are_not_wnids_falls_back_to_the_first_columns() -> None:
+    placed, placement = as_imagenet_logits(torch.ones(2, 4), ["a", "b", "c", "d"])
+    assert placement == "first_columns" and torch.isinf(placed[:, 4:]).all() and (placed[:, :4] == 1).all()
     cue_set = CueConflictSet("/cue", [CueConflictSample("a", "cat", "dog")])
-    _, record, _ = score_shape_bias("cue", cue_set, torch.ones(1, 4), [0])
-    assert record["readout_is_imagenet_1k"] is False
+    _, record, _ = score_shape_bias("cue", cue_set, torch.ones(1, 4), [0], ["a", "b", "c", "d"])
+    assert record["readout_is_imagenet_1k"] is False and record["categories_decidable"] == []
+
+
+def test_head_own_needs_no_readout_stays_out_of_the_dump_at_default_and_refuses_a_checkpoint() -> None:
+    cfg = _cfg(imagenet=IMAGENET, c={"kind": "corruptions", "root": "/c", "readout": "imagenet"})
+    assert "head" not in cfg.to_dict()["eval"]["benchmarks"]["c"]  # trial keys of older specs unchanged
+    own = _cfg(c={"kind": "corruptions", "root": "/c", "head": "own"})
+    assert own.eval.benchmarks["c"].head == "own" and own.eval.benchmarks["c"].readout is None
+    dumped = own.to_dict()["eval"]["benchmarks"]["c"]
+    assert dumped["head"] == "own" and "readout" not in dumped
+    assert VitoConfig.model_validate(own.to_dict()).fingerprint() == own.fingerprint()
+    with pytest.raises(ValidationError, match="readout: name the image_folder benchmark"):
+        _cfg(c={"kind": "corruptions", "root": "/c"})
+    with pytest.raises(ValidationError, match="with head: own"):
+        _cfg(imagenet=IMAGENET, c={"kind": "corruptions", "root": "/c", "head": "own", "readout": "imagenet"})
+    with pytest.raises(ValidationError, match=r"eval\.benchmarks\.c\.head: own scores through the 1000-way fc"):
+        VitoConfig.model_validate({"eval": {"checkpoint": "/ckpt", "benchmarks": {
+            "c": {"kind": "cue_conflict", "root": "/c", "head": "own"}}}})

@@ -46,6 +46,7 @@ FOREIGN_TO_PROJECT: tuple[tuple[str, str], ...] = (
 _DOWNSAMPLE = re.compile(r"^(layer[1-4]\.\d+)\.downsample\.([01])\.(.+)$")
 _BLOCK = re.compile(r"^(layer[1-4]\.\d+)\.((?:conv|bn)[123])\.(.+)$")
 _RESNET50_DEPTHS = (3, 4, 6, 3)
+IMAGENET_CLASSES = 1000  # `head: own` needs an fc of this many outputs, its columns ImageNet-1k's sorted wnids
 
 
 class ForeignWeightsError(ValueError):
@@ -147,6 +148,15 @@ class ForeignNetwork:
         if self.module.fc is None:
             raise ForeignWeightsError(f"this {self.kind} state dict holds no fc: there are no logits")
         return self.module.fc(self.features(images))
+
+    def own_head_problem(self) -> str | None:
+        """Why this network cannot score through its own 1000-way ImageNet head (`head: own`), or None."""
+        fc = self.module.fc
+        if fc is None:
+            return f"this {self.kind} file holds no fc"
+        if fc.out_features != IMAGENET_CLASSES:
+            return f"its fc has {fc.out_features} outputs, not ImageNet-1k's {IMAGENET_CLASSES}"
+        return None
 
     def key(self) -> str:
         """The feature-cache identity: kind and the weights' digest (where the file lies plays no part)."""

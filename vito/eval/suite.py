@@ -23,8 +23,15 @@ from typing import Any
 
 import torch
 
-from vito.config import VitoConfig
-from vito.eval.protocols.image_folder import BenchmarkOutcome, Encoder, ExtractionSettings, Readout, run_image_folder
+from vito.config import READOUT_KINDS, VitoConfig
+from vito.eval.protocols.image_folder import (
+    BenchmarkOutcome,
+    Encoder,
+    ExtractionSettings,
+    OwnHead,
+    Readout,
+    run_image_folder,
+)
 from vito.model import VitoModel
 
 log = logging.getLogger(__name__)
@@ -62,13 +69,14 @@ def feature_cache_root(cfg: VitoConfig) -> str:
 
 def run_benchmarks(cfg: VitoConfig, trained_cfg: VitoConfig, model: VitoModel, step: int, *, device: torch.device,
                    is_main: bool, storage_options: dict[str, Any], metrics, artifact_dir: str, group: Any = None,
-                   encoders: list[tuple[Encoder, str]] | None = None, record: dict[str, Any] | None = None
-                   ) -> dict[str, float]:
+                   encoders: list[tuple[Encoder, str]] | None = None, record: dict[str, Any] | None = None,
+                   own_head: OwnHead | None = None) -> dict[str, float]:
     """Every benchmark of cfg.eval.benchmarks on `model` (and on a random-init network when asked); the main
     rank returns the metrics, the others an empty dict. Files to upload are written under `artifact_dir`, which
     must outlive the metrics logger's queue (uploads happen in its background thread). `encoders` (with their
     metric suffixes) replace `model` and its random-init baseline (published weights); `record` is added to
-    every results.json."""
+    every results.json where the benchmark's own record does not say otherwise; `own_head` (the 1000-way fc of
+    published weights) scores the readout kinds with `head: own`."""
     settings = ExtractionSettings(feature_cache_root(cfg), cfg.eval.extract_shard_size, cfg.eval.extract_batch_size,
                                   cfg.eval.loader_workers, storage_options, _progress_reporter(metrics), group)
     networks = encoders or [(model_encoder(model, encoder_key(cfg.eval.checkpoint, step, trained_cfg), device), "")]
@@ -88,9 +96,15 @@ def run_benchmarks(cfg: VitoConfig, trained_cfg: VitoConfig, model: VitoModel, s
                                            suffix=suffix)
                 if outcome is not None:
                     readouts[name, suffix] = Readout.from_outcome(name, outcome, suffix)
-            elif getattr(bench, "readout", None) is None:  # a kind with its own classifier (ucf101)
+            elif bench.kind not in READOUT_KINDS:  # a kind with its own classifier (ucf101, davis)
                 outcome = _runners()[bench.kind](name, bench, encoder, settings, seed=cfg.eval.seed, is_main=is_main,
                                                suffix=suffix)
+            elif bench.head == "own":
+                if own_head is None:
+                    raise ValueError(f"eval.benchmarks.{name}.head: own needs published weights whose file holds a "
+                                     "1000-way fc (eval.weights); this evaluation has none")
+                outcome = _runners()[bench.kind](name, bench, own_head, own_head.classes, encoder, settings,
+                                               is_main=is_main, suffix=suffix)
             else:
                 if bench.readout not in classes:
                     classes[bench.readout] = _readout_classes(cfg.eval.benchmarks[bench.readout], settings)
@@ -118,7 +132,8 @@ def _publish(outcome: BenchmarkOutcome | None, metrics, step: int, name: str, su
              record: dict[str, Any] | None, results: dict[str, float], record_stem: str = "results") -> None:
     if outcome is None:
         return
-    outcome.record.update(record or {})
+    for key, value in (record or {}).items():  # the benchmark's own facts (its `head`) win
+        outcome.record.setdefault(key, value)
     results.update(outcome.metrics)
     metrics.log(step, outcome.metrics)  # each benchmark's metrics appear as soon as it finishes
     _log_artifacts(metrics, name, suffix, outcome, artifact_dir, record_stem)

@@ -1,59 +1,91 @@
 """The user's benchmark copies, and the published weights an evaluate sweep names, checked before anything is
 queued, where the submitting machine can see them.
 
-A root or file that is not visible from here (a path mounted only on the compute nodes) is left to the job,
+The readout kinds (corruptions, class_subset, cue_conflict) are read with their own readers against the classes of
+the head that will score them (vito/eval/layouts.py), so a wrong corruption name, severity folder or wnid is
+refused here, naming the path. A root or file that is not visible from here (a path mounted only on the compute
+nodes) is left to the job,
 which checks every layout and loads the weights as its first act, and fails the trial with the reason tagged
 (vito.evaluate_task).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from vito.config import READOUT_KINDS
 from vitolaunch.spec import SweepSpec, Trial
 
 
 def check_benchmark_roots(spec: SweepSpec, trials: Sequence[Trial]) -> None:
-    """Each benchmark root of the trials, in its standard layout; one located error for the first that is not."""
-    checked: set[tuple[str, str, str, str]] = set()
+    """Each benchmark root of the trials, in its standard layout (image folders first: a readout kind is read
+    against its readout's classes); one located error for the first that is not. The readout kinds' layouts
+    (corruption names and severities, wnid folders, the 16 categories) are checked with their own readers."""
+    checked: set[str] = set()
     for trial in trials:
-        for name, bench in trial.config.eval.benchmarks.items():
-            if bench.kind == "ucf101":
-                _check_ucf101(spec, name, bench, checked)
-                continue
-            if bench.kind != "image_folder":
-                continue  # the readout kinds' readers check their layouts in the job (they need the readout)
-            identity = (name, bench.root, bench.train_split, bench.val_split)
+        benchmarks = trial.config.eval.benchmarks
+        for name, bench in sorted(benchmarks.items(), key=lambda item: item[1].kind != "image_folder"):
+            identity = json.dumps([name, bench.model_dump(), _readout_of(bench, benchmarks)], sort_keys=True)
             if identity in checked or not _visible(bench.root):
                 continue
             checked.add(identity)
-            from vito.eval.datasets.image_folder import LayoutError, check_layout
+            from vito.eval.datasets.image_folder import LayoutError  # torch: only when a root is to be read
+            from vito.eval.layouts import check_benchmark_layout
 
             try:
-                check_layout(bench.root, (bench.train_split, bench.val_split), spec.storage.storage_options())
+                check_benchmark_layout(bench, benchmarks, spec.storage.storage_options(), visible=_visible)
             except LayoutError as problem:
                 key = f"eval.benchmarks.{name}.root"
                 raise spec.error_at(("base", "eval", "benchmarks", name, "root"), str(problem), key=key,
-                                    hint="Point it at the folder that holds the splits, in the layout above.") from None
+                                    hint=_HINTS[bench.kind]) from None
     check_foreign_weights(spec)
+    check_own_heads(spec, trials)
 
 
-def _check_ucf101(spec: SweepSpec, name: str, bench, checked: set) -> None:
-    """classInd, the split's train and test lists and every listed clip of a visible UCF-101 root."""
-    identity = (name, bench.root, str(bench.split), str(bench.splits_dir))
-    splits_visible = bench.splits_dir is None or _visible(bench.splits_dir)
-    if identity in checked or not _visible(bench.root) or not splits_visible:
-        return
-    checked.add(identity)
-    from vito.eval.datasets.ucf101 import LayoutError, check_ucf_layout
+_HINTS = {
+    "image_folder": "Point it at the folder that holds the splits, in the layout above.",
+    "corruptions": "Point it at the folder of the corruption folders (<corruption>/<1-5>/<wnid>/), named as "
+                   "ImageNet-C's or 3DCC's, with the wnids of the head that scores it.",
+    "class_subset": "Point it at the folder of the wnid folders (ImageNet-A/R's layout), wnids of the head that "
+                    "scores it.",
+    "cue_conflict": "Point it at the folder of the 16 category folders of the cue-conflict images.",
+    "ucf101": "Point it at the folder of class folders (<Class>/*.avi), with ucfTrainTestlist/ in it or named by "
+              "splits_dir.",
+}
 
-    try:
-        check_ucf_layout(bench.root, bench.split, bench.splits_dir, spec.storage.storage_options())
-    except LayoutError as problem:
-        raise spec.error_at(("base", "eval", "benchmarks", name, "root"), str(problem), key=f"eval.benchmarks.{name}.root",
-                            hint="Point it at the folder of class folders (<Class>/*.avi), with ucfTrainTestlist/ in it "
-                                 "or named by splits_dir.") from None
+
+def _readout_of(bench, benchmarks) -> object:
+    """What a readout kind's check depends on besides itself: its readout benchmark's root and train split."""
+    if bench.kind not in READOUT_KINDS or bench.head == "own":
+        return None
+    source = benchmarks[bench.readout]
+    return [source.root, source.train_split]
+
+
+def check_own_heads(spec: SweepSpec, trials: Sequence[Trial]) -> None:
+    """A benchmark with `head: own` scores through the 1000-way fc of published weights: a file visible here must
+    hold that fc (a trial of a checkpoint with `head: own` is refused by the config, vito.config.EvalConfig)."""
+    loaded: dict[tuple[str, str | None], str | None] = {}
+    for trial in trials:
+        cfg = trial.config.eval
+        own = [name for name, bench in cfg.benchmarks.items() if bench.kind in READOUT_KINDS and bench.head == "own"]
+        if not own:
+            continue
+        where = ("base", "eval", "benchmarks", own[0], "head")
+        key = f"eval.benchmarks.{own[0]}.head"
+        hint = "Evaluate published weights whose file holds a 1000-way fc (evaluate.checkpoints: [{weights: ...}]), " \
+               "or score through a trained readout (head: trained, readout: <image_folder benchmark>)."
+        if cfg.weights is None or "://" in cfg.weights or not Path(cfg.weights).is_file():
+            continue  # a checkpoint's trial is refused by the config; a file not visible here, by the job
+        if (cfg.weights, cfg.weights_kind) not in loaded:
+            from vito.eval.foreign_weights import load_foreign
+
+            loaded[cfg.weights, cfg.weights_kind] = load_foreign(cfg.weights, cfg.weights_kind).own_head_problem()
+        if problem := loaded[cfg.weights, cfg.weights_kind]:
+            raise spec.error_at(where, f"head: own needs eval.weights with a 1000-way fc; {cfg.weights}: {problem}",
+                                key=key, hint=hint)
 
 
 def check_foreign_weights(spec: SweepSpec) -> None:

@@ -20,7 +20,14 @@ from typing import Any
 import torch
 
 from vito.eval.datasets.corruption_tree import check_class_list, open_root
-from vito.eval.datasets.image_folder import IMAGE_EXTENSIONS, ImageFolderSet, ImageSample, ImageTransform, LayoutError, is_image_name
+from vito.eval.datasets.image_folder import (
+    ImageFolderSet,
+    ImageSample,
+    ImageTransform,
+    LayoutError,
+    images_of_class_folders,
+    list_class_folders,
+)
 
 SUBSET_TRANSFORM = ImageTransform(resize=256, crop=224)  # every image benchmark's resize 256 / centre crop 224
 _EXPECTED = "<wnid>/*.JPEG (wnid folders directly under the root)"
@@ -55,27 +62,14 @@ def read_class_subset(root: str, classes: Sequence[str], storage_options: dict |
     """The images of `<root>/<wnid>/`, labelled 0..N-1 by sorted wnid, and each wnid's readout column."""
     check_class_list(classes)
     store, top, shown_root = open_root(root, storage_options)
-    listing = store.list_dir(top)
-    if listing is None:
-        raise LayoutError(f"{shown_root}: not a folder (expected {_EXPECTED})")
-    folders, files = listing
-    stray = [f for f in files if is_image_name(f)]
-    if stray:
-        raise LayoutError(f"{shown_root}: {len(stray)} image file(s) directly under the root (e.g. {stray[0]}); "
-                          f"expected {_EXPECTED}")
-    if not folders:
-        raise LayoutError(f"{shown_root}: no wnid folders (expected {_EXPECTED})")
+    folders = list_class_folders(store, top, shown_root, _EXPECTED, what="wnid")
     index = {wnid: i for i, wnid in enumerate(classes)}
     foreign = [wnid for wnid in folders if wnid not in index]
     if foreign:
         shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
         raise LayoutError(f"{shown_root}: {len(foreign)} folder(s) not among the readout's {len(classes)} classes: "
                           f"{shown} (expected {_EXPECTED}, wnids of the readout's ImageNet-1k classes)")
-    by_class = store.images_by_class(top, folders)
-    empty = [wnid for wnid, images in by_class.items() if not images]
-    if empty:
-        raise LayoutError(f"{shown_root}: {len(empty)} wnid folder(s) without images ({' '.join(IMAGE_EXTENSIONS)}), "
-                          f"e.g. {empty[0]}/ (an interrupted copy?)")
+    by_class = images_of_class_folders(store, top, folders, shown_root, _EXPECTED, what="wnid")
     wnids = sorted(folders)
     samples = [ImageSample(store.sample_path(f"{top}/{wnid}/{relative}"), label)
                for label, wnid in enumerate(wnids) for relative in by_class[wnid]]

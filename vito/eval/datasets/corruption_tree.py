@@ -22,13 +22,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from vito.eval.datasets.image_folder import (
-    IMAGE_EXTENSIONS,
     FolderStore,
     ImageFolderSet,
     ImageSample,
     ImageTransform,
     LayoutError,
-    is_image_name,
+    images_of_class_folders,
+    list_class_folders,
 )
 
 # hendrycks/robustness (ImageNet-C): the 15 corruptions of the benchmark, by family tarball.
@@ -167,8 +167,8 @@ def read_corruption_tree(root: str, classes: Sequence[str], benchmark: Benchmark
     sets: dict[tuple[str, int], ImageFolderSet] = {}
     for name in [n for n in known if n in folders]:
         relative = folders[name]
-        severities = store.list_dir(f"{top}/{relative}")
-        found_folders, found_files = severities or ([], [])
+        found_folders = list_class_folders(store, f"{top}/{relative}", f"{shown_root}/{relative}",
+                                           f"{relative}/<severity 1-5>/<wnid>/*.JPEG", what="severity")
         wrong = [s for s in found_folders if s not in {str(v) for v in SEVERITIES}]
         if wrong:
             raise LayoutError(f"{shown_root}/{relative}: severity folder(s) {', '.join(wrong)} outside 1..5 "
@@ -177,10 +177,6 @@ def read_corruption_tree(root: str, classes: Sequence[str], benchmark: Benchmark
         if missing:
             raise LayoutError(f"{shown_root}/{relative}: severity folder(s) {', '.join(missing)} missing "
                               f"(expected {relative}/1/ ... {relative}/5/, an interrupted copy?)")
-        stray = [f for f in found_files if is_image_name(f)]
-        if stray:
-            raise LayoutError(f"{shown_root}/{relative}: image file(s) directly under the corruption (e.g. "
-                              f"{stray[0]}); expected {relative}/<severity 1-5>/<wnid>/*.JPEG")
         for severity in SEVERITIES:
             split = f"{relative}/{severity}"
             sets[name, severity] = _read_severity(store, top, shown_root, split, index, list(classes),
@@ -190,24 +186,14 @@ def read_corruption_tree(root: str, classes: Sequence[str], benchmark: Benchmark
 
 def _read_severity(store: FolderStore, top: str, shown_root: str, split: str, index: dict[str, int],
                    classes: list[str], storage_options: dict | None) -> ImageFolderSet:
-    where = f"{shown_root}/{split}"
-    folders, files = store.list_dir(f"{top}/{split}") or ([], [])
-    stray = [f for f in files if is_image_name(f)]
-    if stray:
-        raise LayoutError(f"{where}: image file(s) directly under the severity (e.g. {stray[0]}); expected "
-                          f"{split}/<wnid>/*.JPEG")
-    if not folders:
-        raise LayoutError(f"{where}: no wnid folders (expected {split}/<wnid>/*.JPEG)")
+    where, expected = f"{shown_root}/{split}", f"{split}/<wnid>/*.JPEG"
+    folders = list_class_folders(store, f"{top}/{split}", where, expected, what="wnid")
     foreign = [wnid for wnid in folders if wnid not in index]
     if foreign:
         shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
         raise LayoutError(f"{where}: {len(foreign)} wnid folder(s) not among the readout's {len(index)} classes: "
                           f"{shown} (the tree must use the readout's ImageNet-1k wnids)")
-    by_class = store.images_by_class(f"{top}/{split}", folders)
-    empty = [wnid for wnid, images in by_class.items() if not images]
-    if empty:
-        raise LayoutError(f"{where}: {len(empty)} wnid folder(s) without images ({' '.join(IMAGE_EXTENSIONS)}), "
-                          f"e.g. {empty[0]}/ (an interrupted copy?)")
+    by_class = images_of_class_folders(store, f"{top}/{split}", folders, where, expected, what="wnid")
     samples = [ImageSample(store.sample_path(f"{top}/{split}/{wnid}/{relative}"), index[wnid])
                for wnid in folders for relative in by_class[wnid]]
     return ImageFolderSet(shown_root, split, classes, samples, dict(storage_options or {}))

@@ -137,29 +137,47 @@ class FolderStore:
         return {name: sorted(files) for name, files in found.items()}
 
 
-def _list_split(store: FolderStore, split: str) -> _Listing:
-    expected = _EXPECTED.format(split=split)
-    where = f"{store.root}/{split}"
-    top = store.list_dir(split)
-    if top is None:
-        raise LayoutError(f"{store.root}: no {split}/ folder (expected {expected})")
-    folders, files = top
+def list_class_folders(store: FolderStore, relative: str, where: str, expected: str, *, what: str = "class",
+                       hint: str = "", not_found: str | None = None) -> list[str]:
+    """The folders directly under `relative` (sorted): every reader's "list the class folders" step, with one
+    message shape. LayoutError naming `where` when it is not a folder, holds image files directly, or holds no
+    folder; `expected` is the layout the reader wants there, `hint` an optional last word, `not_found` the message
+    when `relative` is not a folder (default: "<where>: not a folder")."""
+    listing = store.list_dir(relative)
+    if listing is None:
+        raise LayoutError(not_found or f"{where}: not a folder (expected {expected})")
+    folders, files = listing
     stray = [name for name in files if is_image_name(name)]
     if stray:
-        raise LayoutError(
-            f"{where}: {len(stray)} image file(s) directly under {split}/ (e.g. {stray[0]}); expected them in class "
-            f"folders, {expected} (the official ImageNet val tar is flat: sort it into wnid folders first)"
-        )
+        raise LayoutError(f"{where}: {len(stray)} image file(s) directly under {relative.rsplit('/', 1)[-1]}/ (e.g. "
+                          f"{stray[0]}); expected them in "
+                          f"{what} folders, {expected}{hint}")
     if not folders:
-        raise LayoutError(f"{where}: no class folders (expected {expected})")
-    by_class = store.images_by_class(split, folders)
+        raise LayoutError(f"{where}: no {what} folders (expected {expected})")
+    return folders
+
+
+def images_of_class_folders(store: FolderStore, relative: str, folders: Sequence[str], where: str, expected: str,
+                            *, what: str = "class") -> dict[str, list[str]]:
+    """`FolderStore.images_by_class` of `folders`, or one LayoutError naming the empty ones (an interrupted copy)."""
+    by_class = store.images_by_class(relative, folders)
     if not any(by_class.values()):
-        raise LayoutError(f"{where}: no images ({' '.join(IMAGE_EXTENSIONS)}) in its {len(folders)} class folder(s) "
+        raise LayoutError(f"{where}: no images ({' '.join(IMAGE_EXTENSIONS)}) in its {len(folders)} {what} folder(s) "
                           f"(expected {expected})")
     empty = [name for name, images in by_class.items() if not images]
     if empty:
-        raise LayoutError(f"{where}: {len(empty)} class folder(s) without images ({' '.join(IMAGE_EXTENSIONS)}), "
+        raise LayoutError(f"{where}: {len(empty)} {what} folder(s) without images ({' '.join(IMAGE_EXTENSIONS)}), "
                           f"e.g. {empty[0]}/ (expected {expected}; an interrupted copy?)")
+    return by_class
+
+
+def _list_split(store: FolderStore, split: str) -> _Listing:
+    expected = _EXPECTED.format(split=split)
+    where = f"{store.root}/{split}"
+    folders = list_class_folders(store, split, where, expected, not_found=f"{store.root}: no {split}/ folder "
+                                 f"(expected {expected})",
+                                 hint=" (the official ImageNet val tar is flat: sort it into wnid folders first)")
+    by_class = images_of_class_folders(store, split, folders, where, expected)
     return _Listing(store.root, split, folders, by_class)
 
 

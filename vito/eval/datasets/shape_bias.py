@@ -28,7 +28,14 @@ from typing import Any
 import torch
 
 from vito.eval.datasets.corruption_tree import open_root
-from vito.eval.datasets.image_folder import ImageFolderSet, ImageSample, ImageTransform, LayoutError, is_image_name
+from vito.eval.datasets.image_folder import (
+    ImageFolderSet,
+    ImageSample,
+    ImageTransform,
+    LayoutError,
+    is_image_name,
+    list_class_folders,
+)
 
 CATEGORIES: tuple[str, ...] = (
     "airplane", "bear", "bicycle", "bird", "boat", "bottle", "car", "cat", "chair", "clock", "dog", "elephant",
@@ -114,13 +121,7 @@ def parse_cue_conflict_name(name: str) -> tuple[str, str]:
 def read_cue_conflict(root: str, storage_options: dict | None = None) -> CueConflictSet:
     """Every image of the 16 category folders, with its parsed (shape, texture), sorted by category then name."""
     store, top, shown_root = open_root(root, storage_options)
-    listing = store.list_dir(top)
-    if listing is None:
-        raise LayoutError(f"{shown_root}: not a folder (expected {_EXPECTED})")
-    folders, files = listing
-    stray = [f for f in files if is_image_name(f)]
-    if stray:
-        raise LayoutError(f"{shown_root}: image file(s) directly under the root (e.g. {stray[0]}); expected {_EXPECTED}")
+    folders = list_class_folders(store, top, shown_root, _EXPECTED, what="category")
     foreign = [name for name in folders if name not in CATEGORIES]
     if foreign:
         raise LayoutError(f"{shown_root}: folder(s) {', '.join(foreign[:5])} not among the 16 categories "

@@ -12,7 +12,15 @@ from typing import Any
 import torch
 
 from vito.config import ClassSubsetBenchmark
-from vito.eval.protocols.image_folder import BenchmarkOutcome, Encoder, ExtractionSettings, Readout, extract_image_set, transform_of
+from vito.eval.protocols.image_folder import (
+    BenchmarkOutcome,
+    Encoder,
+    ExtractionSettings,
+    OwnHead,
+    Readout,
+    extract_image_set,
+    transform_of,
+)
 
 
 def score_subset(name: str, logits: torch.Tensor, labels: torch.Tensor, columns: list[int], wnids: list[str],
@@ -33,7 +41,7 @@ def score_subset(name: str, logits: torch.Tensor, labels: torch.Tensor, columns:
     return metrics, rows
 
 
-def run_class_subset(name: str, bench: ClassSubsetBenchmark, readout: Readout | None, classes: list[str],
+def run_class_subset(name: str, bench: ClassSubsetBenchmark, readout: Readout | OwnHead | None, classes: list[str],
                      encoder: Encoder, settings: ExtractionSettings, *, is_main: bool, suffix: str = ""
                      ) -> BenchmarkOutcome | None:
     from vito.eval.datasets.class_subsets import read_class_subset
@@ -44,11 +52,11 @@ def run_class_subset(name: str, bench: ClassSubsetBenchmark, readout: Readout | 
                                          root=bench.root, split="")
     if not is_main:
         return None
-    assert readout is not None, "the main rank holds the readout"
+    assert readout is not None, "the main rank holds the readout (or the own head)"
     metrics, rows = score_subset(name, readout.logits(features.features), features.labels, subset.columns,
                                  subset.wnids, suffix)
     metrics[f"eval/{name}/skipped_images{suffix}"] = float(len(features.skipped))
-    record = {"benchmark": name, "kind": bench.kind, "root": bench.root, "scored": readout.describe(),
+    record = {"benchmark": name, "kind": bench.kind, "root": bench.root, "scored": readout.describe(), "head": readout.head,
               **subset.as_record(), "transform": transform.key(), "encoder": encoder.key, "feature_cache": folder,
               "argmax": "restricted to the subset's readout columns", "metrics": metrics}
     skipped = [{"split": "", "index": i, "path": path, "reason": reason} for i, path, reason in features.skipped]

@@ -14,7 +14,15 @@ from typing import Any
 import torch
 
 from vito.config import CorruptionsBenchmark
-from vito.eval.protocols.image_folder import BenchmarkOutcome, Encoder, ExtractionSettings, Readout, extract_image_set, transform_of
+from vito.eval.protocols.image_folder import (
+    BenchmarkOutcome,
+    Encoder,
+    ExtractionSettings,
+    OwnHead,
+    Readout,
+    extract_image_set,
+    transform_of,
+)
 
 
 def corruption_top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -56,7 +64,7 @@ def score_corruptions(name: str, bench: CorruptionsBenchmark, table: dict[str, d
     return metrics, record, rows
 
 
-def run_corruptions(name: str, bench: CorruptionsBenchmark, readout: Readout | None, classes: list[str],
+def run_corruptions(name: str, bench: CorruptionsBenchmark, readout: Readout | OwnHead | None, classes: list[str],
                     encoder: Encoder, settings: ExtractionSettings, *, is_main: bool, suffix: str = ""
                     ) -> BenchmarkOutcome | None:
     """Extract every corruption x severity on every rank; score on the main one (None elsewhere)."""
@@ -71,7 +79,7 @@ def run_corruptions(name: str, bench: CorruptionsBenchmark, readout: Readout | N
                                                             f"{name} {split}", root=bench.root, split=split)
     if not is_main:
         return None
-    assert readout is not None, "the main rank holds the readout"
+    assert readout is not None, "the main rank holds the readout (or the own head)"
     table: dict[str, dict[int, float]] = {}
     images: dict[str, dict[int, int]] = {}
     skipped = []
@@ -83,7 +91,7 @@ def run_corruptions(name: str, bench: CorruptionsBenchmark, readout: Readout | N
     metrics, scores, rows = score_corruptions(name, bench, table, images, readout.clean_top1, suffix)
     metrics[f"eval/{name}/skipped_images{suffix}"] = float(len(skipped))
     record = {"benchmark": name, "kind": bench.kind, "set": bench.set, "root": bench.root,
-              "scored": readout.describe(), "readout_classes": len(readout.classes),
+              "scored": readout.describe(), "head": readout.head, "readout_classes": len(readout.classes),
               "transform": transform.key(), "encoder": encoder.key,
               "tree": {k: v for k, v in tree.as_record().items() if k != "transform"},  # ours is the field's
               "feature_cache": {f"{c}/{s}": folder for (c, s), (_, folder) in extracted.items()},

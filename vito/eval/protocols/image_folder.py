@@ -63,11 +63,45 @@ class Readout:
         return cls(benchmark, LinearProbeResult.from_state_dict(state), list(outcome.readout["classes"]),
                    outcome.metrics.get(f"eval/{benchmark}/linear_top1{suffix}"))
 
+    head = "trained_readout"  # results.json's `head`: which head scored
+
     def describe(self) -> str:
         return f"through the readout of eval.benchmarks.{self.benchmark}"
 
     def logits(self, features) -> Any:
         return self.probe.logits(features.float())
+
+
+@dataclass(frozen=True)
+class OwnHead:
+    """The 1000-way `fc` of published weights (`head: own`), scoring the features the suite extracted: the
+    network's pooled layer4 feature (global average pooling for a torchvision/timm ResNet-50, the attention pool
+    for the VITO port), the input that fc was trained on. Its columns are ImageNet-1k's sorted wnids."""
+
+    weight: torch.Tensor  # (1000, C)
+    bias: torch.Tensor  # (1000,)
+    source: str  # eval.weights
+    device: torch.device = torch.device("cpu")
+    clean_top1: float | None = None  # no clean ImageNet val is scored through it here: no relative mCE
+    head = "own_fc"
+    chunk = 65536  # rows per matmul: ImageNet-C's 750k rows never sit on the device at once
+
+    @property
+    def classes(self) -> list[str]:
+        from vito.eval.datasets.imagenet_classes import IMAGENET_WNIDS
+
+        return list(IMAGENET_WNIDS)
+
+    def describe(self) -> str:
+        return f"through the 1000-way fc of eval.weights {self.source} (its own head)"
+
+    @torch.no_grad()
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """(M, 1000) fp32 logits on the CPU, computed on the head's device in chunks."""
+        weight, bias = self.weight.float().to(self.device), self.bias.float().to(self.device)
+        parts = [torch.nn.functional.linear(part.float().to(self.device), weight, bias).cpu()
+                 for part in features.split(self.chunk)]
+        return torch.cat(parts) if parts else features.new_zeros((0, len(bias)))
 
 
 @dataclass(frozen=True)

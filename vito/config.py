@@ -282,6 +282,33 @@ class CueConflictBenchmark(_ReadoutBenchmark):
     crop: int = Field(224, ge=8)
 
 
+class DavisBenchmark(_Section):
+    """DAVIS 2017 semi-supervised (`JPEGImages/<res>/<seq>/*.jpg`, `Annotations/<res>/<seq>/*.png`,
+    `ImageSets/2017/<split>.txt`): label propagation with frozen stage-4 features, scored by the official J&F
+    (vito/eval/protocols/davis.py). The defaults are CRW's and VFS's ResNet protocol; VITO's own is unverified."""
+
+    kind: Literal["davis"]
+    root: str = Field(min_length=1, description="local path of the DAVIS root (the reader needs a file system)")
+    split: str = Field("val", min_length=1, description="ImageSets/2017/<split>.txt")
+    resolution: str = Field("480p", min_length=1)
+    # Stage-4 (layer3) maps at stride 8: layer3's stride set to 1, layer4 removed (the only setting built).
+    stage: Literal[4] = 4
+    stride: Literal[8] = 8
+    context_frames: int = Field(20, ge=0, description="preceding frames in the context besides the first")
+    topk: int = Field(10, ge=1)
+    temperature: float = Field(0.07, gt=0)
+    radius: float = Field(12.0, gt=0, description="feature cells a key may lie from its query")
+    # None: full frames (the protocol); N: frames resized to short side N before the network (CPU checks).
+    short_side: int | None = Field(None, ge=16)
+
+    @field_validator("root")
+    @classmethod
+    def _local_root(cls, root: str) -> str:
+        if "://" in root:
+            raise ValueError(f"{root}: the DAVIS reader needs a local or mounted path, not a URL")
+        return _expand_home(root)
+
+
 def _benchmark_kind(value: Any) -> str:
     # `kind` absent: an image folder, as every spec before the other kinds existed.
     if isinstance(value, dict):
@@ -293,10 +320,11 @@ Benchmark = Annotated[
     Annotated[ImageFolderBenchmark, Tag("image_folder")]
     | Annotated[CorruptionsBenchmark, Tag("corruptions")]
     | Annotated[ClassSubsetBenchmark, Tag("class_subset")]
-    | Annotated[CueConflictBenchmark, Tag("cue_conflict")],
+    | Annotated[CueConflictBenchmark, Tag("cue_conflict")]
+    | Annotated[DavisBenchmark, Tag("davis")],
     Discriminator(_benchmark_kind, custom_error_type="benchmark_kind",
                   custom_error_message="eval.benchmarks.<name>.kind must be one of image_folder, corruptions, "
-                                       "class_subset, cue_conflict"),
+                                       "class_subset, cue_conflict, davis"),
 ]
 READOUT_KINDS = ("corruptions", "class_subset", "cue_conflict")
 
@@ -382,7 +410,7 @@ class EvalConfig(_Section):
         if (self.train_manifest is None) != (self.test_manifest is None):
             raise ValueError("set both eval.train_manifest and eval.test_manifest, or neither")
         for name, bench in self.benchmarks.items():
-            if bench.kind == "image_folder":
+            if bench.kind not in READOUT_KINDS:
                 continue
             target = self.benchmarks.get(bench.readout)
             if target is None or target.kind != "image_folder" or not target.linear:

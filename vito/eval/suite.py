@@ -44,7 +44,23 @@ def model_encoder(model: VitoModel, key: str, device: torch.device) -> Encoder:
     def encode(images: torch.Tensor) -> torch.Tensor:
         return model.features(images, scale).float()
 
-    return Encoder(encode, key, device, bf16_autocast=cuda, channels_last=cuda)
+    return Encoder(encode, key, device, bf16_autocast=cuda, channels_last=cuda, dense=dense_maps(model.backbone))
+
+
+def dense_maps(backbone: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Stage-4 maps at stride 8 of a ResNet trunk (Encoder.dense); the strided copy is made on first use, so
+    evaluations without a video benchmark never hold it."""
+    trunk: list[torch.nn.Module] = []
+
+    @torch.no_grad()
+    def dense(images: torch.Tensor) -> torch.Tensor:
+        if not trunk:
+            from vito.eval.scoring.label_propagation import dense_trunk
+
+            trunk.append(dense_trunk(backbone, 4))
+        return trunk[0](images)[4]
+
+    return dense
 
 
 def encoder_key(checkpoint: str, step: int, cfg: VitoConfig) -> str:
@@ -87,11 +103,12 @@ def run_benchmarks(cfg: VitoConfig, trained_cfg: VitoConfig, model: VitoModel, s
                                            suffix=suffix)
                 if outcome is not None:
                     readouts[name, suffix] = Readout.from_outcome(name, outcome, suffix)
-            else:
-                if bench.readout not in classes:
-                    classes[bench.readout] = _readout_classes(cfg.eval.benchmarks[bench.readout], settings)
-                outcome = _runners()[bench.kind](name, bench, readouts.get((bench.readout, suffix)),
-                                               classes[bench.readout], encoder, settings, is_main=is_main,
+            else:  # a readout kind scores through an image_folder's readout; davis needs none
+                readout = getattr(bench, "readout", None)
+                if readout is not None and readout not in classes:
+                    classes[readout] = _readout_classes(cfg.eval.benchmarks[readout], settings)
+                outcome = _runners()[bench.kind](name, bench, readouts.get((readout, suffix)),
+                                               classes.get(readout, []), encoder, settings, is_main=is_main,
                                                suffix=suffix)
             if outcome is None:
                 continue
@@ -117,8 +134,10 @@ def _runners() -> dict[str, Callable[..., BenchmarkOutcome | None]]:
     from vito.eval.protocols.class_subset import run_class_subset
     from vito.eval.protocols.corruptions import run_corruptions
     from vito.eval.protocols.cue_conflict import run_cue_conflict
+    from vito.eval.protocols.davis import run_davis
 
-    return {"corruptions": run_corruptions, "class_subset": run_class_subset, "cue_conflict": run_cue_conflict}
+    return {"corruptions": run_corruptions, "class_subset": run_class_subset, "cue_conflict": run_cue_conflict,
+            "davis": run_davis}
 
 
 def _csv(rows: list[dict[str, Any]]) -> str:

@@ -245,10 +245,15 @@ def check_benchmark_layouts(cfg: VitoConfig, storage_options: dict[str, Any], me
     from vito.eval.datasets.image_folder import LayoutError, check_layout
 
     for name, bench in cfg.eval.benchmarks.items():
-        if bench.kind != "image_folder":
+        if bench.kind not in ("image_folder", "davis"):
             continue  # the readout kinds' readers check their layouts when the benchmark runs (needs the readout)
         try:
-            check_layout(bench.root, (bench.train_split, bench.val_split), storage_options)
+            if bench.kind == "davis":
+                from vito.eval.datasets.davis import read_davis
+
+                read_davis(bench.root, bench.split, bench.resolution)
+            else:
+                check_layout(bench.root, (bench.train_split, bench.val_split), storage_options)
         except LayoutError as problem:
             message = f"eval.benchmarks.{name}.root {problem}"
             metrics.set_tags({EVAL_ERROR_TAG: message[:500]})

@@ -19,6 +19,9 @@ def check_benchmark_roots(spec: SweepSpec, trials: Sequence[Trial]) -> None:
     checked: set[tuple[str, str, str, str]] = set()
     for trial in trials:
         for name, bench in trial.config.eval.benchmarks.items():
+            if bench.kind == "davis":
+                _check_davis(spec, name, bench, checked)
+                continue
             if bench.kind != "image_folder":
                 continue  # the readout kinds' readers check their layouts in the job (they need the readout)
             identity = (name, bench.root, bench.train_split, bench.val_split)
@@ -34,6 +37,24 @@ def check_benchmark_roots(spec: SweepSpec, trials: Sequence[Trial]) -> None:
                 raise spec.error_at(("base", "eval", "benchmarks", name, "root"), str(problem), key=key,
                                     hint="Point it at the folder that holds the splits, in the layout above.") from None
     check_foreign_weights(spec)
+
+
+def _check_davis(spec: SweepSpec, name: str, bench, checked: set) -> None:
+    """A visible DAVIS root: its split file, every listed sequence with frames and annotations (the reader's
+    checks, ids included); one located error naming the path."""
+    identity = (name, bench.root, bench.split, bench.resolution)
+    if identity in checked or not _visible(bench.root):
+        return
+    checked.add(identity)
+    from vito.eval.datasets.davis import read_davis
+    from vito.eval.datasets.image_folder import LayoutError
+
+    try:
+        read_davis(bench.root, bench.split, bench.resolution)
+    except LayoutError as problem:
+        raise spec.error_at(("base", "eval", "benchmarks", name, "root"), str(problem), key=f"eval.benchmarks.{name}.root",
+                            hint="Point it at the DAVIS root: JPEGImages/<res>/<seq>/*.jpg, Annotations/<res>/<seq>/*.png, "
+                                 "ImageSets/2017/<split>.txt.") from None
 
 
 def check_foreign_weights(spec: SweepSpec) -> None:

@@ -87,6 +87,13 @@ def fixtures(output: str, classes: int, train_per_class: int, val_per_class: int
     images = write_cue_conflict(cue)
     click.echo(f"cue-conflict (<category>/<shape><i>-<texture><j>.png): {cue}  {images} images, 16 categories "
                "(machinery only: the fixtures' readout is not ImageNet-1k's)")
+    from vito.eval.fixtures.davis import write_davis_fixture
+
+    davis = Path(output) / "davis"
+    shutil.rmtree(davis, ignore_errors=True)
+    write_davis_fixture(davis)
+    click.echo(f"davis (JPEGImages/480p/<seq>/*.jpg, Annotations/480p/<seq>/*.png, ImageSets/2017/val.txt): {davis}  "
+               "3 sequences of 6 frames, 2 objects each, widths 96 and 128")
 
 
 @data.command("manifest")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from collections import deque
 from contextlib import nullcontext
@@ -69,6 +70,16 @@ def _frame_tensor(path, short_side: int | None) -> torch.Tensor:
     return normalize(image)[None]
 
 
+def grid_stride(frame: tuple[int, int], grid: tuple[int, int]) -> int:
+    """The map's stride in the frame's pixels (8 for the protocol's trunk; 2 for a network with the small CPU
+    stem), checked: a grid of ceil(size / stride) cells (both paddings give that)."""
+    stride = max(1, round(frame[1] / grid[1]))
+    if (math.ceil(frame[0] / stride), math.ceil(frame[1] / stride)) != tuple(grid):
+        raise ValueError(f"a {grid[0]}x{grid[1]} feature map of a {frame[0]}x{frame[1]} frame: expected "
+                         f"ceil(size / stride) cells for an integer stride")
+    return stride
+
+
 def _resized_ids(ids: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """An id map at another size (nearest neighbour: ids are labels, not intensities)."""
     if ids.shape == size:
@@ -101,17 +112,18 @@ def propagate_sequence(sequence, encoder: Encoder, bench: DavisBenchmark) -> lis
         with torch.inference_mode(), autocast:
             maps = encoder.dense(image)
         feature = F.normalize(maps[0].float(), dim=0).permute(1, 2, 0).contiguous()  # (h, w, C)
+        stride = grid_stride(tuple(image.shape[-2:]), tuple(feature.shape[:2]))
         if t == 0:
             keys = torch.empty(1 + bench.context_frames, *feature.shape, device=device)
             labels = torch.empty(1 + bench.context_frames, num_labels, *feature.shape[:2], device=device)
             keys[0] = feature
             seen = _resized_ids(given, tuple(image.shape[-2:]))  # the given mask on the frame the network saw
-            labels[0] = labels_on_grid(seen, num_labels, feature.shape[:2], bench.stride).to(device)
+            labels[0] = labels_on_grid(seen, num_labels, feature.shape[:2], stride).to(device)
             continue
         slots = [0, *ring]
         soft = propagate_frame(feature, keys[slots], labels[slots], topk=bench.topk,
                                temperature=bench.temperature, radius=bench.radius)
-        masks.append(ids_from_labels(soft.cpu(), bench.stride, image.shape[-2:], sequence.size))
+        masks.append(ids_from_labels(soft.cpu(), stride, image.shape[-2:], sequence.size))
         if bench.context_frames:
             slot = 1 + (t - 1) % bench.context_frames  # the oldest frame's slot once the ring is full
             keys[slot], labels[slot] = feature, soft
@@ -194,10 +206,14 @@ def _score(name: str, bench: DavisBenchmark, davis, store, encoder: Encoder, con
     if baseline:
         metrics.update({f"{prefix}{key}_no_motion": value for key, value in _headline(global_scores(baseline)).items()})
         tables[f"global_results-{bench.split}_no_motion.csv"] = csv_rows(baseline)[0]
+    first = _frame_tensor(davis.sequences[0].frames[0], bench.short_side)
+    with torch.inference_mode():
+        grid = tuple(encoder.dense(first.to(encoder.device)).shape[-2:])
     computed = sorted(s for part, _ in counts for s in part)
     reused = sorted(s for _, part in counts for s in part)
     record = {
         "benchmark": name, "kind": bench.kind, "root": bench.root, "encoder": encoder.key, "protocol": constants,
+        "stride_effective": grid_stride(tuple(first.shape[-2:]), grid),  # 8 but for the small CPU stem's 2
         "masks": store.url, "masks_layout": "<seq>/<frame>.png (palette PNGs, DAVIS's results layout), "
                                             "<seq>.done commit markers",
         "sequences": {"total": len(davis.sequences), "computed": computed, "reused": reused,

@@ -78,10 +78,17 @@ def propagate_frame(query: torch.Tensor, keys: torch.Tensor, key_labels: torch.T
         ky0, ky1 = max(0, y0 - reach), min(h, y1 + reach)
         q = query[y0:y1].reshape(-1, channels)  # (qn, C), a view
         ks = keys[:, ky0:ky1].reshape(n, -1, channels)  # (n, m, C), a view: rows are contiguous per frame
-        affinity = torch.matmul(ks, q.T).permute(2, 0, 1)  # (qn, n, m)
+        m = ks.shape[1]
+        affinity = torch.matmul(q, ks.transpose(1, 2))  # (n, qn, m)
         far = _band_distances(y0, y1, ky0, ky1, w, query.device) > radius
-        affinity = affinity.masked_fill(far[:, None, :], float("-inf")).reshape(q.shape[0], -1)
-        top, index = affinity.topk(min(topk, affinity.shape[1]), dim=1)
+        affinity.masked_fill_(far, float("-inf"))  # the mask broadcasts over frames
+        # the top k over all frames are among each frame's own top k: two small top-k's, no (qn, n*m) copy
+        per_frame, where = affinity.topk(min(topk, m), dim=2)  # (n, qn, k')
+        where = where + (torch.arange(n, device=where.device) * m)[:, None, None]
+        per_frame = per_frame.permute(1, 0, 2).reshape(q.shape[0], -1)
+        where = where.permute(1, 0, 2).reshape(q.shape[0], -1)
+        top, pick = per_frame.topk(min(topk, per_frame.shape[1]), dim=1)
+        index = where.gather(1, pick)  # (qn, k): positions in the (n * m) keys of the band
         weights = torch.nan_to_num(torch.softmax(top / temperature, dim=1))  # all -inf: no label
         labels = key_labels[:, :, ky0:ky1].reshape(n, labels_k, -1).permute(1, 0, 2).reshape(labels_k, -1)
         out[:, y0:y1] = torch.einsum("qk,lqk->lq", weights, labels[:, index]).view(labels_k, y1 - y0, w)

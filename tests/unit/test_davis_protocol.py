@@ -15,8 +15,7 @@ import torch.nn.functional as F
 from vito.config import DavisBenchmark, LossConfig, VitoConfig
 from vito.eval.protocols.davis import assign_sequences, propagate_sequence, run_davis
 from vito.eval.protocols.image_folder import Encoder, ExtractionSettings
-from vito.eval.scoring.label_propagation import (context_frames, dense_trunk, ids_from_labels, labels_on_grid,
-                                                 propagate_frame)
+from vito.eval.scoring.label_propagation import context_frames, dense_trunk, ids_from_labels, labels_on_grid, propagate_frame
 
 T = 0.07
 

@@ -2,7 +2,8 @@
 
 Each benchmark kind is one protocol file of protocols/: image_folder.py (ImageNet or any labelled image folder),
 corruptions.py (ImageNet-C / 3DCC), class_subset.py (ImageNet-A / R), cue_conflict.py (shape
-bias). The image folders run first: their linear readouts score the other kinds (each names its `readout`). Every rank
+bias), davis.py (DAVIS 2017 label propagation, no readout). The image folders run first: their linear readouts
+score the readout kinds (each names its `readout`). Every rank
 extracts its share of the features; the main rank scores them and logs, per benchmark as it finishes, the
 metrics (`eval/<name>/...`), the protocol record (`eval/<name>/results.json`), the unreadable files
 (`eval/<name>/skipped.json`), the linear readout (`eval/<name>/readout.pt`) and the readout kinds' CSV tables

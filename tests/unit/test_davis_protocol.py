@@ -309,3 +309,16 @@ def test_a_visible_davis_root_without_its_split_file_is_refused_before_queueing(
         check_benchmark_roots(spec, expand(spec))
     message = str(refusal.value)
     assert "key 'eval.benchmarks.davis.root'" in message and f"{root}/ImageSets/2017/val.txt: missing" in message
+
+
+def test_published_weights_give_dense_maps_with_same_padding_following_the_stride() -> None:
+    from vito.eval.foreign_weights import ForeignNetwork, ForeignResNet
+    from vito.evaluate_task import foreign_encoder
+
+    torch.manual_seed(0)
+    port = ForeignNetwork("vito_port", ForeignResNet(padding="same", pool="attention", pool_hidden=8), "0" * 64)
+    encoder = foreign_encoder(port, torch.device("cpu"))
+    maps = encoder.dense(torch.randn(1, 3, 60, 90))
+    assert maps.shape == (1, 1024, 8, 12)  # ResNet-50's layer3 at stride 8: ceil(60/8) x ceil(90/8)
+    assert port.module.backbone.layer4 is not None  # the pooled feature still has its layer4
+    assert encoder.encode(torch.randn(1, 3, 64, 64)).shape == (1, 2048)

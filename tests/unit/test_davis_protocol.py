@@ -322,3 +322,18 @@ def test_published_weights_give_dense_maps_with_same_padding_following_the_strid
     assert maps.shape == (1, 1024, 8, 12)  # ResNet-50's layer3 at stride 8: ceil(60/8) x ceil(90/8)
     assert port.module.backbone.layer4 is not None  # the pooled feature still has its layer4
     assert encoder.encode(torch.randn(1, 3, 64, 64)).shape == (1, 2048)
+
+
+def test_the_fixtures_command_writes_a_davis_set_of_two_widths_and_two_objects(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from vito.eval.datasets.davis import read_davis
+    from vitolaunch.cli import main
+
+    result = CliRunner().invoke(main, ["data", "fixtures", str(tmp_path), "--classes", "2", "--train-per-class", "1",
+                                       "--val-per-class", "1"])
+    assert result.exit_code == 0, result.output
+    assert "davis (JPEGImages/480p/<seq>/*.jpg" in result.output
+    davis = read_davis(tmp_path / "davis")
+    assert len({s.size[1] for s in davis.sequences}) == 2
+    assert all(len(s.objects) >= 2 for s in davis.sequences)

@@ -399,6 +399,33 @@ class Ucf101Benchmark(_Section):
         return self
 
 
+class DavisBenchmark(_Section):
+    """DAVIS 2017 semi-supervised (`JPEGImages/<res>/<seq>/*.jpg`, `Annotations/<res>/<seq>/*.png`,
+    `ImageSets/2017/<split>.txt`): label propagation with frozen stage-4 features, scored by the official J&F
+    (vito/eval/protocols/davis.py). The defaults are CRW's and VFS's ResNet protocol; VITO's own is unverified."""
+
+    kind: Literal["davis"]
+    root: str = Field(min_length=1, description="local path of the DAVIS root (the reader needs a file system)")
+    split: str = Field("val", min_length=1, description="ImageSets/2017/<split>.txt")
+    resolution: str = Field("480p", min_length=1)
+    # Stage-4 (layer3) maps at stride 8: layer3's stride set to 1, layer4 removed (the only setting built).
+    stage: Literal[4] = 4
+    stride: Literal[8] = 8
+    context_frames: int = Field(20, ge=0, description="preceding frames in the context besides the first")
+    topk: int = Field(10, ge=1)
+    temperature: float = Field(0.07, gt=0)
+    radius: float = Field(12.0, gt=0, description="feature cells a key may lie from its query")
+    # None: full frames (the protocol); N: frames resized to short side N before the network (CPU checks).
+    short_side: int | None = Field(None, ge=16)
+
+    @field_validator("root")
+    @classmethod
+    def _local_root(cls, root: str) -> str:
+        if "://" in root:
+            raise ValueError(f"{root}: the DAVIS reader needs a local or mounted path, not a URL")
+        return _expand_home(root)
+
+
 def _benchmark_kind(value: Any) -> str:
     # `kind` absent: an image folder, as every spec before the other kinds existed.
     if isinstance(value, dict):
@@ -411,10 +438,11 @@ Benchmark = Annotated[
     | Annotated[CorruptionsBenchmark, Tag("corruptions")]
     | Annotated[ClassSubsetBenchmark, Tag("class_subset")]
     | Annotated[CueConflictBenchmark, Tag("cue_conflict")]
-    | Annotated[Ucf101Benchmark, Tag("ucf101")],
+    | Annotated[Ucf101Benchmark, Tag("ucf101")]
+    | Annotated[DavisBenchmark, Tag("davis")],
     Discriminator(_benchmark_kind, custom_error_type="benchmark_kind",
                   custom_error_message="eval.benchmarks.<name>.kind must be one of image_folder, corruptions, "
-                                       "class_subset, cue_conflict, ucf101"),
+                                       "class_subset, cue_conflict, ucf101, davis"),
 ]
 READOUT_KINDS = ("corruptions", "class_subset", "cue_conflict")
 

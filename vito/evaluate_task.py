@@ -217,7 +217,11 @@ def foreign_encoder(network, device: torch.device):
     def encode(images: torch.Tensor) -> torch.Tensor:
         return network.features(images).float()
 
-    return Encoder(encode, network.key(), device, bf16_autocast=cuda, channels_last=cuda)
+    from vito.eval.suite import dense_maps
+
+    # the trunk's SameConv2d (the VITO port) computes its padding from the changed stride at run time
+    return Encoder(encode, network.key(), device, bf16_autocast=cuda, channels_last=cuda,
+                   dense=dense_maps(network.module.backbone))
 
 
 def load_weights_checked(cfg: VitoConfig, storage_options: dict[str, Any], metrics):

@@ -10,7 +10,6 @@ diagonal), averaged over every frame after the first and then over clips.
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 
@@ -21,6 +20,7 @@ import torch.nn.functional as F
 from vito.config import EvalConfig, SyntheticConfig
 from vito.data.augment import normalize
 from vito.data.synthetic import render_clip
+from vito.eval.scoring.label_propagation import context_frames, dense_trunk, propagate_frame
 from vito.model import VitoModel
 
 _PROPAGATION_SPLIT_SEED = 0x5EED_DA715  # clips for this eval never coincide with training/probe clips
@@ -49,18 +49,9 @@ def propagation_clips(synthetic: SyntheticConfig, count: int, size: int, seed: i
 
 
 def dense_backbone(model: VitoModel, stage: int) -> torch.nn.Module:
-    """A copy of the online backbone, in eval mode, whose `stage` map has half the usual stride.
-
-    The first block of that stage keeps its weights but strides 1 instead of 2 (the DAVIS protocol of CRW
-    and DINO for ResNets: res4 at stride 8), so tiny frames still give a usable grid.
-    """
-    backbone = copy.deepcopy(model.backbone).eval()
-    layer = backbone.layer3 if stage == 4 else backbone.layer4
-    first = layer[0]
-    for module in first.modules():
-        if isinstance(module, torch.nn.Conv2d) and module.stride == (2, 2):
-            module.stride = (1, 1)
-    return backbone
+    """The online backbone with its `stage` map at half the usual stride (label_propagation.dense_trunk), so tiny
+    frames still give a usable grid."""
+    return dense_trunk(model.backbone, stage)
 
 
 @torch.no_grad()
@@ -71,33 +62,17 @@ def _feature_maps(backbone: torch.nn.Module, video: torch.Tensor, stage: int, de
     return F.normalize(maps, dim=1)
 
 
-def _local_window(h: int, w: int, radius: float) -> torch.Tensor:
-    """(h*w, h*w) bool: query position i may look at key position j."""
-    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-    coords = torch.stack([ys.flatten(), xs.flatten()], 1).float()
-    return torch.cdist(coords, coords) <= radius
-
-
 def propagate(features: torch.Tensor, first_mask: torch.Tensor, cfg: EvalConfig) -> torch.Tensor:
     """Soft foreground probability (T, h, w) on the feature grid, from the first frame's mask (h0, w0)."""
     steps, _, h, w = features.shape
     labels = torch.zeros(steps, 2, h, w)
     fg = F.adaptive_avg_pool2d(first_mask.float()[None, None], (h, w))[0, 0]
     labels[0] = torch.stack([1 - fg, fg])
-    window = _local_window(h, w, cfg.propagation_radius)
-    flat = features.flatten(2)  # (T, C, hw)
+    channel_last = features.permute(0, 2, 3, 1).contiguous()
     for t in range(1, steps):
-        context = [0] + list(range(max(1, t - cfg.propagation_context), t))
-        keys = flat[context]  # (n, C, hw)
-        affinity = torch.einsum("cq,nck->qnk", flat[t], keys)  # (hw, n, hw)
-        affinity = affinity.masked_fill(~window[:, None, :], float("-inf")).flatten(1)  # (hw, n*hw)
-        k = min(cfg.propagation_topk, affinity.shape[1])
-        top, index = affinity.topk(k, dim=1)
-        weights = torch.softmax(top / cfg.propagation_temperature, dim=1)
-        weights = torch.nan_to_num(weights)  # a query with no key in reach keeps no label
-        context_labels = labels[context].permute(1, 0, 2, 3).flatten(1)  # (2, n*hw)
-        predicted = torch.einsum("qk,cqk->cq", weights, context_labels[:, index])
-        labels[t] = predicted.view(2, h, w)
+        context = context_frames(t, cfg.propagation_context)
+        labels[t] = propagate_frame(channel_last[t], channel_last[context], labels[context], topk=cfg.propagation_topk,
+                                    temperature=cfg.propagation_temperature, radius=cfg.propagation_radius)
     return labels[:, 1] / labels.sum(1).clamp_min(1e-6)
 
 

@@ -101,6 +101,13 @@ def fixtures(output: str, classes: int, train_per_class: int, val_per_class: int
     clips = sum(1 for _ in ucf.glob("*/*.avi"))
     click.echo(f"ucf101 (<Class>/v_<Class>_gXX_cYY.avi, ucfTrainTestlist/): {ucf}  {clips} clips of 16 frames, "
                f"{classes} classes, splits 1-3 (each tests on one of 4 groups)")
+    from vito.eval.fixtures.davis import write_davis_fixture
+
+    davis = Path(output) / "davis"
+    shutil.rmtree(davis, ignore_errors=True)
+    write_davis_fixture(davis)
+    click.echo(f"davis (JPEGImages/480p/<seq>/*.jpg, Annotations/480p/<seq>/*.png, ImageSets/2017/val.txt): {davis}  "
+               "3 sequences of 6 frames, 2 objects each, widths 96 and 128")
 
 
 @data.command("manifest")

@@ -59,7 +59,7 @@ def _spec(folder: Path, checkpoint: Path, images: Path) -> Path:
 
 @pytest.mark.timeout(600)
 def test_an_evaluate_trial_logs_the_augmented_protocol_for_the_checkpoint_and_its_baseline(tmp_path: Path) -> None:
-    from vito.eval.fixtures.images import ImageFolderFixture, write_image_folder
+    from vito.eval.fixtures.images import ImageFolderFixture, wnid, write_image_folder
 
     home = tmp_path / "home"
     images = tmp_path / "fixtures" / "imagenet"
@@ -93,6 +93,6 @@ def test_an_evaluate_trial_logs_the_augmented_protocol_for_the_checkpoint_and_it
     assert protocol["steps"] == EPOCHS * -(-CLASSES * TRAIN_PER_CLASS // BATCH)
     assert protocol["val_images"] == CLASSES * VAL_PER_CLASS and record["head"] == "trained_readout"
     assert readout["weight"].shape[0] == CLASSES and readout["epochs"] == EPOCHS
-    assert readout["classes"] == [f"n{i:08d}" for i in range(CLASSES)]
+    assert readout["classes"] == [wnid(i) for i in range(CLASSES)]  # the fixture's class folders
     # beside the feature cache, keyed by encoder, dataset and hyperparameters: one folder per network
     assert len(list((checkpoint / "features" / "augmented_linear").iterdir())) == 2

@@ -97,3 +97,27 @@ def test_the_robustness_benchmarks_are_columns_of_the_same_table() -> None:
     (record,) = benchmark_table(rows)
     assert record["imagenet_c mCE"] == 0.8 and record["imagenet_c mCE (random init)"] == 1.0
     assert record["imagenet_r top-1"] == 0.2 and record["cue_conflict shape bias"] == 0.4
+
+
+def test_davis_jf_is_a_column_with_its_no_motion_and_random_init_baselines_after() -> None:
+    rows = [_row(0, {"eval/davis/jf": 0.5, "eval/davis/jf_random_init": 0.3, "eval/davis/jf_no_motion": 0.4,
+                     "eval/davis/j_mean": 0.45, "eval/davis/objects_scored": 6.0})]
+    assert benchmark_columns(rows) == ["eval/davis/jf", "eval/davis/jf_random_init", "eval/davis/jf_no_motion"]
+    (record,) = benchmark_table(rows)
+    assert record["davis J&F"] == 0.5 and record["davis J&F (random init)"] == 0.3
+    assert record["davis J&F (no motion)"] == 0.4
+
+
+def test_compare_puts_each_benchmarks_headline_before_its_rarer_metrics_and_the_baselines_last() -> None:
+    from vitolaunch.results.compare import _metric_columns
+    from vitolaunch.results.ranking import Ranking
+
+    ranking = Ranking("eval/imagenet/linear_top1", "max")
+    metrics = sorted(["eval/imagenet/linear_top1", "eval/cue_conflict/shape_fraction", "eval/cue_conflict/shape_bias",
+                      "eval/davis/f_decay", "eval/davis/jf", "eval/davis/jf_no_motion", "eval/davis/jf_random_init",
+                      "eval/davis/sequences_scored", "eval/davis/objects_scored", "eval/davis/j_mean"])
+    assert _metric_columns(metrics, ranking) == ["eval/imagenet/linear_top1", "eval/cue_conflict/shape_bias",
+                                                 "eval/davis/jf", "eval/cue_conflict/shape_fraction",
+                                                 "eval/davis/f_decay", "eval/davis/j_mean"]
+    assert _metric_columns(metrics, ranking, limit=9)[-3:] == ["eval/davis/j_mean", "eval/davis/jf_no_motion",
+                                                               "eval/davis/jf_random_init"]

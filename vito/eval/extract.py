@@ -140,6 +140,9 @@ class _Cache:
             pass
 
 
+CacheFolder = _Cache  # public name: the DAVIS masks (vito.eval.mask_store) keep the same discipline
+
+
 def _expected_manifest(dataset, num_samples: int, shard_size: int, cache_key_fields: dict[str, Any]) -> dict:
     manifest = {
         "format": FORMAT_VERSION,

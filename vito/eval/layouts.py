@@ -40,6 +40,11 @@ def check_benchmark_layout(bench, benchmarks: Mapping[str, Any], storage_options
     if bench.kind == "image_folder":
         check_layout(bench.root, (bench.train_split, bench.val_split), storage_options)
         return
+    if bench.kind == "davis":  # every listed sequence with frames and annotations, ids checked
+        from vito.eval.datasets.davis import read_davis
+
+        read_davis(bench.root, bench.split, bench.resolution)
+        return
     if bench.kind == "ucf101":
         if bench.splits_dir is not None and not visible(bench.splits_dir):
             return

@@ -2,7 +2,8 @@
 
 Each benchmark kind is one protocol file of protocols/: image_folder.py (ImageNet or any labelled image folder),
 corruptions.py (ImageNet-C / 3DCC), class_subset.py (ImageNet-A / R), cue_conflict.py (shape
-bias), ucf101.py (its own probe). The image folders run first: their linear readouts score the kinds that name a `readout`. Every rank
+bias), ucf101.py (its own probe), davis.py (DAVIS 2017 label propagation). The image folders run first: their
+linear readouts score the kinds that name a `readout`. Every rank
 extracts its share of the features; the main rank scores them and logs, per benchmark as it finishes, the
 metrics (`eval/<name>/...`), the protocol record (`eval/<name>/results.json`), the unreadable files
 (`eval/<name>/skipped.json`), the linear readout (`eval/<name>/readout.pt`; the augmented protocol's
@@ -52,7 +53,23 @@ def model_encoder(model: VitoModel, key: str, device: torch.device) -> Encoder:
     def encode(images: torch.Tensor) -> torch.Tensor:
         return model.features(images, scale).float()
 
-    return Encoder(encode, key, device, bf16_autocast=cuda, channels_last=cuda)
+    return Encoder(encode, key, device, bf16_autocast=cuda, channels_last=cuda, dense=dense_maps(model.backbone))
+
+
+def dense_maps(backbone: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Stage-4 maps at stride 8 of a ResNet trunk (Encoder.dense); the strided copy is made on first use, so
+    evaluations without a video benchmark never hold it."""
+    trunk: list[torch.nn.Module] = []
+
+    @torch.no_grad()
+    def dense(images: torch.Tensor) -> torch.Tensor:
+        if not trunk:
+            from vito.eval.scoring.label_propagation import dense_trunk
+
+            trunk.append(dense_trunk(backbone, 4))
+        return trunk[0](images)[4]
+
+    return dense
 
 
 def encoder_key(checkpoint: str, step: int, cfg: VitoConfig) -> str:
@@ -152,10 +169,11 @@ def _runners() -> dict[str, Callable[..., BenchmarkOutcome | None]]:
     from vito.eval.protocols.class_subset import run_class_subset
     from vito.eval.protocols.corruptions import run_corruptions
     from vito.eval.protocols.cue_conflict import run_cue_conflict
+    from vito.eval.protocols.davis import run_davis
     from vito.eval.protocols.ucf101 import run_ucf101
 
     return {"corruptions": run_corruptions, "class_subset": run_class_subset, "cue_conflict": run_cue_conflict,
-            "ucf101": run_ucf101}
+            "ucf101": run_ucf101, "davis": run_davis}
 
 
 def _csv(rows: list[dict[str, Any]]) -> str:

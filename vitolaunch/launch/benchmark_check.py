@@ -51,6 +51,8 @@ _HINTS = {
     "class_subset": "Point it at the folder of the wnid folders (ImageNet-A/R's layout), wnids of the head that "
                     "scores it.",
     "cue_conflict": "Point it at the folder of the 16 category folders of the cue-conflict images.",
+    "davis": "Point it at the DAVIS root: JPEGImages/<res>/<seq>/*.jpg, Annotations/<res>/<seq>/*.png, "
+             "ImageSets/2017/<split>.txt.",
     "ucf101": "Point it at the folder of class folders (<Class>/*.avi), with ucfTrainTestlist/ in it or named by "
               "splits_dir.",
 }

@@ -1,7 +1,7 @@
 """The paper's table of an evaluate sweep: one row per evaluated checkpoint, one column per benchmark metric.
 
-Built from the trials' final metrics (`eval/<benchmark>/...`: the probes' top-1, mCE, A/R top-1, shape bias), so
-a benchmark added later is one more column, and the random-init baseline sits beside each number.
+Built from the trials' final metrics (`eval/<benchmark>/...`: the probes' top-1, mCE, A/R top-1, shape bias, DAVIS
+J&F), so a benchmark added later is one more column, and the random-init baseline sits beside each number.
 """
 
 from __future__ import annotations
@@ -14,13 +14,14 @@ from vitolaunch.results.ranking import ResultRow
 
 # The headline numbers of each benchmark kind (counts and per-corruption values stay in results.json and the CSVs):
 # image folders' probes (cached and augmented linear, kNN), ImageNet-C's mCE, A/R's and 3DCC's top-1, cue-conflict's
-# shape bias; `_random_init` after.
+# shape bias, DAVIS's J&F; `_random_init` after (and DAVIS's `_no_motion`).
 _HEADLINE = re.compile(r"eval/(?P<bench>[a-z0-9_]+)/"
-                       r"(?P<protocol>linear_top1|linear_augmented_top1|knn\d+_top1|mce|relative_mce|top1|shape_bias)"
-                       r"(?P<baseline>_random_init)?$")
-_ORDER = ("linear_top1", "linear_augmented_top1", "knn", "top1", "mce", "relative_mce", "shape_bias")
+                       r"(?P<protocol>linear_top1|linear_augmented_top1|knn\d+_top1|mce|relative_mce|top1|shape_bias|jf)"
+                       r"(?P<baseline>_random_init|_no_motion)?$")
+_ORDER = ("linear_top1", "linear_augmented_top1", "knn", "top1", "mce", "relative_mce", "shape_bias", "jf")
 _TITLES = {"linear_top1": "linear", "linear_augmented_top1": "linear (augmented)", "top1": "top-1", "mce": "mCE",
-           "relative_mce": "relative mCE", "shape_bias": "shape bias"}
+           "relative_mce": "relative mCE", "shape_bias": "shape bias", "jf": "J&F"}
+_BASELINES = {None: "", "_random_init": " (random init)", "_no_motion": " (no motion)"}  # DAVIS's copies the 1st mask
 
 
 def benchmark_columns(rows: Sequence[ResultRow]) -> list[str]:
@@ -32,7 +33,7 @@ def benchmark_columns(rows: Sequence[ResultRow]) -> list[str]:
         protocol = match["protocol"]
         knn = protocol.startswith("knn")
         return (match["bench"], _ORDER.index("knn" if knn else protocol), int(protocol[3:-5]) if knn else 0,
-                bool(match["baseline"]))
+                list(_BASELINES).index(match["baseline"]))
 
     return sorted(found, key=order)
 
@@ -41,7 +42,7 @@ def column_title(key: str) -> str:
     match = _HEADLINE.match(key)
     protocol = match["protocol"]
     title = f"kNN k={protocol[3:-5]}" if protocol.startswith("knn") else _TITLES[protocol]
-    return f"{match['bench']} {title}" + (" (random init)" if match["baseline"] else "")
+    return f"{match['bench']} {title}" + _BASELINES[match["baseline"]]
 
 
 def checkpoint_label(params: dict[str, Any]) -> str:

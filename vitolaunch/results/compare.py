@@ -56,15 +56,20 @@ def _num(value: float | None) -> str:
 
 
 def _metric_columns(metrics: Sequence[str], ranking: Ranking, limit: int = 6) -> list[str]:
-    """The objective, then the others: the random-init baselines and rarer evals after the headline ones."""
+    """The objective, then the others: the baselines (random init, DAVIS's no motion) after the rest, and each
+    benchmark's headline numbers (the paper table's: top-1, mCE, shape bias, J&F) before its rarer metrics."""
+    from vitolaunch.results.benchmark_table import _HEADLINE
+
     shown = [m for m in metrics if m != ranking.metric and not _is_count(m)]
-    others = sorted(shown, key=lambda m: ("random_init" in m, m))
+    others = sorted(shown, key=lambda m: ("random_init" in m or "no_motion" in m, not _HEADLINE.match(m), m))
     return [ranking.metric, *others[: limit - 1]]
 
 
 def _is_count(metric: str) -> bool:
-    """How many images a benchmark scored or skipped: beside the numbers in --json and results.json, not a column."""
-    return metric.split("/")[-1].split("_random_init")[0] in ("train_images", "val_images_scored", "images_scored", "skipped_images")
+    """How many images (sequences, objects) a benchmark scored or skipped: beside the numbers in --json and results.json, not a column."""
+    counts = ("train_images", "val_images_scored", "images_scored", "skipped_images", "sequences_scored",
+              "objects_scored")
+    return metric.split("/")[-1].split("_random_init")[0] in counts
 
 
 def _cell(value) -> str:

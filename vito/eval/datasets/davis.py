@@ -8,6 +8,7 @@ refused with one LayoutError naming the path and what was expected, before anyth
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,7 +60,7 @@ def load_frame(path: str | Path) -> np.ndarray:
         return np.array(image.convert("RGB"), dtype=np.uint8)
 
 
-def load_mask(path: str | Path) -> np.ndarray:
+def load_mask(path) -> np.ndarray:
     """A palette PNG's object ids as uint8 (H, W); refuses a PNG that is not single-channel (P or L)."""
     with Image.open(path) as image:
         if image.mode not in ("P", "L"):
@@ -131,16 +132,29 @@ def read_davis(root: str | Path, split: str = "val", resolution: str = "480p") -
     return DavisSet(root, split, resolution, [_read_sequence(root, resolution, n) for n in names])
 
 
-def write_mask(mask: np.ndarray, path: str | Path) -> Path:
-    """Save an id map as an 8-bit palette PNG with the VOC colour map."""
+def mask_png(mask: np.ndarray, where: str = "mask") -> bytes:
+    """An id map as the bytes of an 8-bit palette PNG with the VOC colour map."""
     ids = np.asarray(mask)
     if ids.ndim != 2 or ids.min(initial=0) < 0 or ids.max(initial=0) > 255:
-        raise ValueError(f"{path}: expected an (H, W) id map with ids in 0..255, got shape {ids.shape}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+        raise ValueError(f"{where}: expected an (H, W) id map with ids in 0..255, got shape {ids.shape}")
     image = Image.fromarray(ids.astype(np.uint8), mode="P")
     image.putpalette(PALETTE)
-    image.save(path)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def read_mask_png(data: bytes) -> np.ndarray:
+    """The id map of a palette PNG's bytes (as load_mask)."""
+    return load_mask(io.BytesIO(data))
+
+
+def write_mask(mask: np.ndarray, path: str | Path) -> Path:
+    """Save an id map as an 8-bit palette PNG with the VOC colour map."""
+    data = mask_png(mask, str(path))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
     return path
 
 

@@ -32,6 +32,9 @@ class Encoder:
     device: torch.device
     bf16_autocast: bool = False
     channels_last: bool = False
+    # Dense maps for the video protocols (DAVIS): normalised images (B, 3, H, W) -> the stage-4 map at stride 8
+    # (B, C, H/8, W/8) of the same network (label_propagation.dense_trunk); None: the network has none.
+    dense: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 @dataclass

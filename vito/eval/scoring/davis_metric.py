@@ -188,19 +188,23 @@ def global_scores(objects: list[ObjectScore]) -> dict[str, float]:
     return dict(zip(GLOBAL_COLUMNS, map(float, ((jm + fm) / 2, jm, jr, jd, fm, fr, fd))))
 
 
+def csv_rows(objects: list[ObjectScore]) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """(global rows, per-sequence rows) in the official columns, values formatted %.3f as the evaluator writes."""
+    scores = global_scores(objects)
+    global_rows = [{c: f"{scores[c]:.3f}" for c in GLOBAL_COLUMNS}]
+    per_sequence = [dict(zip(SEQUENCE_COLUMNS, (o.name, f"{o.j[0]:.3f}", f"{o.f[0]:.3f}"))) for o in objects]
+    return global_rows, per_sequence
+
+
 def write_csvs(objects: list[ObjectScore], out_dir: str | Path, split: str = "val") -> tuple[Path, Path]:
     """global_results-<split>.csv and per-sequence_results-<split>.csv (values %.3f, the official columns)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     global_path, per_path = out / f"global_results-{split}.csv", out / f"per-sequence_results-{split}.csv"
-    scores = global_scores(objects)
-    with open(global_path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(GLOBAL_COLUMNS)
-        writer.writerow([f"{scores[c]:.3f}" for c in GLOBAL_COLUMNS])
-    with open(per_path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(SEQUENCE_COLUMNS)
-        for o in objects:
-            writer.writerow([o.name, f"{o.j[0]:.3f}", f"{o.f[0]:.3f}"])
+    for path, (columns, rows) in ((global_path, (GLOBAL_COLUMNS, csv_rows(objects)[0])),
+                                  (per_path, (SEQUENCE_COLUMNS, csv_rows(objects)[1]))):
+        with open(path, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, columns)
+            writer.writeheader()
+            writer.writerows(rows)
     return global_path, per_path

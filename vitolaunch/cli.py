@@ -304,7 +304,7 @@ def compare(sweeps: tuple[str, ...], group_by: str | None, as_json: bool, as_csv
             x_key: str | None, by: str | None, tracking_uri: str | None) -> None:
     """Rank the trials of SWEEPS (names or run ids) by the objective, with swept values and final metrics."""
     from vitolaunch.results import ranking as results
-    from vitolaunch.results.compare import collect, render_groups, render_trials
+    from vitolaunch.results.compare import collect, render_benchmarks, render_groups, render_trials
     from vitolaunch.tracking.sqlite_reader import open_run_reader
     from vitolaunch.workspace import Workspace, quiet_mlflow_environment
 
@@ -332,7 +332,11 @@ def compare(sweeps: tuple[str, ...], group_by: str | None, as_json: bool, as_csv
     elif as_csv:
         click.echo(results.to_csv(records), nl=False)
     else:
-        _console().print(render_groups(comparison, groups) if groups is not None else render_trials(comparison))
+        console = _console()
+        console.print(render_groups(comparison, groups) if groups is not None else render_trials(comparison))
+        benchmarks = render_benchmarks(comparison) if groups is None else None
+        if benchmarks is not None:  # an evaluate sweep: every benchmark's headline, not only the first columns
+            console.print(benchmarks)
 
 
 @main.command()

@@ -121,3 +121,28 @@ def test_compare_puts_each_benchmarks_headline_before_its_rarer_metrics_and_the_
                                                  "eval/davis/f_decay", "eval/davis/j_mean"]
     assert _metric_columns(metrics, ranking, limit=9)[-3:] == ["eval/davis/j_mean", "eval/davis/jf_no_motion",
                                                                "eval/davis/jf_random_init"]
+
+
+def test_compare_prints_the_paper_table_on_its_side_every_benchmark_a_row_every_checkpoint_a_column() -> None:
+    import io
+
+    from rich.console import Console
+
+    from vitolaunch.results.compare import Comparison, render_benchmarks
+    from vitolaunch.results.ranking import Ranking
+    from vitolaunch.tracking.store import RunRecord
+
+    sweep = RunRecord("s" * 32, "ev", "FINISHED", 0.0, None, {"vitolaunch.sweep": "ev"})
+    rows = [_row(0, {"eval/imagenet/linear_top1": 0.61, "eval/imagenet_c/mce": 0.83, "eval/davis/jf": 0.52,
+                     "eval/davis/jf_no_motion": 0.41, "eval/ucf101/linear_top1": 0.33}),
+            _row(1, {"eval/imagenet/linear_top1": 0.64, "eval/imagenet_c/mce": 0.79})]
+    comparison = Comparison([sweep], Ranking("eval/imagenet/linear_top1", "max"), rows, [])
+    console = Console(file=io.StringIO(), width=200, color_system=None)
+    console.print(render_benchmarks(comparison))
+    lines = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
+             for line in console.file.getvalue().splitlines() if line.startswith("│")}
+    assert lines["imagenet linear"] == ["0.6100", "0.6400"] and lines["imagenet_c mCE"] == ["0.8300", "0.7900"]
+    assert lines["davis J&F"] == ["0.5200", "-"] and lines["davis J&F (no motion)"] == ["0.4100", "-"]
+    assert lines["ucf101 linear"] == ["0.3300", "-"]
+    assert "loss.temperature=0.2" in console.file.getvalue()  # each column names its checkpoint
+    assert render_benchmarks(Comparison([sweep], comparison.ranking, [_row(0, {"eval/acc": 1.0})], [])) is None

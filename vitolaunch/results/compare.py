@@ -107,6 +107,27 @@ def render_trials(comparison: Comparison):
     return table
 
 
+def render_benchmarks(comparison: Comparison):
+    """The paper's table of an evaluate sweep (the parent run's summary/benchmarks.md) turned on its side for a
+    terminal: one row per benchmark number, one column per evaluated checkpoint; None when no trial has one."""
+    from rich.table import Table
+
+    from vitolaunch.results.benchmark_table import benchmark_table
+
+    records = benchmark_table(comparison.rows)
+    if not records:
+        return None
+    numbers = [key for key in records[0] if key not in ("trial", "checkpoint", "state")]
+    table = Table(title="benchmarks: checkpoints side by side (the random-init and no-motion baselines as their own rows)",
+                  header_style="bold", title_justify="left")
+    table.add_column("benchmark", no_wrap=True)
+    for record in records:
+        table.add_column(f"{record['trial']}\n" + "\n".join(record["checkpoint"].split()), justify="right")
+    for number in numbers:
+        table.add_row(number, *(_num(record[number]) for record in records))
+    return table
+
+
 def render_groups(comparison: Comparison, groups: Sequence[GroupRow]):
     from rich.table import Table
 

@@ -1,6 +1,6 @@
-"""A DAVIS evaluation on the loopback SLURM cluster (2 nodes x 1 rank) SIGKILLed in the middle of its label
-propagation: SLURM's crash retry restarts it, the retry propagates only the sequences whose masks were not
-committed, and its J&F equals that of an uninterrupted evaluation of the same checkpoint."""
+"""A DAVIS + UCF-101 evaluation on the loopback SLURM cluster (2 nodes x 1 rank) SIGKILLed in the middle of its
+label propagation: SLURM's crash retry restarts it, the retry propagates only the sequences whose masks were not
+committed, and its J&F and UCF-101 top-1 equal those of an uninterrupted evaluation of the same checkpoint."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ SEQUENCES = 6
 SHORT_SIDE = 256  # a 32 x 48 grid at stride 8: about a second a sequence here, long enough to kill between them
 
 
-def _eval_spec(folder: Path, name: str, checkpoint: str, root: Path, cache: Path, cluster: str) -> Path:
+def _eval_spec(folder: Path, name: str, checkpoint: str, root: Path, ucf: Path, cache: Path, cluster: str) -> Path:
     resources = ({"cluster": "slurm", "nodes": 2, "tasks_per_node": 1, "cpus_per_task": 1, "mem_gb": 1,
                   "timeout_min": 20, "retries": {"crash": 1, "timeout": 0}}
                  if cluster == "slurm" else {"cluster": "local", "tasks_per_node": 1, "cpus_per_task": 1,
@@ -31,7 +31,11 @@ def _eval_spec(folder: Path, name: str, checkpoint: str, root: Path, cache: Path
     spec = {
         "name": name, "task": "evaluate", "evaluate": {"checkpoints": [checkpoint]},
         "base": {"eval": {"synthetic_suite": False, "random_init_baseline": False, "feature_cache": str(cache),
-                          "benchmarks": {"davis": {"kind": "davis", "root": str(root), "short_side": SHORT_SIDE}}}},
+                          "extract_shard_size": 16, "extract_batch_size": 8, "loader_workers": 0,
+                          "benchmarks": {"davis": {"kind": "davis", "root": str(root), "short_side": SHORT_SIDE},
+                                         "ucf101": {"kind": "ucf101", "root": str(ucf), "frames_per_clip": 4,
+                                                    "resize": 44, "crop": 40, "linear_epochs": 20,
+                                                    "linear_batch_size": 16}}}},
         "resources": resources,
         "tracking": {"experiment": "tests"},
     }
@@ -53,9 +57,11 @@ def _results(home: Path, run) -> dict:
 @pytest.mark.timeout(900)
 def test_a_sigkilled_davis_evaluation_is_retried_and_propagates_only_the_uncommitted_sequences(tmp_path, cancel_on_exit):
     from vito.eval.fixtures.davis import write_davis_fixture
+    from vito.eval.fixtures.ucf101 import write_ucf_fixture
 
     home = tmp_path / "home"
     root = write_davis_fixture(tmp_path / "davis", widths=(96, 128) * (SEQUENCES // 2), num_frames=8)
+    ucf = write_ucf_fixture(tmp_path / "UCF-101", size=48, num_frames=8)
     vitolaunch(home, "sweep", str(write_spec(tmp_path, "pre", {"loss.temperature": [0.2]}, tasks_per_node=1)))
     (row,) = wait_until(home, "pre", all_ended, timeout=420, what="the pretraining trial to end")
     assert row["state"] == "COMPLETED", row
@@ -63,7 +69,7 @@ def test_a_sigkilled_davis_evaluation_is_retried_and_propagates_only_the_uncommi
 
     cache = tmp_path / "cache-slurm"
     cancel_on_exit("it-davis-kill")
-    vitolaunch(home, "sweep", str(_eval_spec(tmp_path, "it-davis-kill", checkpoint, root, cache, "slurm")))
+    vitolaunch(home, "sweep", str(_eval_spec(tmp_path, "it-davis-kill", checkpoint, root, ucf, cache, "slurm")))
     evaluation = next(r for r in trial_runs(home) if r.data.tags["vitolaunch.sweep"] == "it-davis-kill")
     run_id, job = evaluation.info.run_id, evaluation.data.tags["vitolaunch.job_id"]
     deadline = time.monotonic() + 300
@@ -87,10 +93,13 @@ def test_a_sigkilled_davis_evaluation_is_retried_and_propagates_only_the_uncommi
     assert not computed & reused
 
     # an uninterrupted evaluation of the same checkpoint (one process, a fresh cache) scores the same
-    vitolaunch(home, "sweep", str(_eval_spec(tmp_path, "it-davis-whole", checkpoint, root, tmp_path / "fresh", "local")))
+    vitolaunch(home, "sweep", str(_eval_spec(tmp_path, "it-davis-whole", checkpoint, root, ucf, tmp_path / "fresh", "local")))
     (row,) = wait_until(home, "it-davis-whole", all_ended, timeout=420, what="the uninterrupted evaluation")
     whole = next(r for r in trial_runs(home) if r.data.tags["vitolaunch.sweep"] == "it-davis-whole")
     assert _results(home, whole)["sequences"]["reused"] == []
     for key in ("jf", "j_mean", "f_mean", "j_recall", "j_decay", "f_recall", "f_decay", "jf_no_motion",
                 "sequences_scored", "objects_scored"):
         assert done.data.metrics[f"eval/davis/{key}"] == whole.data.metrics[f"eval/davis/{key}"], key
+    # UCF-101, after DAVIS in the same job: its clips over both ranks (2 SLURM tasks) score as one process does
+    assert done.data.metrics["eval/ucf101/clips_scored"] == whole.data.metrics["eval/ucf101/clips_scored"] > 0
+    assert done.data.metrics["eval/ucf101/linear_top1"] == whole.data.metrics["eval/ucf101/linear_top1"]

@@ -95,7 +95,7 @@ class TrialJob:
         from vito.train import RunContext
 
         cfg = VitoConfig.model_validate(self.config)
-        tracking = MetricsLogger(self.tracking_uri, self.run_id, enabled=rank == 0)
+        tracking = MetricsLogger(self.tracking_uri, self.run_id, enabled=rank == 0, spool_dir=_spool_folder())
         if self.wait_for_run and not self._target_finished(tracking):
             return {"step": 0, "completed": False}
         _queue_status(tracking, RunStatus.RUNNING)
@@ -308,6 +308,15 @@ def clear_stop_tags(client, run_id: str) -> None:
     for tag in STOP_TAGS:
         if tag in tags:
             client.delete_tag(run_id, tag)
+
+
+def _spool_folder() -> str | None:
+    """Where a tracking outage's unsent metrics go at the job's end: beside its logs, which outlive the job (the
+    working directory may be a node's scratch); None outside a submitit job (the working directory)."""
+    try:
+        return str(_task_folder())
+    except RuntimeError:
+        return None
 
 
 def _task_folder() -> Path:

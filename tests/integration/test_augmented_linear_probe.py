@@ -28,11 +28,11 @@ PER_EPOCH = math.ceil(TRAIN / BATCH)  # 5 steps
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from vito.eval.fixtures.images import ImageFolderFixture, write_image_folder
+    from vito.eval.fixtures.images import ImageFolderFixture, wnid, write_image_folder
 
     root = tmp_path_factory.mktemp("augmented") / "imagenet"
     write_image_folder(root, ImageFolderFixture(CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS, size=32, image_size=40))
-    bad = sorted((root / "train" / "n00000001").glob("*.JPEG"))[2]
+    bad = sorted((root / "train" / wnid(1)).glob("*.JPEG"))[2]
     bad.write_bytes(bad.read_bytes()[:200])
     return root
 

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from vito.checkpoint import CheckpointStore
-from vito.config import VitoConfig
+from vito.config import READOUT_KINDS, VitoConfig
 from vito.evaluate import evaluate_with_baselines
 from vito.model import VitoModel
 
@@ -202,8 +202,9 @@ def _evaluate_weights(cfg: VitoConfig, ctx, metrics, rank: int, world: int) -> A
 
 def own_head_benchmarks(cfg: VitoConfig) -> list[str]:
     """The readout kinds of cfg.eval.benchmarks that score through the weights' own fc (`head: own`)."""
+    # only the readout kinds have a `head` (ucf101 and davis train or need no classifier)
     return [name for name, bench in cfg.eval.benchmarks.items()
-            if bench.kind != "image_folder" and bench.head == "own"]
+            if bench.kind in READOUT_KINDS and bench.head == "own"]
 
 
 def foreign_encoder(network, device: torch.device):

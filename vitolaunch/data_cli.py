@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -80,9 +81,11 @@ def fixtures(output: str, classes: int, train_per_class: int, val_per_class: int
     val = root / "val"
     corrupted = Path(output) / "imagenet-c"
     shutil.rmtree(corrupted, ignore_errors=True)  # a rerun with fewer classes leaves no stale wnid folders
+    started = time.perf_counter()
     written = write_corruption_tree(val, corrupted, image_size=FIXTURE_CORRUPTION_SIZE)
-    click.echo(f"imagenet-c (<corruption>/<1-5>/<wnid>/*.JPEG): {corrupted}  {', '.join(written)} x 5 severities, "
-               f"{next(iter(written.values()))} images each (3 of the 15 mCE corruptions: a partial table)")
+    click.echo(f"imagenet-c (<corruption>/<1-5>/<wnid>/*.JPEG): {corrupted}  {len(written)} corruptions (the 15 of "
+               f"mCE and the 4 extras, the project's approximations) x 5 severities, "
+               f"{next(iter(written.values()))} images each, {time.perf_counter() - started:.1f} s")
     subset = Path(output) / "imagenet-r"
     shutil.rmtree(subset, ignore_errors=True)
     wnids = sorted(p.name for p in val.iterdir() if p.is_dir())[: max(1, classes - 1)]
@@ -108,6 +111,14 @@ def fixtures(output: str, classes: int, train_per_class: int, val_per_class: int
     write_davis_fixture(davis)
     click.echo(f"davis (JPEGImages/480p/<seq>/*.jpg, Annotations/480p/<seq>/*.png, ImageSets/2017/val.txt): {davis}  "
                "3 sequences of 6 frames, 2 objects each, widths 96 and 128")
+    from vito.eval.fixtures.weights import FIXTURE_WEIGHTS_WIDTH, write_foreign_weights
+
+    weights = Path(output) / "weights"
+    shutil.rmtree(weights, ignore_errors=True)  # with the feature caches the evaluation left beside the files
+    files = write_foreign_weights(weights)
+    click.echo(f"weights (published-weights layouts, for evaluate.checkpoints): {weights}  "
+               f"{', '.join(f'{p.name} ({kind})' for kind, p in files.items())}: RANDOM width-{FIXTURE_WEIGHTS_WIDTH} "
+               "ResNet-50s, to exercise loading and the side-by-side table; they measure nothing")
 
 
 @data.command("manifest")

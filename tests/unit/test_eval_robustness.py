@@ -139,10 +139,11 @@ def test_3dcc_errors():
 def test_corruption_tree_fixture(tmp_path, families):
     val = _val(tmp_path)
     tree_root = tmp_path / "imagenet-c"
-    counts = write_corruption_tree(val, tree_root, image_size=32, families=families)
+    partial = ["gaussian_noise", "contrast", "jpeg_compression", "gaussian_blur"]
+    counts = write_corruption_tree(val, tree_root, image_size=32, families=families, corruptions=partial)
     assert counts == {"gaussian_noise": 4, "contrast": 4, "jpeg_compression": 4, "gaussian_blur": 4}
     tree = read_corruption_tree(str(tree_root), CLASSES)
-    assert tree.corruptions == ["gaussian_noise", "contrast", "jpeg_compression", "gaussian_blur"]
+    assert tree.corruptions == partial
     assert tree.unknown == []
     assert tree.folders["gaussian_noise"] == ("noise/gaussian_noise" if families else "gaussian_noise")
     assert len(tree.sets) == 4 * 5
@@ -156,6 +157,17 @@ def test_corruption_tree_fixture(tmp_path, families):
     table = {name: {s: 0.5 for s in range(1, 6)} for name in tree.corruptions}
     result = imagenet_c_errors(table)
     assert result.mce is None and len(result.missing) == 12 and set(result.extra_errors) == {"gaussian_blur"}
+
+
+def test_the_default_corruption_tree_is_complete_and_gives_an_mce(tmp_path):
+    tree_root = tmp_path / "imagenet-c"
+    counts = write_corruption_tree(_val(tmp_path), tree_root, image_size=32, families=True)
+    assert list(counts) == list(IMAGENET_C_BENCHMARK + IMAGENET_C_EXTRA) and set(counts.values()) == {4}
+    tree = read_corruption_tree(str(tree_root), CLASSES)
+    assert tree.missing == [] and tree.unknown == [] and len(tree.sets) == 19 * 5
+    assert tree.folders["spatter"] == "extra/spatter" and tree.folders["frost"] == "weather/frost"
+    result = imagenet_c_errors({name: {s: 0.5 for s in range(1, 6)} for name in tree.corruptions})
+    assert result.mce is not None and result.missing == [] and set(result.extra_errors) == set(IMAGENET_C_EXTRA)
 
 
 def test_corruption_tree_unknown_folders_are_reported_not_scored(tmp_path):

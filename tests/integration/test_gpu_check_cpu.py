@@ -128,7 +128,7 @@ def test_cpu_tiny_eval_section_checks_the_evaluation_engine_against_the_cpu(tmp_
     assert section["arch"] == "resnet18" and section["stem"] == "small"  # the tiny network of the other sections
     assert set(section["checks_passed"]) == {
         "image_exactly_once", "image_feature_cosine", "knn_same_features", "knn_end_to_end", "probe_same_features",
-        "davis_sequences_once", "davis_mask_iou", "davis_480p_context_20_masks", "davis_480p_context_5_masks",
+        "davis_sequences_once", "davis_masks_hold_objects", "davis_mask_iou", "davis_480p_context_20_masks", "davis_480p_context_5_masks",
         "davis_480p_context_0_masks", "davis_480p_mask_iou", "augmented_resume", "augmented_resume_weights",
         "ucf_exactly_once", "ucf_feature_cosine"}
 
@@ -141,8 +141,10 @@ def test_cpu_tiny_eval_section_checks_the_evaluation_engine_against_the_cpu(tmp_
     assert images["probe_top1_same_features"]["device"] == images["probe_top1_same_features"]["cpu"]
 
     davis = section["davis"]
-    assert davis["sequences"] == 3 and davis["context_frames"] == 20 and davis["mask_iou_mean"] == 1.0
-    assert 0 <= davis["jf"]["device"] <= 1 and davis["jf"]["device"] == davis["jf"]["cpu"]
+    assert davis["sequences"] == 3 and davis["mask_iou_mean"] == 1.0 and davis["object_label_frames"] > 0
+    run = davis["short_side_32"]  # the tiny network's stride-2 grid at short side 32: 16 x 24 cells
+    assert run["context_frames"] == 20 and run["object_share"]["device"] > 0
+    assert 0 < run["jf"]["device"] <= 1 and run["jf"]["device"] == run["jf"]["cpu"]
     large = section["davis_480p"]
     assert large["frames"] == 6 and large["context_20"]["frames_per_s"] > 0
     assert "peak_memory_gib" not in large["context_20"]  # CUDA only

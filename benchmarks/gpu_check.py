@@ -15,7 +15,10 @@ never lost to one bug), each skipped when the overall deadline (--timeout) would
               real data workers: pairs/s, data-wait fraction, checkpoint save time, finite losses;
 * resume:     train.deterministic on, a run stopped mid-way and resumed against an uninterrupted one:
               bitwise-equal weights, or the largest difference;
-* compile:    (when time is left) the vito_step with train.compile, after its warm-up.
+* compile:    (when time is left) the vito_step with train.compile, after its warm-up;
+* eval:       the evaluation engine's CUDA paths (extraction in bf16/channels_last, kNN, the linear probe, DAVIS
+              label propagation at 480p, the augmented protocol's resume, UCF-101 clips) against the CPU's fp32
+              on fixture sets: benchmarks/gpu_eval_check.py.
 
 A watchdog writes whatever was measured and exits when --timeout is reached.
 """
@@ -51,7 +54,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=450.0, help="overall seconds; sections that would not fit are skipped")
     parser.add_argument("--trainer-steps", type=int, default=None, help="default 300 (tiny: 6)")
     parser.add_argument("--workers", type=int, default=None, help="data workers of the trainer section (default 8, tiny 2)")
-    parser.add_argument("--sections", nargs="*", default=["reference", "vito_step", "trainer", "resume", "compile"])
+    parser.add_argument("--sections", nargs="*", default=["reference", "vito_step", "trainer", "resume", "compile", "eval"])
     parser.add_argument("--work-dir", type=Path, default=None, help="default: a temporary folder")
     return parser.parse_args(argv)
 
@@ -378,10 +381,19 @@ def section_resume(args, device, work: Path) -> dict[str, Any]:
     }
 
 
+def section_eval(args, device, work: Path, deadline: Deadline) -> dict[str, Any]:
+    """The evaluation engine on the device against the CPU (benchmarks/gpu_eval_check.py), with the cluster's network."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling module, also when imported from elsewhere
+    from gpu_eval_check import section_eval as run_eval
+
+    cfg = cluster_config(args.tiny, batch=8, crop=32, steps=1)
+    return run_eval(args, device, work, cfg.model, cfg.loss, lambda: deadline.left() - 10)
+
+
 # ------------------------------------------------------------------------------------------------- driver
 
-SECTION_NEEDS_S = {"reference": 40, "vito_step": 60, "trainer": 150, "resume": 60, "compile": 150}
-TINY_NEEDS_S = {name: 5 for name in SECTION_NEEDS_S}
+SECTION_NEEDS_S = {"reference": 40, "vito_step": 60, "trainer": 150, "resume": 60, "compile": 150, "eval": 120}
+TINY_NEEDS_S = {**{name: 5 for name in SECTION_NEEDS_S}, "eval": 30}
 
 
 def run_sections(args, report: Report, deadline: Deadline, work: Path) -> None:
@@ -399,6 +411,7 @@ def run_sections(args, report: Report, deadline: Deadline, work: Path) -> None:
         "trainer": lambda: section_trainer(args, device, work, max(deadline.left() - needs["resume"] - 15, 30)),
         "resume": lambda: section_resume(args, device, work),
         "compile": lambda: section_vito_step(args, device, work, report.data["sections"].get("reference"), True),
+        "eval": lambda: section_eval(args, device, work, deadline),
     }
     for name in args.sections:
         if deadline.left() < needs[name]:

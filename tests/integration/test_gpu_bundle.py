@@ -33,7 +33,7 @@ NOT_ON_MACHINE = ("deepspeed", "av", "pydantic", "pydantic_core", "hjson", "mlfl
 BUNDLED = {"annotated-types", "av", "deepspeed", "hjson", "pydantic", "pydantic-core", "typing-extensions",
            "typing-inspection", "vitolaunch"}
 DEAD_PROXY = "http://127.0.0.1:9"  # the discard port: a request that slips past --no-index fails at once
-SECTIONS = ["reference", "vito_step", "trainer", "resume", "compile"]
+SECTIONS = ["reference", "vito_step", "trainer", "resume", "compile", "eval"]
 
 
 def _pin(name: str) -> str:

@@ -13,29 +13,13 @@ import pytest
 import torch
 import yaml
 
-from tests.integration.local_sweeps import TINY_BASE, all_ended, mlflow_client, vitolaunch, wait_until
+from tests.integration.checkpoints import committed_checkpoint
+from tests.integration.local_sweeps import all_ended, mlflow_client, vitolaunch, wait_until
 
 pytestmark = pytest.mark.integration
 
 CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS = 4, 6, 3
 EPOCHS, BATCH = 2, 8
-
-
-def _checkpoint(root: Path) -> Path:
-    """Step 4 of a tiny VitoModel, committed as the trainer commits it (model states + marker with the config)."""
-    from vito.checkpoint import MARKER_CONFIG, CheckpointStore
-    from vito.config import VitoConfig
-    from vito.evaluate_task import MODEL_STATES
-    from vito.model import VitoModel
-
-    cfg = VitoConfig.model_validate({"model": TINY_BASE["model"]})
-    torch.manual_seed(0)
-    model = VitoModel(cfg.model, cfg.loss)
-    with tempfile.TemporaryDirectory() as scratch:
-        torch.save({"module": model.state_dict(), "config": cfg.to_dict()}, Path(scratch) / MODEL_STATES)
-        store = CheckpointStore(str(root))
-        store.commit(4, store.upload(4, scratch), {"world_size": 1, MARKER_CONFIG: cfg.to_dict()})
-    return root
 
 
 def _spec(folder: Path, checkpoint: Path, images: Path) -> Path:
@@ -64,7 +48,7 @@ def test_an_evaluate_trial_logs_the_augmented_protocol_for_the_checkpoint_and_it
     home = tmp_path / "home"
     images = tmp_path / "fixtures" / "imagenet"
     write_image_folder(images, ImageFolderFixture(CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS, size=40, image_size=40))
-    checkpoint = _checkpoint(tmp_path / "checkpoint")
+    checkpoint = committed_checkpoint(tmp_path / "checkpoint")
     vitolaunch(home, "sweep", str(_spec(tmp_path, checkpoint, images)))
     (row,) = wait_until(home, "aug-eval", all_ended, timeout=540, what="the evaluation to end")
     assert row["state"] == "COMPLETED", row

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.integration.local_sweeps import all_ended, mlflow_client, vitolaunch, wait_until, write_spec
+from tests.integration.checkpoints import committed_checkpoint
+from tests.integration.local_sweeps import all_ended, mlflow_client, vitolaunch, wait_until
 from vito.eval.fixtures.images import FIXTURE_WNIDS
 
 TRAIN_PER_CLASS, VAL_PER_CLASS, CLASSES = 13, 7, 4  # uneven against the shard size: the last shards are short
@@ -20,7 +21,7 @@ TRAIN_PER_CLASS, VAL_PER_CLASS, CLASSES = 13, 7, 4  # uneven against the shard s
 
 def _eval_spec(folder: Path, name: str, root: Path) -> Path:
     spec = {
-        "name": name, "task": "evaluate", "evaluate": {"runs": ["pre"]},
+        "name": name, "task": "evaluate", "evaluate": {"checkpoints": [str(folder / "checkpoint")]},
         "base": {"eval": {
             "synthetic_suite": False, "random_init_baseline": False, "extract_shard_size": 8,
             "extract_batch_size": 4, "loader_workers": 1,
@@ -63,9 +64,7 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory):
     write_image_folder(root, ImageFolderFixture(CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS, size=48, image_size=48))
     truncated = sorted((root / "val" / FIXTURE_WNIDS[2]).glob("*.JPEG"))[3]
     truncated.write_bytes(truncated.read_bytes()[:300])  # a download cut short
-    vitolaunch(home, "sweep", str(write_spec(folder, "pre", {"loss.temperature": [0.2]}, tasks_per_node=1)))
-    (row,) = wait_until(home, "pre", all_ended, timeout=420, what="the pretraining trial to end")
-    assert row["state"] == "COMPLETED", row
+    committed_checkpoint(folder / "checkpoint")  # the evaluation needs a checkpoint, not a pretraining sweep
     vitolaunch(home, "sweep", str(_eval_spec(folder, "bench-eval", root)))
     (row,) = wait_until(home, "bench-eval", all_ended, timeout=420, what="the evaluation to end")
     assert row["state"] == "COMPLETED", row

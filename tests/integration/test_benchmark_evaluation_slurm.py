@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.integration.local_sweeps import all_ended, vitolaunch, wait_until, write_spec
+from tests.integration.checkpoints import committed_checkpoint
+from tests.integration.local_sweeps import all_ended, vitolaunch, wait_until
 from tests.integration.slurm_trials import rank_pid, run_ended, trial_runs, wait_for_run
 
 pytestmark = pytest.mark.usefixtures("slurm_cluster", "job_environment")
@@ -65,10 +66,7 @@ def test_a_sigkilled_evaluation_is_retried_and_recomputes_only_the_missing_shard
     home = tmp_path / "home"
     root = tmp_path / "fixtures" / "imagenet"
     write_image_folder(root, ImageFolderFixture(4, 40, 5, size=48, image_size=160))
-    vitolaunch(home, "sweep", str(write_spec(tmp_path, "pre", {"loss.temperature": [0.2]}, tasks_per_node=1)))
-    (row,) = wait_until(home, "pre", all_ended, timeout=420, what="the pretraining trial to end")
-    assert row["state"] == "COMPLETED", row
-    checkpoint = trial_runs(home)[0].data.tags["vitolaunch.checkpoint_uri"]
+    checkpoint = str(committed_checkpoint(tmp_path / "checkpoint"))  # no pretraining sweep needed
 
     cache = tmp_path / "features-slurm"
     cancel_on_exit("it-eval-kill")

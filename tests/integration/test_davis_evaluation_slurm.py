@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.integration.local_sweeps import all_ended, mlflow_client, vitolaunch, wait_until, write_spec
+from tests.integration.checkpoints import committed_checkpoint
+from tests.integration.local_sweeps import all_ended, mlflow_client, vitolaunch, wait_until
 from tests.integration.slurm_trials import rank_pid, run_ended, trial_runs, wait_for_run
 
 pytestmark = pytest.mark.usefixtures("slurm_cluster", "job_environment")
@@ -62,10 +63,7 @@ def test_a_sigkilled_davis_evaluation_is_retried_and_propagates_only_the_uncommi
     home = tmp_path / "home"
     root = write_davis_fixture(tmp_path / "davis", widths=(96, 128) * (SEQUENCES // 2), num_frames=8)
     ucf = write_ucf_fixture(tmp_path / "UCF-101", size=48, num_frames=8)
-    vitolaunch(home, "sweep", str(write_spec(tmp_path, "pre", {"loss.temperature": [0.2]}, tasks_per_node=1)))
-    (row,) = wait_until(home, "pre", all_ended, timeout=420, what="the pretraining trial to end")
-    assert row["state"] == "COMPLETED", row
-    checkpoint = trial_runs(home)[0].data.tags["vitolaunch.checkpoint_uri"]
+    checkpoint = str(committed_checkpoint(tmp_path / "checkpoint"))  # no pretraining sweep needed
 
     cache = tmp_path / "cache-slurm"
     cancel_on_exit("it-davis-kill")

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.integration.local_sweeps import all_ended, mlflow_client, vitolaunch, wait_until, write_spec
+from tests.integration.checkpoints import committed_checkpoint
+from tests.integration.local_sweeps import all_ended, mlflow_client, vitolaunch, wait_until
 from vito.eval.fixtures.images import FIXTURE_WNIDS
 
 TRAIN_PER_CLASS, VAL_PER_CLASS, CLASSES = 6, 3, 4
@@ -21,7 +22,7 @@ SMALL = {"resize": 36, "crop": 32}
 
 def _eval_spec(folder: Path, name: str, fixtures: Path) -> Path:
     spec = {
-        "name": name, "task": "evaluate", "evaluate": {"runs": ["pre"]},
+        "name": name, "task": "evaluate", "evaluate": {"checkpoints": [str(folder / "checkpoint")]},
         "base": {"eval": {
             "synthetic_suite": False, "random_init_baseline": False, "extract_shard_size": 64,
             "extract_batch_size": 16, "loader_workers": 0,
@@ -61,9 +62,7 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory):
                           corruptions=["gaussian_noise", "contrast", "jpeg_compression", "gaussian_blur"])
     write_class_subset(val, fixtures / "imagenet-r", list(FIXTURE_WNIDS[: CLASSES - 1]))
     write_cue_conflict(fixtures / "cue-conflict", size=40)
-    vitolaunch(home, "sweep", str(write_spec(folder, "pre", {"loss.temperature": [0.2]}, tasks_per_node=1)))
-    (row,) = wait_until(home, "pre", all_ended, timeout=420, what="the pretraining trial to end")
-    assert row["state"] == "COMPLETED", row
+    committed_checkpoint(folder / "checkpoint")  # the evaluation needs a checkpoint, not a pretraining sweep
     vitolaunch(home, "sweep", str(_eval_spec(folder, "robust-eval", fixtures)))
     (row,) = wait_until(home, "robust-eval", all_ended, timeout=420, what="the evaluation to end")
     assert row["state"] == "COMPLETED", row

@@ -14,14 +14,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.integration.local_sweeps import all_ended, mlflow_client, vitolaunch, wait_until, write_spec
+from tests.integration.checkpoints import committed_checkpoint
+from tests.integration.local_sweeps import all_ended, mlflow_client, vitolaunch, wait_until
 
 FRAMES = 4
 
 
 def _eval_spec(folder: Path, name: str, root: Path) -> Path:
     spec = {
-        "name": name, "task": "evaluate", "evaluate": {"runs": ["pre"]},
+        "name": name, "task": "evaluate", "evaluate": {"checkpoints": [str(folder / "checkpoint")]},
         "base": {"eval": {
             "synthetic_suite": False, "random_init_baseline": True, "extract_shard_size": 4 * FRAMES,
             "extract_batch_size": 2 * FRAMES, "loader_workers": 1,
@@ -65,9 +66,7 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory):
     root = write_ucf_fixture(folder / "fixtures" / "UCF-101", size=48, num_frames=8)
     corrupt = root / "Triangle" / "v_Triangle_g01_c01.avi"  # a test clip of split 1
     corrupt.write_bytes(b"RIFF" + b"\0" * 60)
-    vitolaunch(home, "sweep", str(write_spec(folder, "pre", {"loss.temperature": [0.2]}, tasks_per_node=1)))
-    (row,) = wait_until(home, "pre", all_ended, timeout=420, what="the pretraining trial to end")
-    assert row["state"] == "COMPLETED", row
+    committed_checkpoint(folder / "checkpoint")  # the evaluation needs a checkpoint, not a pretraining sweep
     vitolaunch(home, "sweep", str(_eval_spec(folder, "ucf-eval", root)))
     (row,) = wait_until(home, "ucf-eval", all_ended, timeout=420, what="the evaluation to end")
     assert row["state"] == "COMPLETED", row

@@ -24,4 +24,5 @@ install_test_extra .venv/bin/python "$PWD"
 bash scripts/slurm-up.sh
 VENV=.venv bash scripts/services-up.sh
 
-exec .venv/bin/python -m pytest -q -ra "$@"
+# --durations: where the suite's time goes, printed with every run (it aims at ~20 min in CI)
+exec .venv/bin/python -m pytest -q -ra --durations=15 "$@"

@@ -36,3 +36,20 @@ def test_compare_renders_a_sweep_with_a_pruned_trial() -> None:
     comparison = Comparison([sweep], ranking, rows, [])
     assert "PRUNED" in _text(render_trials(comparison))
     assert "1 PRUNED" in _text(render_groups(comparison, group(rows, "train.seed", ranking)))
+
+
+def test_a_narrow_terminal_squeezes_the_wide_columns_never_the_rank_trial_or_state() -> None:
+    # an evaluate sweep's comparison at 180 columns (its ranking table lost "#" and cut COMPLETED below 210)
+    sweep = RunRecord("s" * 32, "quickstart-eval", "RUNNING", 0.0, None, {"vitolaunch.sweep": "quickstart-eval"})
+    ranking = Ranking("eval/imagenet/linear_top1", "max")
+    names = ["imagenet/knn10_top1", "imagenet/knn20_top1", "imagenet_c/mce", "cue_conflict/shape_bias", "davis/jf"]
+    rows = [ResultRow("quickstart-eval", f"{i}" * 32, f"trial-{i}", i,
+                      {"pretrain.run": f"{i}" * 32, "pretrain.sweep": "quickstart", "pretrain.loss.temperature": t,
+                       "pretrain.step": 600, "pretrain.weights": "torchvision-layout-random" if i else "-"},
+                      "COMPLETED", 0.3, {"eval/imagenet/linear_top1": 0.3, **{f"eval/{n}": 0.5 for n in names}})
+            for i, t in enumerate([0.05, 0.1])]
+    console = Console(file=io.StringIO(), width=180, color_system=None)
+    console.print(render_trials(Comparison([sweep], ranking, rows, [])))
+    first = next(line for line in console.file.getvalue().splitlines() if line.startswith("│"))
+    assert first.split("│")[1].strip() == "1" and first.split("│")[2].strip() == "000"
+    assert "COMPLETED" in first

@@ -95,7 +95,9 @@ def render_trials(comparison: Comparison):
     table = Table(title=_title(comparison, None), header_style="bold", caption=_caption(comparison),
                   caption_justify="left")
     for column in ["#", *(["sweep"] if several else []), "trial", "run id", *params, "state", *map(_short, metrics)]:
-        table.add_column(column, no_wrap=True, justify="right" if column in map(_short, metrics) else "left")
+        # min_width: on a narrow terminal rich squeezes the widest columns, never the rank, trial or state away
+        table.add_column(column, no_wrap=True, justify="right" if column in map(_short, metrics) else "left",
+                         min_width={"#": 2, "trial": 5, "state": 9}.get(column))
     for position, row in enumerate(rows, 1):
         cells = [str(position) if row.objective is not None else "-", *([row.sweep] if several else []),
                  f"{row.index:03d}", row.run_id[:12], *(_cell(row.params.get(k, "-")) for k in params),

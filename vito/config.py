@@ -13,7 +13,7 @@ import os
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_serializer, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_serializer, model_validator
 
 
 class _Section(BaseModel):
@@ -210,6 +210,20 @@ def _as_list(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
+def _expand_home(root: str) -> str:
+    # `~` means the submitting user's home: the job may run as the same user elsewhere, with another $HOME
+    return os.path.expanduser(root) if root.startswith("~") else root
+
+
+def _every_k_positive(values: list[int]) -> list[int]:
+    if any(k < 1 for k in values):
+        raise ValueError("every k is at least 1")
+    return values
+
+
+KnnKs = Annotated[list[int], AfterValidator(_every_k_positive)]  # the k values of a weighted kNN vote
+
+
 class ImageFolderBenchmark(_Section):
     """A labelled image folder in ImageNet's layout, `<root>/train/<class>/*.JPEG` and `<root>/val/<class>/*.JPEG`:
     frozen features scored by weighted kNN and a linear probe (DINO's and MoCo's protocols; docs/evaluation.md)."""
@@ -225,7 +239,7 @@ class ImageFolderBenchmark(_Section):
     interpolation: Literal["bilinear", "bicubic"] = "bilinear"
     antialias: bool = True
     knn: bool = True
-    knn_k: list[int] = Field(default_factory=lambda: [10, 20, 100, 200], min_length=1)
+    knn_k: KnnKs = Field(default_factory=lambda: [10, 20, 100, 200], min_length=1)
     knn_temperature: float = Field(0.07, gt=0)
     linear: bool = True
     linear_lr_grid: list[float] = Field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3, 1.0], min_length=1)
@@ -246,8 +260,7 @@ class ImageFolderBenchmark(_Section):
     @field_validator("root")
     @classmethod
     def _home_expanded(cls, root: str) -> str:
-        # `~` means the submitting user's home: the job may run as the same user elsewhere, with another $HOME
-        return os.path.expanduser(root) if root.startswith("~") else root
+        return _expand_home(root)
 
     @field_validator("augmented_crop_scale")
     @classmethod
@@ -264,17 +277,6 @@ class ImageFolderBenchmark(_Section):
             if key in dumped and _as_list(dumped[key]) == _as_list(_dumped_default(type(self), key)):
                 del dumped[key]
         return dumped
-
-    @field_validator("knn_k")
-    @classmethod
-    def _positive_k(cls, values: list[int]) -> list[int]:
-        if any(k < 1 for k in values):
-            raise ValueError("every k is at least 1")
-        return values
-
-
-def _expand_home(root: str) -> str:
-    return os.path.expanduser(root) if root.startswith("~") else root
 
 
 class _ReadoutBenchmark(_Section):
@@ -370,7 +372,7 @@ class Ucf101Benchmark(_Section):
     linear_batch_size: int = Field(256, ge=1)
     linear_holdout: float = Field(0.1, gt=0, lt=1, description="share of train's groups that picks the lr (never test)")
     knn: bool = False
-    knn_k: list[int] = Field(default_factory=lambda: [10, 20], min_length=1)
+    knn_k: KnnKs = Field(default_factory=lambda: [10, 20], min_length=1)
     knn_temperature: float = Field(0.07, gt=0)
 
     @field_validator("root", "splits_dir")
@@ -384,13 +386,6 @@ class Ucf101Benchmark(_Section):
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"split is 1, 2 or 3 (the official split's number), not {value!r}")
         return value
-
-    @field_validator("knn_k")
-    @classmethod
-    def _positive_k(cls, values: list[int]) -> list[int]:
-        if any(k < 1 for k in values):
-            raise ValueError("every k is at least 1")
-        return values
 
     @model_validator(mode="after")
     def _some_classifier(self) -> "Ucf101Benchmark":

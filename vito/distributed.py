@@ -27,6 +27,13 @@ class DistInfo:
         return self.rank == 0
 
 
+def rank_and_world() -> tuple[int, int]:
+    """This process's rank and the world size of the default process group; (0, 1) without one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
 # Set by SLURM when the job (or step) was given GPUs.
 _SLURM_GPU_VARIABLES = ("SLURM_GPUS_ON_NODE", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS", "SLURM_GPUS_PER_TASK")
 

@@ -34,6 +34,7 @@ import torch
 from fsspec.implementations.local import LocalFileSystem
 
 from vito.checkpoint import with_retries
+from vito.distributed import rank_and_world
 from vito.eval.datasets.image_folder import collate
 
 log = logging.getLogger(__name__)
@@ -65,12 +66,6 @@ def shard_name(shard: int) -> str:
 
 def shard_range(shard: int, shard_size: int, num_samples: int) -> range:
     return range(shard * shard_size, min((shard + 1) * shard_size, num_samples))
-
-
-def _world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_world_size(), torch.distributed.get_rank()
-    return 1, 0
 
 
 def _dataset_fingerprint(dataset) -> str:
@@ -241,13 +236,13 @@ def _resolve_device(encode, device) -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
-def _barrier(group) -> None:
+def barrier(group) -> None:
     if group is None:
         return
     torch.distributed.barrier(group=group)
 
 
-def _control_group(world_size: int, group):
+def control_group(world_size: int, group):
     """The group to wait on: the caller's (e.g. DistInfo.control_group), else a new gloo group with the long
     control timeout (a rank whose shards were all cached may wait for the whole extraction of another)."""
     if world_size == 1:
@@ -309,11 +304,11 @@ def extract_features(
     """
     if shard_size <= 0 or batch_size <= 0:
         raise ValueError(f"shard_size and batch_size must be positive (got {shard_size}, {batch_size})")
-    world_size, rank = _world()
+    rank, world_size = rank_and_world()
     num_samples = len(dataset)
     num_shards = math.ceil(num_samples / shard_size)
     cache = _Cache(cache_dir, storage_options)
-    control = _control_group(world_size, group)
+    control = control_group(world_size, group)
 
     expected = _expected_manifest(dataset, num_samples, shard_size, dict(cache_key_fields or {}))
     if control is not None:  # every rank must be extracting the same thing: say so on all of them, not hang
@@ -325,7 +320,7 @@ def extract_features(
                                 f"{'; '.join(_manifest_difference(seen[0], seen[disagree[0]]))} (against rank 0)")
     if not _check_manifest(cache, expected) and rank == 0:
         cache.write_json(MANIFEST, expected)
-    _barrier(control)
+    barrier(control)
     if not _check_manifest(cache, expected):
         raise CacheMismatch(f"{cache.url}/{MANIFEST} is missing after rank 0 wrote it: is cache_dir shared by every rank?")
 
@@ -354,7 +349,7 @@ def extract_features(
                                  bf16_autocast, channels_last, tracker))
     tracker.report(force=True)
 
-    _barrier(control)  # every shard is committed
+    barrier(control)  # every shard is committed
     result = _gather(dataset, cache, payloads, num_shards, shard_size, world_size)
     if progress is not None:
         progress(num_samples, num_samples)

@@ -136,8 +136,9 @@ def propagate_sequence(sequence, encoder: Encoder, bench: DavisBenchmark) -> lis
 def run_davis(name: str, bench: DavisBenchmark, encoder: Encoder, settings: ExtractionSettings, *, seed: int = 0,
               is_main: bool, suffix: str = "") -> BenchmarkOutcome | None:
     """Propagate on every rank (a disjoint set of sequences each), score on the main one (None elsewhere)."""
+    from vito.distributed import rank_and_world
     from vito.eval.datasets.davis import read_davis
-    from vito.eval.extract import _barrier, _control_group, _world
+    from vito.eval.extract import barrier, control_group
     from vito.eval.mask_store import MaskStore
 
     if encoder.dense is None:
@@ -148,11 +149,11 @@ def run_davis(name: str, bench: DavisBenchmark, encoder: Encoder, settings: Extr
     fingerprint = dataset_fingerprint(davis)
     folder = cache_dir(settings, encoder, fingerprint, json.dumps(constants, sort_keys=True))
     store = MaskStore(folder, settings.storage_options)
-    world_size, rank = _world()
-    control = _control_group(world_size, settings.group)
+    rank, world_size = rank_and_world()
+    control = control_group(world_size, settings.group)
     expected = {"dataset_fingerprint": fingerprint, "fields": {"encoder": encoder.key, **constants}}
     store.check_manifest(expected, write=rank == 0)
-    _barrier(control)
+    barrier(control)
     store.check_manifest(expected, write=False)
 
     by_name = {s.name: s for s in davis.sequences}
@@ -172,7 +173,7 @@ def run_davis(name: str, bench: DavisBenchmark, encoder: Encoder, settings: Extr
             settings.progress(f"{name} sequences (rank {rank})", done + 1, len(mine))
     log.info("%s: rank %d of %d: sequences computed here %s, reused %s -> %s", name, rank, world_size, computed,
              reused, store.url)
-    _barrier(control)  # every sequence is committed
+    barrier(control)  # every sequence is committed
     counts: list[Any] = [(computed, reused)]
     if control is not None:
         counts = [None] * world_size

@@ -38,6 +38,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from vito.checkpoint import CheckpointStore
+from vito.distributed import rank_and_world
 from vito.eval.datasets.image_folder import collate
 
 log = logging.getLogger(__name__)
@@ -149,12 +150,6 @@ def _on_cpu(value: Any) -> Any:
     return value
 
 
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def train_augmented_linear(
     encoder,
     dataset,
@@ -179,7 +174,7 @@ def train_augmented_linear(
     """Train a D -> C layer on `encoder.encode` of `dataset[(positions[p], epoch)]` (AugmentedImageDataset), every
     rank its share of each global batch; resume from `checkpoints`. `mean`/`std` (D) standardise the features
     (zeros/ones: not at all). `encoder`: vito.eval.protocols.image_folder.Encoder, its module in eval mode."""
-    rank, world = _world()
+    rank, world = rank_and_world()
     if world > 1 and group is None:
         group = dist.new_group(backend="gloo")  # the object broadcast of the restore: CPU, whatever the backend
     device = encoder.device

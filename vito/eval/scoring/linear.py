@@ -39,6 +39,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from vito.distributed import rank_and_world
+
 DEFAULT_LR_GRID = (0.01, 0.03, 0.1, 0.3, 1.0)
 _LR_BATCH_REFERENCE = 256  # grid values are base lrs per 256 samples
 _STD_FLOOR = 1e-6  # a constant feature dimension is divided by this, not by 0
@@ -167,12 +169,6 @@ def stratified_holdout(labels: Tensor, fraction: float, seed: int) -> tuple[Tens
     return mask.nonzero().flatten(), held_idx
 
 
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def train_linear(
     x: Tensor,
     y: Tensor,
@@ -194,7 +190,7 @@ def train_linear(
     with a per-iteration cosine lr from base_lr x batch_size / 256 to 0; the last epoch's weights.
     Data-parallel over the initialised process group."""
     device = torch.device(device) if device is not None else x.device
-    rank, world = _world()
+    rank, world = rank_and_world()
     generator = torch.Generator().manual_seed(seed)
     weight = (torch.randn(num_classes, x.shape[1], generator=generator) * init_std).to(device).requires_grad_()
     bias = torch.zeros(num_classes, device=device, requires_grad=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from vito.config import READOUT_KINDS
 from vitolaunch.spec import SweepSpec, Trial
@@ -40,8 +41,9 @@ def check_benchmark_roots(spec: SweepSpec, trials: Sequence[Trial]) -> None:
                 key = f"eval.benchmarks.{name}.root"
                 raise spec.error_at(("base", "eval", "benchmarks", name, "root"), str(problem), key=key,
                                     hint=_HINTS[bench.kind]) from None
-    check_foreign_weights(spec)
-    check_own_heads(spec, trials)
+    loads = _ForeignLoads()
+    check_foreign_weights(spec, loads)
+    check_own_heads(spec, trials, loads)
 
 
 _HINTS = {
@@ -66,10 +68,10 @@ def _readout_of(bench, benchmarks) -> object:
     return [source.root, source.train_split]
 
 
-def check_own_heads(spec: SweepSpec, trials: Sequence[Trial]) -> None:
+def check_own_heads(spec: SweepSpec, trials: Sequence[Trial], loads: _ForeignLoads | None = None) -> None:
     """A benchmark with `head: own` scores through the 1000-way fc of published weights: a file visible here must
     hold that fc (a trial of a checkpoint with `head: own` is refused by the config, vito.config.EvalConfig)."""
-    loaded: dict[tuple[str, str | None], str | None] = {}
+    loads = loads or _ForeignLoads()
     for trial in trials:
         cfg = trial.config.eval
         own = [name for name, bench in cfg.benchmarks.items() if bench.kind in READOUT_KINDS and bench.head == "own"]
@@ -81,16 +83,12 @@ def check_own_heads(spec: SweepSpec, trials: Sequence[Trial]) -> None:
                "or score through a trained readout (head: trained, readout: <image_folder benchmark>)."
         if cfg.weights is None or "://" in cfg.weights or not Path(cfg.weights).is_file():
             continue  # a checkpoint's trial is refused by the config; a file not visible here, by the job
-        if (cfg.weights, cfg.weights_kind) not in loaded:
-            from vito.eval.foreign_weights import load_foreign
-
-            loaded[cfg.weights, cfg.weights_kind] = load_foreign(cfg.weights, cfg.weights_kind).own_head_problem()
-        if problem := loaded[cfg.weights, cfg.weights_kind]:
+        if problem := loads(cfg.weights, cfg.weights_kind).own_head_problem():
             raise spec.error_at(where, f"head: own needs eval.weights with a 1000-way fc; {cfg.weights}: {problem}",
                                 key=key, hint=hint)
 
 
-def check_foreign_weights(spec: SweepSpec) -> None:
+def check_foreign_weights(spec: SweepSpec, loads: _ForeignLoads | None = None) -> None:
     """Each `evaluate.checkpoints` entry of published weights visible from here exists and loads strictly (as
     the job will load it); one located error naming the entry and what does not fit otherwise."""
     if spec.evaluate is None:
@@ -98,6 +96,7 @@ def check_foreign_weights(spec: SweepSpec) -> None:
     from vitolaunch.launch.evaluate_targets import resolve_weights_path
     from vitolaunch.spec.schema import PublishedWeights
 
+    loads = loads or _ForeignLoads()
     for index, entry in enumerate(spec.evaluate.checkpoints):
         if not isinstance(entry, PublishedWeights):
             continue
@@ -111,13 +110,26 @@ def check_foreign_weights(spec: SweepSpec) -> None:
                 raise spec.error_at(where, f"{path}: no such file", key=key,
                                     hint="Name a file of ResNet-50 weights (torchvision, timm or the VITO port's).")
             continue  # not visible from this machine: the job checks it first thing
-        from vito.eval.foreign_weights import load_foreign
-
         try:
-            load_foreign(path, entry.kind)
+            loads(path, entry.kind)
         except (ValueError, OSError) as problem:  # ForeignWeightsError is a ValueError
             raise spec.error_at(where, f"{path}: {problem}", key=key,
                                 hint="Give kind: torchvision | timm | vito_port, or a file in one of these layouts.") from None
+
+
+class _ForeignLoads:
+    """Weights files loaded strictly, each once per submission: the entry's check and every `head: own` trial of
+    it share the load (a ResNet-50 file is ~100 MB). Per submission, so a file fixed and resubmitted is re-read."""
+
+    def __init__(self) -> None:
+        self._loaded: dict[tuple[str, str | None], Any] = {}
+
+    def __call__(self, path: str, kind: str | None):
+        if (path, kind) not in self._loaded:
+            from vito.eval.foreign_weights import load_foreign
+
+            self._loaded[path, kind] = load_foreign(path, kind)
+        return self._loaded[path, kind]
 
 
 def _visible(root: str) -> bool:
